@@ -1,0 +1,226 @@
+"""The OpenAI wire format: request models and the chunk shapes every part speaks.
+
+The server validates a request body into one of these models; the gateway
+passes it on; a worker hands it to its Backend. Field checks here are the
+ones OpenAI makes itself (types and ranges), so a bad request is a 400 naming
+the field before anything else runs. What one backend cannot do (``n`` > 1 on
+llama.cpp, say) is the backend's to refuse.
+"""
+
+from __future__ import annotations
+
+import time
+import uuid
+from typing import Any, Literal, Union
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+MAX_STOP_SEQUENCES = 4
+
+
+class _Request(BaseModel):
+    # Unknown fields are refused, as OpenAI does, so a typo is not silently ignored.
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1)
+
+
+class StreamOptions(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    include_usage: bool = False
+
+
+class _Sampling(_Request):
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float | None = Field(default=None, ge=0, le=2)
+    top_p: float | None = Field(default=None, ge=0, le=1)
+    n: int | None = Field(default=None, ge=1, le=128)
+    stream: bool | None = False
+    stream_options: StreamOptions | None = None
+    stop: str | list[str] | None = None
+    seed: int | None = None
+    presence_penalty: float | None = Field(default=None, ge=-2, le=2)
+    frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
+    logit_bias: dict[str, float] | None = None
+    user: str | None = None
+    metadata: dict[str, str] | None = None
+
+    @field_validator("stop")
+    @classmethod
+    def _stop_list(cls, v: str | list[str] | None) -> str | list[str] | None:
+        if isinstance(v, list):
+            if len(v) > MAX_STOP_SEQUENCES:
+                raise ValueError(f"at most {MAX_STOP_SEQUENCES} stop sequences are allowed")
+            if any(s == "" for s in v):
+                raise ValueError("stop sequences must not be empty")
+        return v
+
+    @property
+    def stop_list(self) -> list[str]:
+        if self.stop is None:
+            return []
+        return [self.stop] if isinstance(self.stop, str) else list(self.stop)
+
+    @property
+    def token_limit(self) -> int | None:
+        return self.max_completion_tokens or self.max_tokens
+
+    @property
+    def include_usage(self) -> bool:
+        return bool(self.stream_options and self.stream_options.include_usage)
+
+
+class ContentPart(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    type: str
+    text: str | None = None
+
+
+class ChatMessage(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    role: Literal["system", "developer", "user", "assistant", "tool", "function"]
+    content: str | list[ContentPart] | None = None
+    name: str | None = None
+
+    def text(self) -> str:
+        """The message's text; image and audio parts are refused by text-only backends."""
+        if self.content is None:
+            return ""
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(p.text or "" for p in self.content if p.type == "text")
+
+
+class ChatCompletionRequest(_Sampling):
+    messages: list[ChatMessage] = Field(min_length=1)
+    logprobs: bool | None = False
+    top_logprobs: int | None = Field(default=None, ge=0, le=20)
+    response_format: dict[str, Any] | None = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
+    store: bool | None = None
+    service_tier: str | None = None
+
+
+class CompletionRequest(_Sampling):
+    prompt: str | list[str] | list[int] | list[list[int]]
+    logprobs: int | None = Field(default=None, ge=0, le=5)
+    echo: bool | None = False
+    suffix: str | None = None
+    best_of: int | None = Field(default=None, ge=1)
+
+
+class EmbeddingRequest(_Request):
+    input: str | list[str] | list[int] | list[list[int]]
+    encoding_format: Literal["float", "base64"] | None = "float"
+    dimensions: int | None = Field(default=None, ge=1)
+    user: str | None = None
+
+    @field_validator("input")
+    @classmethod
+    def _not_empty(cls, v: Any) -> Any:
+        if isinstance(v, list) and not v:
+            raise ValueError("input must not be empty")
+        if isinstance(v, str) and not v:
+            raise ValueError("input must not be an empty string")
+        return v
+
+
+AnyRequest = Union[ChatCompletionRequest, CompletionRequest, EmbeddingRequest]
+
+# The request kinds, by route.
+KINDS: dict[str, type[_Request]] = {
+    "chat": ChatCompletionRequest,
+    "completion": CompletionRequest,
+    "embedding": EmbeddingRequest,
+}
+ROUTES = {"chat": "/chat/completions", "completion": "/completions", "embedding": "/embeddings"}
+
+
+def new_id(prefix: str) -> str:
+    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+
+
+def now() -> int:
+    return int(time.time())
+
+
+def usage(prompt_tokens: int, completion_tokens: int) -> dict[str, int]:
+    return {
+        "prompt_tokens": prompt_tokens,
+        "completion_tokens": completion_tokens,
+        "total_tokens": prompt_tokens + completion_tokens,
+    }
+
+
+def gather(kind: str, chunks: list[dict[str, Any]]) -> dict[str, Any]:
+    """Fold a stream of chunks into the one non-streaming response body.
+
+    A backend that already has the whole response (a non-streaming upstream)
+    yields it as a single item whose ``object`` is the final type; that item
+    is returned as is.
+    """
+    if len(chunks) == 1 and chunks[0].get("object") in ("chat.completion", "text_completion", "list"):
+        return chunks[0]
+    if not chunks:
+        raise ValueError("backend produced no chunks")
+    first = chunks[0]
+    choices: dict[int, dict[str, Any]] = {}
+    usage_body = None
+    for chunk in chunks:
+        if chunk.get("usage"):
+            usage_body = chunk["usage"]
+        for choice in chunk.get("choices") or ():
+            index = choice.get("index", 0)
+            acc = choices.setdefault(index, {"index": index, "text": [], "finish_reason": None, "logprobs": None, "role": None})
+            if kind == "chat":
+                delta = choice.get("delta") or {}
+                if delta.get("role"):
+                    acc["role"] = delta["role"]
+                if delta.get("content"):
+                    acc["text"].append(delta["content"])
+                lp = choice.get("logprobs")
+                if lp and lp.get("content"):
+                    acc["logprobs"] = acc["logprobs"] or {"content": []}
+                    acc["logprobs"]["content"].extend(lp["content"])
+            else:
+                if choice.get("text"):
+                    acc["text"].append(choice["text"])
+                lp = choice.get("logprobs")
+                if lp:
+                    acc["logprobs"] = _merge_completion_logprobs(acc["logprobs"], lp)
+            if choice.get("finish_reason"):
+                acc["finish_reason"] = choice["finish_reason"]
+    out_choices = []
+    for index in sorted(choices):
+        acc = choices[index]
+        text = "".join(acc["text"])
+        if kind == "chat":
+            out_choices.append({
+                "index": index,
+                "message": {"role": acc["role"] or "assistant", "content": text},
+                "logprobs": acc["logprobs"],
+                "finish_reason": acc["finish_reason"],
+            })
+        else:
+            out_choices.append({"index": index, "text": text, "logprobs": acc["logprobs"], "finish_reason": acc["finish_reason"]})
+    body = {
+        "id": first.get("id"),
+        "object": "chat.completion" if kind == "chat" else "text_completion",
+        "created": first.get("created", now()),
+        "model": first.get("model"),
+        "choices": out_choices,
+        "usage": usage_body,
+    }
+    if first.get("system_fingerprint"):
+        body["system_fingerprint"] = first["system_fingerprint"]
+    return body
+
+
+def _merge_completion_logprobs(acc: dict[str, Any] | None, lp: dict[str, Any]) -> dict[str, Any]:
+    acc = acc or {"tokens": [], "token_logprobs": [], "top_logprobs": [], "text_offset": []}
+    for key in acc:
+        acc[key].extend(lp.get(key) or [])
+    return acc
