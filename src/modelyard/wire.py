@@ -224,3 +224,13 @@ def _merge_completion_logprobs(acc: dict[str, Any] | None, lp: dict[str, Any]) -
     for key in acc:
         acc[key].extend(lp.get(key) or [])
     return acc
+
+
+SSE_DONE = b"data: [DONE]\n\n"
+
+
+def sse(chunk: dict[str, Any]) -> bytes:
+    """One server-sent event carrying a chunk, as OpenAI frames them."""
+    import orjson
+
+    return b"data: " + orjson.dumps(chunk) + b"\n\n"

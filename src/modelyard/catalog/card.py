@@ -38,8 +38,10 @@ class _Source(BaseModel):
 class PackageSource(_Source):
     """Weights shipped inside a Python package (nothing to download at run time).
 
-    `entry` names ``module:function``; calling it returns the model's path.
-    Without it the package's module folder is the path.
+    `entry` names ``module:function``; calling it returns the model's path
+    (a function that takes ``output_path`` is handed a path under
+    ``MODELYARD_HOME/models/packages``). ``module:ATTRIBUTE`` names a path
+    constant instead. Without `entry` the package's module folder is the path.
     """
 
     type: Literal["package"] = "package"
@@ -54,7 +56,11 @@ class HubSource(_Source):
     repo: str
     file: str | None = None
     revision: str = "main"
-    sha256: str | None = None
+    sha256: str | None = Field(default=None, pattern=r"^[0-9a-fA-F]{64}$", description="sha256 of `file`, checked after download")
+    extra_files: list[str] = Field(
+        default_factory=list,
+        description="more files fetched beside `file`, e.g. the other shards of a split GGUF; `file` is the first shard",
+    )
 
 
 class LocalSource(_Source):

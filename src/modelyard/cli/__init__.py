@@ -14,8 +14,13 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import catalog
+    from . import catalog, remote, up
 
+    app.command()(up.up)
+    app.command()(remote.chat)
+    app.command()(remote.invoke)
+    app.command()(remote.usage)
+    app.add_typer(remote.keys_app, name="keys")
     app.add_typer(catalog.app, name="catalog")
 
 

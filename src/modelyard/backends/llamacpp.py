@@ -1,0 +1,326 @@
+"""llama.cpp backend: GGUF models in this process, one request at a time.
+
+Generation runs in a worker thread (llama.cpp blocks) and hands chunks to the
+event loop through a queue; a client that goes away sets a flag the thread
+checks after every token, so an abandoned request stops generating at once.
+
+Log-probabilities come from the logits of the sampling step. llama-cpp-python
+only fills its score matrix with ``logits_all=True``, which keeps vocabulary ×
+context floats (about 2 GB for Gemma 3); instead, right after each token is
+sampled, the last row of logits is still in the context and is read there.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import codecs
+import logging
+import os
+import random
+import threading
+from typing import Any, AsyncIterator
+
+import numpy as np
+
+from ..errors import ModelyardError, invalid
+from ..wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, new_id, now, usage
+from .templates import get_template
+
+log = logging.getLogger(__name__)
+
+DEFAULT_CONTEXT = 4096
+
+
+class LlamaCppBackend:
+    """Runs one GGUF file with llama.cpp.
+
+    Options (a deployment's ``options``): ``context_length`` (tokens the
+    instance keeps, default min(card, 4096)), ``threads``, ``batch_size``,
+    ``path`` (a GGUF file to use instead of resolving the card's source).
+    """
+
+    max_concurrency = 1
+
+    def __init__(self, card: Any, *, context_length: int | None = None, threads: int | None = None,
+                 batch_size: int = 512, path: str | None = None) -> None:
+        self.card = card
+        self.n_ctx = int(context_length or min(card.context_length, DEFAULT_CONTEXT))
+        self.threads = threads or max(1, os.cpu_count() or 1)
+        self.batch_size = batch_size
+        self.path = path
+        self.template = get_template(card.chat_template) if card.chat_template else None
+        self.llm: Any = None
+        self._lock = asyncio.Lock()
+
+    async def start(self) -> None:
+        await asyncio.to_thread(self._load)
+
+    def _load(self) -> None:
+        from llama_cpp import Llama
+
+        path = self.path
+        if path is None:
+            from ..catalog.sources import resolve_path
+            from ..settings import Settings
+
+            path = str(resolve_path(self.card, Settings.from_env()))
+        log.info("loading %s from %s (n_ctx=%d, threads=%d)", self.card.id, path, self.n_ctx, self.threads)
+        self.llm = Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.threads, n_batch=self.batch_size,
+                         logits_all=False, verbose=False)
+        if self.template is None and not self.llm.metadata.get("tokenizer.chat_template"):
+            log.warning("%s has no chat template in its card or its file: chat requests will be refused", self.card.id)
+
+    async def close(self) -> None:
+        if self.llm is not None:
+            self.llm.close()
+            self.llm = None
+
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        raise invalid(f"model {self.card.id!r} is a {self.card.task} model and does not make embeddings", param="model")
+
+    # --- request preparation -------------------------------------------------
+
+    def _check_common(self, request: ChatCompletionRequest | CompletionRequest) -> None:
+        if request.n not in (None, 1):
+            raise invalid("n > 1 is not supported by the llama.cpp backend; send several requests instead", param="n", code="unsupported_value")
+        if request.logit_bias:
+            raise invalid("logit_bias is not supported by the llama.cpp backend", param="logit_bias", code="unsupported_parameter")
+
+    def _chat_prompt(self, request: ChatCompletionRequest) -> tuple[list[int], list[str]]:
+        self._check_common(request)
+        if request.tools:
+            raise invalid("tools are not supported by the llama.cpp backend", param="tools", code="unsupported_parameter")
+        if request.response_format and request.response_format.get("type") not in (None, "text"):
+            raise invalid("response_format other than text is not supported by the llama.cpp backend", param="response_format", code="unsupported_value")
+        for i, m in enumerate(request.messages):
+            if isinstance(m.content, list) and any(p.type != "text" for p in m.content):
+                raise invalid("only text content parts are supported by this model", param=f"messages.{i}.content", code="unsupported_value")
+        if self.template is not None:
+            text = self.template.render(request.messages)
+            stops = list(self.template.stop) + [s for s in self.card.stop if s not in self.template.stop]
+            tokens = self.llm.tokenize(text.encode(), add_bos=True, special=True)
+        else:
+            from llama_cpp.llama_chat_format import Jinja2ChatFormatter
+
+            tmpl = self.llm.metadata.get("tokenizer.chat_template")
+            if not tmpl:
+                raise invalid(f"model {self.card.id!r} has no chat template; use /v1/completions or set chat_template in its card", param="messages")
+            eos = self.llm.detokenize([self.llm.token_eos()]).decode(errors="ignore")
+            bos = self.llm.detokenize([self.llm.token_bos()]).decode(errors="ignore")
+            fmt = Jinja2ChatFormatter(tmpl, eos_token=eos, bos_token=bos)
+            result = fmt(messages=[m.model_dump(exclude_none=True) for m in request.messages])
+            stops = list(self.card.stop) + ([result.stop] if isinstance(result.stop, str) else list(result.stop or []))
+            tokens = self.llm.tokenize(result.prompt.encode(), add_bos=not result.added_special, special=True)
+        return tokens, stops
+
+    def _completion_prompt(self, request: CompletionRequest) -> tuple[list[int], str]:
+        self._check_common(request)
+        if request.suffix:
+            raise invalid("suffix is not supported by the llama.cpp backend", param="suffix", code="unsupported_parameter")
+        if request.best_of not in (None, 1):
+            raise invalid("best_of > 1 is not supported by the llama.cpp backend", param="best_of", code="unsupported_value")
+        prompt = request.prompt
+        if isinstance(prompt, list) and prompt and isinstance(prompt[0], (str, list)):
+            if len(prompt) != 1:
+                raise invalid("a list of several prompts is not supported by the llama.cpp backend; send one prompt per request", param="prompt", code="unsupported_value")
+            prompt = prompt[0]
+        if isinstance(prompt, str):
+            return self.llm.tokenize(prompt.encode(), add_bos=True, special=False), prompt
+        tokens = list(prompt)
+        n_vocab = self.llm.n_vocab()
+        if any(not 0 <= t < n_vocab for t in tokens):
+            raise invalid(f"prompt token ids must be in [0, {n_vocab})", param="prompt")
+        return tokens, self.llm.detokenize(tokens).decode(errors="replace")
+
+    def _budget(self, n_prompt: int, request: ChatCompletionRequest | CompletionRequest, param: str) -> int:
+        limit = request.token_limit
+        if n_prompt == 0:
+            raise invalid("the prompt is empty", param=param)
+        if n_prompt >= self.n_ctx or (limit is not None and n_prompt + limit > self.n_ctx):
+            asked = f"{n_prompt + (limit or 0)} tokens ({n_prompt} in the {param}, {limit or 0} for the completion)"
+            raise ModelyardError(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested {asked}. "
+                "Please reduce the length of the prompt or max_tokens.",
+                status=400, param=param, code="context_length_exceeded")
+        return limit if limit is not None else self.n_ctx - n_prompt
+
+    # --- generation ------------------------------------------------------------
+
+    async def generate(self, kind: str, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[dict[str, Any]]:
+        if self.llm is None:
+            raise ModelyardError("model is not loaded", status=503, code="not_ready")
+        if kind == "chat":
+            tokens, stops = self._chat_prompt(request)  # type: ignore[arg-type]
+            echo_text = ""
+            param = "messages"
+            want_lp = bool(request.logprobs)
+            top_n = request.top_logprobs or 0 if want_lp else 0
+        else:
+            tokens, prompt_text = self._completion_prompt(request)  # type: ignore[arg-type]
+            stops = []
+            echo_text = prompt_text if request.echo else ""
+            param = "prompt"
+            want_lp = request.logprobs is not None
+            top_n = request.logprobs or 0
+        stops += request.stop_list
+        max_new = self._budget(len(tokens), request, param)
+        rid = new_id("chatcmpl" if kind == "chat" else "cmpl")
+        created = now()
+        seed = request.seed if request.seed is not None else random.getrandbits(31)
+        temperature = 1.0 if request.temperature is None else request.temperature
+        top_p = 1.0 if request.top_p is None else request.top_p
+
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[Any] = asyncio.Queue()
+        cancel = threading.Event()
+        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+
+        def run() -> None:
+            try:
+                self._run(tokens, max_new, stops, temperature, top_p, seed, request, want_lp, top_n, cancel, put, kind == "chat")
+            except BaseException as exc:  # handed to the consumer, which re-raises it
+                put(exc)
+            finally:
+                put(None)
+
+        async with self._lock:
+            thread = threading.Thread(target=run, name="llama-generate", daemon=True)
+            thread.start()
+            started = False
+            try:
+                while True:
+                    item = await queue.get()
+                    if item is None:
+                        break
+                    if isinstance(item, BaseException):
+                        raise item
+                    text, finish, lps, counts = item
+                    if not started:
+                        started = True
+                        if kind == "chat":
+                            yield _chat_chunk(rid, created, self.card.id, {"role": "assistant", "content": ""}, None)
+                        if echo_text:
+                            yield _text_chunk(rid, created, self.card.id, echo_text, None, None)
+                    if text or finish or lps:
+                        if kind == "chat":
+                            lp = {"content": lps} if want_lp else None
+                            delta = {"content": text} if text else {}
+                            yield _chat_chunk(rid, created, self.card.id, delta, finish, lp)
+                        else:
+                            yield _text_chunk(rid, created, self.card.id, text, finish, _legacy_logprobs(lps) if want_lp else None)
+                    if finish:
+                        chunk = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                                 "created": created, "model": self.card.id, "choices": [],
+                                 "usage": usage(len(tokens), counts)}
+                        yield chunk
+            finally:
+                cancel.set()
+                # Wait for the thread to notice, so the next request finds llama.cpp idle.
+                await asyncio.to_thread(thread.join)
+
+    def _run(self, tokens: list[int], max_new: int, stops: list[str], temperature: float, top_p: float, seed: int,
+             request: Any, want_lp: bool, top_n: int, cancel: threading.Event, put: Any, strip_lead: bool) -> None:
+        import llama_cpp
+
+        llm = self.llm
+        llm.set_seed(seed)
+        vocab = llm._model.vocab
+        decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+        text = ""
+        sent = 0
+        count = 0
+        pending_lp: list[dict[str, Any]] = []
+        hold = max((len(s) for s in stops), default=0)
+        finish = None
+        gen = llm.generate(tokens, top_k=0, top_p=top_p, min_p=0.0, typical_p=1.0, temp=temperature,
+                           repeat_penalty=1.0, frequency_penalty=request.frequency_penalty or 0.0,
+                           presence_penalty=request.presence_penalty or 0.0, reset=True)
+        try:
+            for token in gen:
+                count += 1
+                if want_lp:
+                    pending_lp.append(self._logprob_entry(token, top_n))
+                if llama_cpp.llama_vocab_is_eog(vocab, token):
+                    finish = "stop"
+                    pending_lp.pop() if pending_lp else None
+                    break
+                text += decoder.decode(llm.detokenize([token], special=False))
+                if strip_lead and sent == 0:
+                    text = text.lstrip()  # "Assistant:" is followed by a space the reply should not start with
+                if stops:
+                    start = max(0, sent - hold)
+                    cut = min((i for i in (text.find(s, start) for s in stops) if i >= 0), default=-1)
+                    if cut >= 0:
+                        text = text[:cut]
+                        finish = "stop"
+                        break
+                    safe = len(text) - _partial_stop(text, stops)
+                else:
+                    safe = len(text)
+                if count >= max_new:
+                    finish = "length"
+                    break
+                if cancel.is_set():
+                    return
+                if safe > sent:
+                    put((text[sent:safe], None, pending_lp, count))
+                    sent, pending_lp = safe, []
+        finally:
+            gen.close()
+        text += decoder.decode(b"", final=True) if finish == "length" else ""
+        put((text[sent:], finish or "stop", pending_lp, count))
+
+    def _logprob_entry(self, token: int, top_n: int) -> dict[str, Any]:
+        import llama_cpp
+
+        llm = self.llm
+        n_vocab = llm.n_vocab()
+        ptr = llama_cpp.llama_get_logits_ith(llm._ctx.ctx, -1)
+        logits = np.ctypeslib.as_array(ptr, shape=(n_vocab,)).astype(np.float64)
+        top = logits.max()
+        logsum = top + np.log(np.exp(logits - top).sum())
+        entry = _token_entry(llm, token, float(logits[token] - logsum))
+        if top_n:
+            best = np.argpartition(-logits, top_n)[:top_n]
+            best = best[np.argsort(-logits[best])]
+            entry["top_logprobs"] = [_token_entry(llm, int(t), float(logits[t] - logsum)) for t in best]
+        else:
+            entry["top_logprobs"] = []
+        return entry
+
+
+def _token_entry(llm: Any, token: int, logprob: float) -> dict[str, Any]:
+    raw = llm.detokenize([token], special=True)
+    return {"token": raw.decode(errors="replace"), "logprob": logprob, "bytes": list(raw)}
+
+
+def _partial_stop(text: str, stops: list[str]) -> int:
+    """Length of the longest tail of `text` that could still become a stop sequence."""
+    best = 0
+    for s in stops:
+        for k in range(min(len(s) - 1, len(text)), best, -1):
+            if text.endswith(s[:k]):
+                best = k
+                break
+    return best
+
+
+def _chat_chunk(rid: str, created: int, model: str, delta: dict[str, Any], finish: str | None,
+                logprobs: dict[str, Any] | None = None) -> dict[str, Any]:
+    return {"id": rid, "object": "chat.completion.chunk", "created": created, "model": model,
+            "choices": [{"index": 0, "delta": delta, "logprobs": logprobs, "finish_reason": finish}]}
+
+
+def _text_chunk(rid: str, created: int, model: str, text: str, finish: str | None,
+                logprobs: dict[str, Any] | None) -> dict[str, Any]:
+    return {"id": rid, "object": "text_completion", "created": created, "model": model,
+            "choices": [{"index": 0, "text": text, "logprobs": logprobs, "finish_reason": finish}]}
+
+
+def _legacy_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "tokens": [e["token"] for e in entries],
+        "token_logprobs": [e["logprob"] for e in entries],
+        "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+        "text_offset": [],
+    }

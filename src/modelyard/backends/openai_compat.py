@@ -1,0 +1,483 @@
+"""A backend that forwards to any OpenAI-compatible API.
+
+One class talks to OpenAI, Azure OpenAI, vLLM, Ollama, another modelyard —
+and to modelyard's own local instances, which is why it sits on the gateway's
+hot path and is written to spend little CPU per request: one shared
+``httpx.AsyncClient`` with keep-alive per backend, URLs and headers built
+once, ``orjson`` both ways, and a byte-level SSE reader instead of text lines.
+
+What it does to a request on the way up:
+
+- ``model`` becomes the upstream model name when one is configured (a
+  request's ``model`` is the modelyard endpoint name, not the upstream's);
+  Azure deployments take the model from the URL, so the field is dropped.
+- A streaming request always asks for ``stream_options.include_usage`` so
+  tokens can be accounted; the usage chunk is yielded like any other and the
+  gateway decides whether its client sees it.
+
+How failures come back, always as `ModelyardError`::
+
+    upstream 4xx (not 429)     -> the same status, message, param and code
+    upstream 401/403           -> 502 upstream_auth_failed (our key is wrong, not the client's)
+    upstream 429               -> retried, then 429
+    upstream 5xx               -> retried, then 502 upstream_error
+    connection refused / lost  -> retried, then 502 upstream_unavailable
+    timeout                    -> retried, then 504 upstream_timeout
+    error event mid-stream     -> the event's error (502 when it carries no status)
+
+Retries use exponential backoff (or the upstream's ``Retry-After``, capped)
+and happen only before the first chunk is yielded: a half-streamed answer is
+never replayed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import random
+from typing import Any, AsyncIterator
+
+import httpx
+import orjson
+
+from ..errors import ModelyardError
+from ..wire import ROUTES, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+
+logger = logging.getLogger(__name__)
+
+Chunk = dict[str, Any]
+
+_DONE = b"[DONE]"
+_FINAL_OBJECT = {"chat": "chat.completion", "completion": "text_completion"}
+
+
+class OpenAICompatBackend:
+    """A client for one model behind an OpenAI-compatible HTTP API.
+
+    Example::
+
+        backend = OpenAICompatBackend("https://api.openai.com/v1", api_key=key, model="gpt-4o-mini")
+        async for chunk in backend.generate("chat", request):
+            ...
+        await backend.close()
+
+    For Azure OpenAI pass ``provider="azure"``, the deployment URL as
+    ``base_url`` (``https://RES.openai.azure.com/openai/deployments/NAME``)
+    and an ``api_version``; the key goes in the ``api-key`` header.
+    """
+
+    #: longest wait an upstream's ``Retry-After`` can impose between two tries, in seconds
+    retry_after_cap: float = 20.0
+    #: how long to wait for the end of a response after its ``[DONE]`` before dropping the connection
+    drain_timeout: float = 1.0
+
+    def __init__(
+        self,
+        base_url: str,
+        *,
+        api_key: str | None = None,
+        model: str | None = None,
+        api_version: str | None = None,
+        provider: str = "openai",
+        timeout: float = 90.0,
+        connect_timeout: float = 5.0,
+        max_retries: int = 2,
+        backoff: float = 0.5,
+        max_concurrency: int = 64,
+        headers: dict[str, str] | None = None,
+        api_key_env: str | None = None,
+        transport: httpx.AsyncBaseTransport | None = None,
+    ) -> None:
+        """Configure the client; no connection is made until the first request.
+
+        ``api_key_env`` names an environment variable read at request time when
+        ``api_key`` is not given (a missing key is then a 500 naming it).
+        ``transport`` replaces httpx's (a Unix-socket or mock transport).
+        """
+        self.provider = provider
+        self.model = model
+        self.max_concurrency = max_concurrency
+        self.max_retries = max_retries
+        self.backoff = backoff
+        self.api_key_env = api_key_env
+        self._connect_timeout = connect_timeout
+
+        base = base_url.rstrip("/")
+        if provider == "azure":
+            if "/openai/deployments/" not in base:
+                if not model:
+                    raise ValueError("an Azure backend needs a deployment URL or a model (deployment) name")
+                base = f"{base}/openai/deployments/{model}"
+            if not api_version:
+                raise ValueError("an Azure backend needs an api_version")
+        self.base_url = base
+        params = {"api-version": api_version} if provider == "azure" else None
+        self._urls = {kind: httpx.URL(base + route, params=params) for kind, route in ROUTES.items()}
+        self._root = httpx.URL(base).copy_with(path="/", query=None)
+        self._label = f"{provider} upstream {self._root.host}"
+
+        default_headers = {"content-type": "application/json", "user-agent": "modelyard"}
+        default_headers.update(headers or {})
+        # Idle connections are let go after 4 s, before uvicorn (modelyard's instances)
+        # closes them at 5 s: reusing one the server is closing fails the request.
+        self._client = httpx.AsyncClient(
+            headers=default_headers,
+            timeout=httpx.Timeout(timeout, connect=connect_timeout),
+            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency, keepalive_expiry=4.0),
+            transport=transport,
+        )
+        self._has_key = False
+        if api_key:
+            self._set_key(api_key)
+        # Flipped off, once, when an upstream refuses stream_options (older Azure api-versions do).
+        self._ask_stream_usage = True
+
+    @classmethod
+    def for_card(cls, card: Any, **options: Any) -> "OpenAICompatBackend":
+        """Build the backend for a hosted catalog card; ``options`` override what the card says.
+
+        The key is read from the environment variable ``card.source.api_key_env``;
+        the upstream model is ``card.source.model`` or else the card id.
+        """
+        source = card.source
+        if getattr(source, "type", None) != "hosted":
+            raise ValueError(f"card {card.id!r} is not hosted (source type {getattr(source, 'type', None)!r})")
+        kwargs: dict[str, Any] = {
+            "provider": "azure" if source.provider == "azure" else source.provider,
+            "model": source.model or card.id,
+            "api_version": source.api_version,
+            "api_key_env": source.api_key_env,
+        }
+        if source.api_key_env and os.environ.get(source.api_key_env):
+            kwargs["api_key"] = os.environ[source.api_key_env]
+        kwargs.update(options)
+        return cls(source.base_url, **kwargs)
+
+    async def start(self) -> None:
+        """Nothing to load: connections open on first use."""
+
+    async def close(self) -> None:
+        """Close the pooled connections."""
+        await self._client.aclose()
+
+    async def probe(self, path: str = "/readyz") -> bool:
+        """GET ``path`` relative to the server root; True on a 2xx, False on anything else.
+
+        Meant for modelyard's own instances (``/readyz``, ``/healthz``).
+        """
+        try:
+            response = await self._client.get(self._root.join(path), timeout=self._connect_timeout)
+        except Exception as exc:  # a probe reports, it never raises
+            logger.debug("probe %s%s failed: %r", self._root, path, exc)
+            return False
+        return 200 <= response.status_code < 300
+
+    async def generate(self, kind: str, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[Chunk]:
+        """Yield the upstream's answer to a chat or completion request.
+
+        Streaming: each SSE chunk as a dict, the usage chunk included.
+        Non-streaming: the single complete response object.
+        """
+        url = self._urls[kind]
+        body = self._body(request)
+        if not request.stream:
+            body.pop("stream_options", None)
+            response = await self._post(url, orjson.dumps(body))
+            response.setdefault("object", _FINAL_OBJECT[kind])
+            yield response
+            return
+        body["stream"] = True
+        client_options = body.get("stream_options")
+        if self._ask_stream_usage:
+            body["stream_options"] = {**client_options, "include_usage": True} if client_options else {"include_usage": True}
+        async for chunk in self._stream(url, body, client_options):
+            yield chunk
+
+    async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
+        """Return the upstream's embeddings ``list`` body."""
+        return await self._post(self._urls["embedding"], orjson.dumps(self._body(request)))
+
+    # -- the request, with retries ---------------------------------------------------------
+
+    def _body(self, request: Any) -> dict[str, Any]:
+        if not self._has_key and self.api_key_env:
+            self._load_key()
+        body = request.model_dump(exclude_none=True)
+        if self.provider == "azure":
+            body.pop("model", None)
+        elif self.model is not None:
+            body["model"] = self.model
+        return body
+
+    async def _post(self, url: httpx.URL, content: bytes) -> dict[str, Any]:
+        """POST one JSON body and return the JSON answer, retrying what can be retried."""
+        attempt = 0
+        while True:
+            try:
+                response = await self._client.post(url, content=content)
+            except httpx.TransportError as exc:
+                error, retry_after = self._transport_error(exc), None
+            else:
+                if response.status_code == 200:
+                    try:
+                        return orjson.loads(response.content)
+                    except orjson.JSONDecodeError:
+                        raise ModelyardError(f"{self._label} returned a body that is not JSON", status=502, code="upstream_error") from None
+                error, retry_after = self._status_error(response.status_code, response.content, response.headers)
+            attempt = await self._wait_or_raise(error, retry_after, attempt)
+
+    async def _stream(self, url: httpx.URL, body: dict[str, Any], client_options: Any) -> AsyncIterator[Chunk]:
+        content = orjson.dumps(body)
+        attempt = 0
+        while True:
+            yielded = False
+            retry_after = None
+            try:
+                response = await self._client.send(self._client.build_request("POST", url, content=content), stream=True)
+            except httpx.TransportError as exc:
+                error = self._transport_error(exc)
+            else:
+                try:
+                    if response.status_code == 200:
+                        decoder = SSEDecoder()
+                        pieces = response.aiter_bytes()
+                        done = False
+                        async for piece in pieces:
+                            for data in decoder.feed(piece):
+                                if data == _DONE:
+                                    done = True
+                                    break
+                                chunk = orjson.loads(data)
+                                if "error" in chunk:
+                                    raise self._event_error(chunk)
+                                yielded = True
+                                yield chunk
+                            if done:
+                                break
+                        else:
+                            # The body ended without [DONE]: take a last unterminated event, if any.
+                            logger.debug("%s closed the stream without [DONE]", self._label)
+                            for data in decoder.flush():
+                                if data != _DONE:
+                                    chunk = orjson.loads(data)
+                                    if "error" in chunk:
+                                        raise self._event_error(chunk)
+                                    yielded = True
+                                    yield chunk
+                            return
+                        await self._drain(pieces)
+                        return
+                    raw = await response.aread()
+                    if response.status_code == 400 and self._refuses_stream_options(raw, client_options):
+                        logger.info("%s refuses stream_options; streaming without usage from now on", self._label)
+                        self._ask_stream_usage = False
+                        body = dict(body)
+                        if client_options:
+                            body["stream_options"] = client_options
+                        else:
+                            del body["stream_options"]
+                        content = orjson.dumps(body)
+                        continue
+                    error, retry_after = self._status_error(response.status_code, raw, response.headers)
+                except httpx.TransportError as exc:
+                    if yielded:
+                        raise self._transport_error(exc, midstream=True).final from None
+                    error = self._transport_error(exc)
+                except orjson.JSONDecodeError:
+                    raise ModelyardError(f"{self._label} sent a stream event that is not JSON", status=502, code="upstream_error") from None
+                finally:
+                    await response.aclose()
+            attempt = await self._wait_or_raise(error, retry_after, attempt)
+
+    async def _drain(self, pieces: AsyncIterator[bytes]) -> None:
+        """Read what follows ``[DONE]`` (normally just the end of the body, already buffered).
+
+        A response read to its end leaves its connection in the pool for the next
+        request; one abandoned half-read is closed, and the next request pays for a
+        new TCP (and TLS) handshake. A server that holds the stream open after
+        ``[DONE]`` gets a moment, then the connection is dropped.
+        """
+        try:
+            async with asyncio.timeout(self.drain_timeout):
+                async for _ in pieces:
+                    pass
+        except (TimeoutError, httpx.TransportError):
+            logger.debug("%s kept the stream open after [DONE]; dropping the connection", self._label)
+
+    async def _wait_or_raise(self, error: "_Failure", retry_after: float | None, attempt: int) -> int:
+        """Sleep before the next try and return its number, or raise the final error."""
+        if not error.retryable or attempt >= self.max_retries:
+            raise error.final
+        if retry_after is not None:
+            delay = min(retry_after, self.retry_after_cap)
+        else:
+            delay = self.backoff * (2**attempt) * (0.75 + random.random() / 2)
+        logger.warning(
+            "%s: %s; retry %d/%d in %.2fs", self._label, error.final.message, attempt + 1, self.max_retries, delay
+        )
+        await asyncio.sleep(delay)
+        return attempt + 1
+
+    # -- errors ----------------------------------------------------------------------------
+
+    def _status_error(self, status: int, raw: bytes, headers: httpx.Headers) -> tuple["_Failure", float | None]:
+        try:
+            body: Any = orjson.loads(raw)
+        except orjson.JSONDecodeError:
+            body = raw.decode("utf-8", "replace")
+        body = _openai_error(body)
+        if status == 429:
+            return _Failure(ModelyardError.from_body(429, body), retryable=True), _retry_after(headers)
+        if status >= 500:
+            detail = ModelyardError.from_body(status, body).message
+            final = ModelyardError(f"{self._label} failed: HTTP {status}: {detail}", status=502, code="upstream_error")
+            return _Failure(final, retryable=True), _retry_after(headers)
+        if status in (401, 403):
+            # Our credentials for the upstream are wrong; the client's are fine. Their
+            # message can quote part of our key, so it is not passed on.
+            where = f" (key from ${self.api_key_env})" if self.api_key_env else ""
+            final = ModelyardError(
+                f"{self._label} refused modelyard's credentials{where}: HTTP {status}", status=502, code="upstream_auth_failed"
+            )
+            return _Failure(final, retryable=False), None
+        return _Failure(ModelyardError.from_body(status, body), retryable=False), None
+
+    def _transport_error(self, exc: httpx.TransportError, midstream: bool = False) -> "_Failure":
+        if isinstance(exc, httpx.TimeoutException):
+            final = ModelyardError(f"{self._label} timed out ({type(exc).__name__})", status=504, code="upstream_timeout")
+        elif isinstance(exc, httpx.ConnectError):
+            final = ModelyardError(f"{self._label} is unavailable: {exc}", status=502, code="upstream_unavailable")
+        elif midstream:
+            final = ModelyardError(f"{self._label} dropped the stream: {exc!r}", status=502, code="upstream_unavailable")
+        else:
+            final = ModelyardError(f"{self._label} connection failed: {exc!r}", status=502, code="upstream_unavailable")
+        return _Failure(final, retryable=not isinstance(exc, httpx.UnsupportedProtocol))
+
+    def _event_error(self, chunk: dict[str, Any]) -> ModelyardError:
+        body = _openai_error(chunk)
+        err = body["error"]
+        status = err.get("status") if isinstance(err.get("status"), int) else 502
+        if not err.get("message"):
+            err["message"] = f"{self._label} failed mid-stream"
+        return ModelyardError.from_body(status, body)
+
+    def _refuses_stream_options(self, raw: bytes, client_options: Any) -> bool:
+        # Only when we added the option ourselves; a client's own option is theirs to fix.
+        return self._ask_stream_usage and not client_options and b"stream_options" in raw
+
+    # -- credentials -----------------------------------------------------------------------
+
+    def _set_key(self, key: str) -> None:
+        if self.provider == "azure":
+            self._client.headers["api-key"] = key
+        else:
+            self._client.headers["authorization"] = f"Bearer {key}"
+        self._has_key = True
+
+    def _load_key(self) -> None:
+        key = os.environ.get(self.api_key_env or "")
+        if not key:
+            raise ModelyardError(
+                f"no API key for {self._label}: the environment variable {self.api_key_env} is not set",
+                status=500,
+                code="upstream_key_missing",
+            )
+        self._set_key(key)
+
+
+class _Failure:
+    """One failed try: the error the client gets if no retry is left, and whether to retry."""
+
+    __slots__ = ("final", "retryable")
+
+    def __init__(self, final: ModelyardError, retryable: bool) -> None:
+        self.final = final
+        self.retryable = retryable
+
+
+def _openai_error(body: Any) -> Any:
+    """Bring the error shapes OpenAI look-alikes use into OpenAI's ``{"error": {...}}``.
+
+    vLLM has sent the error object bare (``{"object": "error", "message": ...,
+    "code": 400}``), Ollama sends ``{"error": "text"}``; a numeric ``code`` is a
+    status, not an OpenAI error code.
+    """
+    if not isinstance(body, dict):
+        return body
+    err = body.get("error")
+    if err is None and "message" in body:
+        err = body
+    if isinstance(err, str):
+        return {"error": {"message": err}}
+    if not isinstance(err, dict):
+        return body
+    code = err.get("code")
+    if isinstance(code, int):
+        err = {**err, "code": None, "status": code}
+    return {"error": err}
+
+
+def _retry_after(headers: httpx.Headers) -> float | None:
+    """The upstream's requested wait: ``retry-after-ms`` (OpenAI) or ``Retry-After`` seconds."""
+    value = headers.get("retry-after-ms")
+    if value:
+        try:
+            return max(float(value) / 1000, 0.0)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value:
+        try:
+            return max(float(value), 0.0)
+        except ValueError:  # an HTTP date: fall back to our own backoff
+            return None
+    return None
+
+
+class SSEDecoder:
+    """Split a server-sent-event byte stream into the ``data`` payloads of its events.
+
+    Works on bytes as they arrive (events may straddle reads), ignores comments
+    (``: keep-alive``) and ``event:``/``id:``/``retry:`` fields, and joins
+    multi-line ``data`` fields with a newline, as the SSE spec says.
+
+    >>> SSEDecoder().feed(b'data: {"a": 1}\\n\\n: ping\\n\\ndata: [DONE]\\n\\n')
+    [b'{"a": 1}', b'[DONE]']
+    """
+
+    __slots__ = ("_buffer", "_data")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: bytes | None = None
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        """Add bytes; return the payloads of the events they completed."""
+        buffer = self._buffer + piece if self._buffer else piece
+        events: list[bytes] = []
+        start = 0
+        find = buffer.find
+        while True:
+            end = find(b"\n", start)
+            if end < 0:
+                break
+            line = buffer[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if self._data is not None:
+                    events.append(self._data)
+                    self._data = None
+            elif line.startswith(b"data:"):
+                value = line[6:] if line.startswith(b"data: ") else line[5:]
+                self._data = value if self._data is None else self._data + b"\n" + value
+        self._buffer = buffer[start:]
+        return events
+
+    def flush(self) -> list[bytes]:
+        """The payload of an event the stream ended without terminating (lenient, unlike the spec)."""
+        events = self.feed(b"\n\n") if self._buffer else self.feed(b"\n")
+        self._buffer = b""
+        return events

@@ -1,0 +1,90 @@
+"""The dispatch stage: send the call to its deployment and account for it.
+
+Non-streaming calls get the whole body; streaming calls get an iterator of
+server-sent events that counts tokens and the time to the first token as
+they pass. The upstream is always asked for a usage chunk so every token is
+accounted; the client sees that chunk only if it asked for it
+(``stream_options.include_usage``), as with OpenAI.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Any, AsyncIterator
+
+import anyio
+
+from ..errors import ModelyardError
+from ..telemetry.cost import request_cost
+from ..wire import SSE_DONE, gather, sse
+from .pipeline import Call, Next
+
+
+async def dispatch(call: Call, call_next: Next) -> None:
+    deployment = call.deployment
+    t0 = time.perf_counter()
+    if call.kind == "embedding":
+        body = await deployment.embed(call.request)
+        call.upstream_s = time.perf_counter() - t0
+        _account(call, body.get("usage"))
+        call.body = body
+        return
+    chunks = deployment.generate(call.kind, call.request)
+    if not call.streaming:
+        body = gather(call.kind, [c async for c in chunks])
+        call.upstream_s = time.perf_counter() - t0
+        _account(call, body.get("usage"))
+        call.body = body
+        return
+    try:
+        first = await anext(chunks)  # a failure before the first chunk is still a plain error response
+    except StopAsyncIteration:
+        raise ModelyardError("the deployment closed the stream without an answer", status=502, code="empty_stream") from None
+    call.stream = _events(call, first, chunks, t0)
+    await call_next(call)
+
+
+async def _events(call: Call, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], t0: float) -> AsyncIterator[bytes]:
+    want_usage = call.request.include_usage
+    text_key = "delta" if call.kind == "chat" else "text"
+    pieces = 0
+    usage = None
+    try:
+        chunk: dict[str, Any] | None = first
+        while chunk is not None:
+            if chunk.get("usage"):
+                usage = chunk["usage"]
+            choices = chunk.get("choices")
+            if choices:
+                if call.ttft_s is None and _has_text(choices, text_key):
+                    call.ttft_s = time.perf_counter() - call.started
+                pieces += 1
+                yield sse(chunk)
+            elif want_usage or not usage:
+                yield sse(chunk)
+            chunk = await anext(chunks, None)
+        yield SSE_DONE
+    except ModelyardError as err:
+        call.status, call.error_code = err.status, err.code
+        yield sse(err.body())
+        yield SSE_DONE
+    finally:
+        call.upstream_s = time.perf_counter() - t0
+        # Without a usage chunk (a cut-off stream), each content chunk counts as one token.
+        _account(call, usage or {"prompt_tokens": 0, "completion_tokens": max(pieces - 1, 0)})
+        with anyio.CancelScope(shield=True):
+            await chunks.aclose()  # type: ignore[attr-defined]
+
+
+def _has_text(choices: list[dict[str, Any]], key: str) -> bool:
+    c = choices[0]
+    if key == "delta":
+        return bool((c.get("delta") or {}).get("content"))
+    return bool(c.get("text"))
+
+
+def _account(call: Call, usage: dict[str, Any] | None) -> None:
+    if usage:
+        call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
+        call.completion_tokens = int(usage.get("completion_tokens") or 0)
+    call.cost_usd = request_cost(call.deployment.card, call.prompt_tokens, call.completion_tokens, call.upstream_s)

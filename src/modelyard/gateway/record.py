@@ -1,0 +1,82 @@
+"""The record stage: one usage line and the metrics for every request.
+
+Recording is off the request path: the usage line goes to the
+`UsageWriter`'s queue and a background task writes it to the database in
+batches. For a stream the line is written when the stream ends, however it
+ends — finished, failed, or cut off by a client that went away (status 499,
+with the tokens generated up to then).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from typing import AsyncIterator
+
+from ..errors import ModelyardError
+from .pipeline import Call, Next
+
+CLIENT_CLOSED = 499
+
+
+class Record:
+    def __init__(self, writer, metrics) -> None:
+        self.writer = writer
+        self.metrics = metrics
+
+    async def __call__(self, call: Call, call_next: Next) -> None:
+        gauge = self.metrics.in_flight.labels(call.request.model)
+        gauge.inc()
+        try:
+            await call_next(call)
+        except ModelyardError as err:
+            call.status, call.error_code = err.status, err.code
+            self._finish(call)
+            gauge.dec()
+            raise
+        except BaseException:
+            call.status, call.error_code = 500, "internal_error"
+            self._finish(call)
+            gauge.dec()
+            raise
+        if call.stream is None:
+            self._finish(call)
+            gauge.dec()
+        else:
+            call.stream = self._watch(call, call.stream, gauge)
+
+    async def _watch(self, call: Call, stream: AsyncIterator[bytes], gauge) -> AsyncIterator[bytes]:
+        try:
+            async for event in stream:
+                yield event
+        except (asyncio.CancelledError, GeneratorExit):
+            call.status, call.error_code = CLIENT_CLOSED, "client_closed"
+            raise
+        finally:
+            self._finish(call)
+            gauge.dec()
+
+    def _finish(self, call: Call) -> None:
+        call.finished = time.perf_counter()
+        latency = call.finished - call.started
+        deployment = call.deployment_name
+        self.metrics.observe(call.endpoint_name, deployment, call.status, call.prompt_tokens, call.completion_tokens,
+                             call.cost_usd, latency, call.ttft_s)
+        self.writer.submit({
+            "request_id": call.request_id,
+            "endpoint": call.endpoint_name,
+            "deployment": deployment or None,
+            "model": call.deployment.card.id if call.deployment is not None else None,
+            "key_id": call.key.id if call.key is not None else None,
+            "kind": call.kind,
+            "stream": call.streaming,
+            "prompt_tokens": call.prompt_tokens,
+            "completion_tokens": call.completion_tokens,
+            "cost_usd": call.cost_usd,
+            "latency_ms": latency * 1000,
+            "ttft_ms": call.ttft_s * 1000 if call.ttft_s is not None else None,
+            "status": call.status,
+            "error_code": call.error_code,
+            "cache": call.cache,
+            "route": call.route or None,
+        })

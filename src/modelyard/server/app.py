@@ -1,0 +1,94 @@
+"""The FastAPI app: OpenAI routes, the management API, health and metrics.
+
+`create_app()` builds the app around a `Gateway` (database, keys, catalog,
+endpoints, usage writer). Starting the app starts the usage writer and the
+endpoints' instances in the background; ``/readyz`` says when every
+deployment is ready. Stopping it stops the instances and flushes usage.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from contextlib import asynccontextmanager
+from typing import AsyncIterator, Callable
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from starlette.exceptions import HTTPException as StarletteHTTPException
+from starlette.responses import Response
+
+from ..errors import ModelyardError, from_validation_error
+from ..settings import Settings
+from . import manage_routes, openai_routes
+from .http import error_response, json_response
+from .state import Gateway
+
+log = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings | None = None, *, defaults: bool = False, gateway: Gateway | None = None,
+               on_ready: Callable[[], None] | None = None) -> FastAPI:
+    """The gateway app. With `defaults`, the `default` and `embed` endpoints are created if missing;
+    `on_ready` is called once every deployment has started."""
+    settings = settings or Settings.from_env()
+    gateway = gateway or Gateway.open(settings)
+    if defaults:
+        gateway.ensure_default_endpoints()
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        await gateway.start()
+        watcher = asyncio.create_task(_when_ready(gateway, on_ready)) if on_ready else None
+        try:
+            yield
+        finally:
+            if watcher:
+                watcher.cancel()
+            await gateway.close()
+
+    app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    app.state.gateway = gateway
+    app.include_router(openai_routes.router)
+    app.include_router(manage_routes.router)
+
+    @app.exception_handler(ModelyardError)
+    async def _modelyard_error(request: Request, exc: ModelyardError) -> Response:
+        return error_response(exc)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
+        message = f"Unknown route: {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
+        return error_response(ModelyardError(message, status=exc.status_code, code="unknown_route" if exc.status_code == 404 else None))
+
+    @app.exception_handler(RequestValidationError)
+    async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
+        return error_response(from_validation_error(exc))
+
+    @app.exception_handler(Exception)
+    async def _unexpected(request: Request, exc: Exception) -> Response:
+        log.exception("unhandled error on %s", request.url.path)
+        return error_response(ModelyardError("The gateway failed while answering this request.", status=500,
+                                             code="internal_error"))
+
+    @app.get("/healthz")
+    async def healthz() -> Response:
+        return json_response({"status": "ok"})
+
+    @app.get("/readyz")
+    async def readyz() -> Response:
+        states = {f"{e.name}/{d.name}": d.state for e in gateway.endpoints.all() for d in e.deployments.values()}
+        ready = gateway.endpoints.ready()
+        return json_response({"status": "ready" if ready else "starting", "deployments": states}, 200 if ready else 503)
+
+    @app.get("/metrics")
+    async def metrics() -> Response:
+        return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
+
+    return app
+
+
+async def _when_ready(gateway: Gateway, callback: Callable[[], None]) -> None:
+    while not gateway.endpoints.ready():
+        await asyncio.sleep(0.2)
+    callback()

@@ -1,0 +1,122 @@
+"""The management API (``/api/...``): what the CLI and the console call.
+
+Every route needs the admin key. Errors are raised as `ModelyardError`; the
+app turns them into OpenAI-shaped responses. Changes go through the core (`Endpoints`,
+`KeyStore`), which persists them before anything starts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from datetime import datetime, timedelta, timezone
+from typing import Any
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, ValidationError
+from starlette.responses import Response
+
+from ..errors import ModelyardError, from_validation_error
+from ..serving.spec import DeploymentSpec, EndpointSpec
+from ..store.usage import recent_usage, usage_summary
+from .http import api_key, json_response, parse_json, read_body
+
+router = APIRouter(prefix="/api")
+
+
+class KeyCreate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    name: str
+    endpoint: str | None = None
+
+
+def _admin(request: Request):
+    gateway = request.app.state.gateway
+    info = gateway.keys.verify(api_key(request) or "")
+    if info is None:
+        raise ModelyardError("The management API needs the admin key (MODELYARD_HOME/admin.key).", status=401,
+                             code="invalid_api_key")
+    if not info.is_admin:
+        raise ModelyardError("This key is not an admin key.", status=403, code="not_admin")
+    return gateway
+
+
+async def _json_model(request: Request, model: type[BaseModel], **extra: Any):
+    raw = await read_body(request, request.app.state.gateway.settings.max_body_bytes)
+    data = parse_json(raw)
+    if not isinstance(data, dict):
+        raise ModelyardError("The request body must be a JSON object.", status=400, code="invalid_json")
+    try:
+        return model.model_validate({**data, **extra})
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+
+
+@router.get("/status")
+async def status(request: Request, gateway=Depends(_admin)) -> Response:
+    """Endpoints, deployments and instances with their states."""
+    return json_response({"ready": gateway.endpoints.ready(),
+                          "endpoints": [e.describe() for e in gateway.endpoints.all()]})
+
+
+@router.get("/endpoints")
+async def list_endpoints(request: Request, gateway=Depends(_admin)) -> Response:
+    return json_response({"data": [e.describe() for e in gateway.endpoints.all()]})
+
+
+@router.post("/endpoints")
+async def create_endpoint(request: Request, gateway=Depends(_admin)) -> Response:
+    spec = await _json_model(request, EndpointSpec)
+    endpoint = await gateway.endpoints.create_endpoint(spec)
+    return json_response(endpoint.describe(), 201)
+
+
+@router.delete("/endpoints/{name}")
+async def delete_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    await gateway.endpoints.delete_endpoint(name)
+    return json_response({"deleted": name})
+
+
+@router.post("/endpoints/{name}/deployments")
+async def create_deployment(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    all_traffic = request.query_params.get("all_traffic") in ("1", "true")
+    spec = await _json_model(request, DeploymentSpec, endpoint_name=name)
+    deployment = await gateway.endpoints.create_deployment(spec, all_traffic=all_traffic)
+    return json_response(deployment.describe(), 201)
+
+
+@router.get("/keys")
+async def list_keys(request: Request, gateway=Depends(_admin)) -> Response:
+    keys = [{"id": k.id, "name": k.name, "endpoint": k.endpoint, "prefix": k.prefix, "is_admin": k.is_admin,
+             "created_at": k.created_at.isoformat() if k.created_at else None, "revoked": k.revoked}
+            for k in gateway.keys.list()]
+    return json_response({"data": keys})
+
+
+@router.post("/keys")
+async def create_key(request: Request, gateway=Depends(_admin)) -> Response:
+    body = await _json_model(request, KeyCreate)
+    if body.endpoint is not None:
+        gateway.endpoints.get(body.endpoint)
+    plain, info = gateway.keys.create(body.name, body.endpoint)
+    return json_response({"id": info.id, "name": info.name, "endpoint": info.endpoint, "key": plain}, 201)
+
+
+@router.get("/usage")
+async def usage(request: Request, gateway=Depends(_admin)) -> Response:
+    """Requests, tokens and cost by endpoint and day (``?days=N``, default 30)."""
+    try:
+        days = int(request.query_params.get("days", "30"))
+    except ValueError:
+        raise ModelyardError("days must be an integer", status=400, param="days") from None
+    await gateway.writer.flush()
+    since = datetime.now(timezone.utc) - timedelta(days=days)
+    rows = await asyncio.to_thread(usage_summary, gateway.db, since=since)
+    return json_response({"data": rows})
+
+
+@router.get("/usage/recent")
+async def usage_recent(request: Request, gateway=Depends(_admin)) -> Response:
+    await gateway.writer.flush()
+    limit = min(int(request.query_params.get("limit", "100")), 1000)
+    rows = await asyncio.to_thread(recent_usage, gateway.db, limit, request.query_params.get("endpoint"))
+    return json_response({"data": rows}, 200)

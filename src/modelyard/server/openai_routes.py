@@ -1,0 +1,126 @@
+"""The OpenAI routes: thin. Parse and validate, run the pipeline, write HTTP.
+
+The body is validated straight from bytes (pydantic's JSON parser), so a
+request costs one parse; a malformed body or a bad field is a 400 that names
+the field. Everything else happens in the gateway pipeline.
+"""
+
+from __future__ import annotations
+
+import logging
+
+from fastapi import APIRouter, Request
+from pydantic import ValidationError
+from starlette.responses import Response, StreamingResponse
+
+from ..errors import ModelyardError, from_validation_error
+from ..gateway import Call
+from ..wire import KINDS
+from .http import api_key, error_response, json_response, read_body
+
+log = logging.getLogger(__name__)
+
+router = APIRouter(prefix="/v1")
+
+
+def _validate(kind: str, raw: bytes):
+    if not raw.strip():
+        raise ModelyardError("The request body is empty; send a JSON object.", status=400, code="invalid_json")
+    try:
+        return KINDS[kind].model_validate_json(raw)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        if first.get("type") == "json_invalid":
+            raise ModelyardError(f"The request body is not valid JSON: {first.get('msg')}", status=400,
+                                 code="invalid_json") from None
+        if first.get("type") == "model_type":
+            raise ModelyardError("The request body must be a JSON object.", status=400, code="invalid_json") from None
+        raise from_validation_error(exc) from None
+
+
+def _headers(call: Call) -> dict[str, str]:
+    headers = {
+        "x-request-id": call.request_id,
+        "x-modelyard-endpoint": call.endpoint_name,
+        "x-modelyard-deployment": call.deployment_name,
+        "x-modelyard-cache": call.cache,
+        "x-modelyard-route": call.route,
+        # For a stream: the gateway's share of the time to the first chunk.
+        "x-modelyard-overhead-ms": f"{max(call.elapsed_s() - call.upstream_s, 0) * 1000:.3f}",
+    }
+    if call.stream is None:
+        headers["x-modelyard-cost-usd"] = f"{call.cost_usd:.8f}"
+    return headers
+
+
+async def _handle(kind: str, request: Request) -> Response:
+    gateway = request.app.state.gateway
+    call = None
+    try:
+        raw = await read_body(request, gateway.settings.max_body_bytes)
+        call = Call(kind, _validate(kind, raw), api_key(request))
+        await gateway.pipeline(call)
+    except ModelyardError as err:
+        return error_response(err, _headers(call) if call is not None else None)
+    except Exception:
+        log.exception("request failed")
+        err = ModelyardError("The gateway failed while answering this request.", status=500, code="internal_error")
+        return error_response(err, _headers(call) if call is not None else None)
+    if call.stream is not None:
+        return StreamingResponse(call.stream, media_type="text/event-stream", headers=_headers(call))
+    return json_response(call.body, headers=_headers(call))
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request) -> Response:
+    return await _handle("chat", request)
+
+
+@router.post("/completions")
+async def completions(request: Request) -> Response:
+    return await _handle("completion", request)
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request) -> Response:
+    return await _handle("embedding", request)
+
+
+def _check_key(request: Request):
+    gateway = request.app.state.gateway
+    key = api_key(request)
+    if not key:
+        raise ModelyardError("You didn't provide an API key.", status=401, code="missing_api_key")
+    info = gateway.keys.verify(key)
+    if info is None:
+        raise ModelyardError("Incorrect API key provided.", status=401, code="invalid_api_key")
+    return info
+
+
+def _model_entry(endpoint) -> dict:
+    models = sorted({d.card.id for d in endpoint.deployments.values()})
+    return {"id": endpoint.name, "object": "model", "created": 0, "owned_by": "modelyard",
+            "models": models, "tasks": sorted(endpoint.tasks)}
+
+
+@router.get("/models")
+async def list_models(request: Request) -> Response:
+    try:
+        info = _check_key(request)
+    except ModelyardError as err:
+        return error_response(err)
+    endpoints = request.app.state.gateway.endpoints.all()
+    data = [_model_entry(e) for e in endpoints if info.allows(e.name)]
+    return json_response({"object": "list", "data": data})
+
+
+@router.get("/models/{name}")
+async def get_model(name: str, request: Request) -> Response:
+    try:
+        info = _check_key(request)
+        endpoint = request.app.state.gateway.endpoints.get(name)
+        if not info.allows(name):
+            raise ModelyardError(f"This key may not call endpoint '{name}'.", status=403, code="endpoint_not_allowed")
+    except ModelyardError as err:
+        return error_response(err)
+    return json_response(_model_entry(endpoint))

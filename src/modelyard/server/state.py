@@ -1,0 +1,71 @@
+"""The gateway's running parts, built once at start-up and shared by the routes."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass, field
+
+from ..catalog.registry import Catalog
+from ..gateway import Pipeline, build_pipeline
+from ..runtime.local import LocalRuntime
+from ..serving.endpoints import Endpoints, TrafficSplit
+from ..serving.spec import DeploymentSpec, EndpointSpec
+from ..settings import Settings
+from ..store.config import ConfigStore
+from ..store.db import Database
+from ..store.keys import KeyStore
+from ..store.usage import UsageWriter
+from ..telemetry.metrics import GatewayMetrics
+
+log = logging.getLogger(__name__)
+
+#: The endpoints `modelyard up` creates on a fresh machine.
+DEFAULT_ENDPOINTS = {"default": "gemma-3-270m", "embed": "all-minilm-l6-v2"}
+
+
+@dataclass
+class Gateway:
+    settings: Settings
+    db: Database
+    catalog: Catalog
+    keys: KeyStore
+    config: ConfigStore
+    endpoints: Endpoints
+    writer: UsageWriter
+    metrics: GatewayMetrics
+    pipeline: Pipeline
+    admin_key: str
+    admin_key_created: bool
+    started: dict = field(default_factory=dict)
+
+    @classmethod
+    def open(cls, settings: Settings) -> "Gateway":
+        """Open the database (migrating it), the catalog and the keys. Starts nothing yet."""
+        settings.ensure_home()
+        db = Database(settings.database_url)
+        db.upgrade()
+        keys = KeyStore(db)
+        admin_key, created = keys.ensure_admin_key(settings.admin_key_file)
+        catalog = Catalog.load(settings)
+        config = ConfigStore(db)
+        endpoints = Endpoints(config, catalog, LocalRuntime(settings.logs_dir))
+        writer = UsageWriter(db)
+        metrics = GatewayMetrics()
+        pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics)
+        return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created)
+
+    def ensure_default_endpoints(self) -> None:
+        """Create `default` (Gemma 3 270M) and `embed` (all-MiniLM-L6-v2) unless they exist."""
+        for name, model in DEFAULT_ENDPOINTS.items():
+            if self.config.get_endpoint(name) is None:
+                self.config.save_endpoint(EndpointSpec(name=name, traffic={model: 100}))
+                self.config.save_deployment(DeploymentSpec(name=model, endpoint_name=name, model=model))
+
+    async def start(self, *, wait: bool = False) -> None:
+        await self.writer.start()
+        await self.endpoints.load(wait=wait)
+
+    async def close(self) -> None:
+        await self.endpoints.close()
+        await self.writer.close()  # flushes every queued usage record
+        self.db.close()

@@ -1,0 +1,44 @@
+"""Prometheus metrics for the request path, served at ``/metrics``.
+
+Each app gets its own `CollectorRegistry`, so several gateways (or tests) in
+one process do not share counters.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+
+LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
+
+
+class GatewayMetrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        labels = ("endpoint", "deployment")
+        self.requests = Counter("modelyard_requests", "Requests answered, by endpoint, deployment and status",
+                                (*labels, "status"), registry=self.registry)
+        self.prompt_tokens = Counter("modelyard_prompt_tokens", "Prompt tokens", labels, registry=self.registry)
+        self.completion_tokens = Counter("modelyard_completion_tokens", "Generated tokens", labels, registry=self.registry)
+        self.cost = Counter("modelyard_cost_usd", "Cost in USD", labels, registry=self.registry)
+        self.ttft = Histogram("modelyard_time_to_first_token_seconds", "Time to the first generated token",
+                              labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.latency = Histogram("modelyard_request_latency_seconds", "End-to-end request latency",
+                                 labels, buckets=LATENCY_BUCKETS, registry=self.registry)
+        self.in_flight = Gauge("modelyard_requests_in_flight", "Requests being answered", ("endpoint",),
+                               registry=self.registry)
+
+    def observe(self, endpoint: str, deployment: str, status: int, prompt_tokens: int, completion_tokens: int,
+                cost: float, latency_s: float, ttft_s: float | None) -> None:
+        self.requests.labels(endpoint, deployment, str(status)).inc()
+        if prompt_tokens:
+            self.prompt_tokens.labels(endpoint, deployment).inc(prompt_tokens)
+        if completion_tokens:
+            self.completion_tokens.labels(endpoint, deployment).inc(completion_tokens)
+        if cost:
+            self.cost.labels(endpoint, deployment).inc(cost)
+        self.latency.labels(endpoint, deployment).observe(latency_s)
+        if ttft_s is not None:
+            self.ttft.labels(endpoint, deployment).observe(ttft_s)
+
+    def render(self) -> bytes:
+        return generate_latest(self.registry)

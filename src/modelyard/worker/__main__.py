@@ -1,0 +1,34 @@
+"""``python -m modelyard.worker --port N``: serve one model on 127.0.0.1."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+
+import orjson
+import uvicorn
+
+from ..backends.base import load_backend
+from ..catalog.card import ModelCard
+from .app import build_app
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m modelyard.worker")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--name", default="instance")
+    args = parser.parse_args()
+    logging.basicConfig(level=os.environ.get("MODELYARD_LOG_LEVEL", "INFO"),
+                        format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
+    spec = orjson.loads(os.environ["MODELYARD_WORKER_SPEC"])
+    card = ModelCard.model_validate(spec["card"])
+    backend = load_backend(card, spec.get("options") or {})
+    app = build_app(backend, name=args.name)
+    uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
+                loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,119 @@
+"""The instance process: one Backend behind the OpenAI wire format.
+
+An instance starts serving at once (``/healthz`` answers while the model
+loads) and reports ready on ``/readyz`` when the backend has loaded. It
+validates requests with the same models as the gateway, so it can be called
+directly, and refuses work it cannot do with the same OpenAI error shape.
+
+Run by the local runtime as ``python -m modelyard.worker``; its card and
+options arrive as JSON in the ``MODELYARD_WORKER_SPEC`` environment variable.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from typing import Any, AsyncIterator
+
+import orjson
+from pydantic import ValidationError
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
+
+from ..backends.base import Backend
+from ..errors import ModelyardError, from_validation_error
+from ..wire import KINDS, SSE_DONE, gather, sse
+
+log = logging.getLogger(__name__)
+
+
+def json_response(body: Any, status: int = 200) -> Response:
+    return Response(orjson.dumps(body), status_code=status, media_type="application/json")
+
+
+def error_response(err: ModelyardError) -> Response:
+    return json_response(err.body(), err.status)
+
+
+def build_app(backend: Backend, *, name: str = "instance") -> Starlette:
+    state: dict[str, Any] = {"ready": False, "error": None}
+
+    async def load() -> None:
+        try:
+            await backend.start()
+            state["ready"] = True
+            log.info("%s ready", name)
+        except Exception as exc:  # the runtime sees the exit and reports it
+            log.exception("%s failed to load its model", name)
+            state["error"] = str(exc)
+            import os
+            import signal
+
+            os.kill(os.getpid(), signal.SIGTERM)
+
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        task = asyncio.create_task(load())
+        yield
+        task.cancel()
+        await backend.close()
+
+    async def healthz(request: Request) -> Response:
+        return json_response({"status": "ok"})
+
+    async def readyz(request: Request) -> Response:
+        if state["ready"]:
+            return json_response({"status": "ready"})
+        return json_response({"status": "loading", "error": state["error"]}, 503)
+
+    def handler(kind: str):
+        model_cls = KINDS[kind]
+
+        async def endpoint(request: Request) -> Response:
+            if not state["ready"]:
+                return error_response(ModelyardError("instance is still loading its model", status=503, code="not_ready"))
+            try:
+                req = model_cls.model_validate_json(await request.body())
+            except ValidationError as exc:
+                return error_response(from_validation_error(exc))
+            try:
+                if kind == "embedding":
+                    return json_response(await backend.embed(req))  # type: ignore[arg-type]
+                stream = backend.generate(kind, req)  # type: ignore[arg-type]
+                if not req.stream:
+                    chunks = [c async for c in stream]
+                    return json_response(gather(kind, chunks))
+                first = await anext(stream)  # errors before the first chunk are still plain 4xx/5xx
+            except ModelyardError as err:
+                return error_response(err)
+            except StopAsyncIteration:
+                return error_response(ModelyardError("backend produced no output", status=500))
+            except Exception:
+                log.exception("%s: request failed", name)
+                return error_response(ModelyardError("the instance failed while answering", status=500, code="instance_error"))
+            return StreamingResponse(_events(first, stream, req.include_usage), media_type="text/event-stream")
+
+        return endpoint
+
+    async def _events(first: dict[str, Any], stream: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
+        try:
+            chunk: dict[str, Any] | None = first
+            while chunk is not None:
+                if include_usage or not (chunk.get("usage") and not chunk.get("choices")):
+                    yield sse(chunk)
+                chunk = await anext(stream, None)
+        except ModelyardError as err:
+            yield sse(err.body())
+        finally:
+            await stream.aclose()  # type: ignore[attr-defined]
+        yield SSE_DONE
+
+    routes = [
+        Route("/healthz", healthz),
+        Route("/readyz", readyz),
+        Route("/v1/chat/completions", handler("chat"), methods=["POST"]),
+        Route("/v1/completions", handler("completion"), methods=["POST"]),
+        Route("/v1/embeddings", handler("embedding"), methods=["POST"]),
+    ]
+    return Starlette(routes=routes, lifespan=lifespan)

@@ -1,0 +1,150 @@
+"""The schema comes from Alembic migrations, matches models.py, and SQLite runs in WAL mode."""
+
+from __future__ import annotations
+
+import sqlite3
+
+from alembic import command
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from alembic.script import ScriptDirectory
+from sqlalchemy import inspect, select, text
+
+from modelyard.settings import Settings
+from modelyard.store import ConfigStore, Database
+from modelyard.store.db import MIGRATIONS_DIR
+from modelyard.store.models import Base, Endpoint
+from modelyard.serving.spec import EndpointSpec
+
+TABLES = {"endpoints", "deployments", "api_keys", "usage_records"}
+
+
+def _schema_diffs(db: Database) -> list:
+    with db.engine.connect() as connection:
+        return compare_metadata(MigrationContext.configure(connection), Base.metadata)
+
+
+def _head() -> str:
+    return ScriptDirectory(str(MIGRATIONS_DIR)).get_current_head()
+
+
+def test_upgrade_creates_the_tables_in_a_fresh_sqlite_file(tmp_path):
+    path = tmp_path / "fresh.db"
+    db = Database(f"sqlite:///{path}")
+    assert db.current_revision() is None
+
+    db.upgrade()
+
+    assert path.exists()
+    assert TABLES <= set(db.table_names())
+    assert db.current_revision() == _head() == "0001"
+    db.close()
+
+
+def test_sqlite_connections_use_wal_and_the_configured_pragmas(db):
+    with db.engine.connect() as connection:
+        def pragma(name: str):
+            return connection.execute(text(f"PRAGMA {name}")).scalar()
+
+        assert pragma("journal_mode") == "wal"
+        assert pragma("synchronous") == 1  # NORMAL
+        assert pragma("busy_timeout") == 5000
+        assert pragma("foreign_keys") == 1
+
+
+def test_wal_mode_is_recorded_in_the_database_file(db, tmp_path):
+    db.close()
+    # A plain sqlite3 connection, without modelyard's connect hook, still sees WAL.
+    with sqlite3.connect(tmp_path / "modelyard.db") as raw:
+        assert raw.execute("PRAGMA journal_mode").fetchone()[0] == "wal"
+
+
+def test_upgrading_twice_is_harmless_and_keeps_data(any_db):
+    ConfigStore(any_db).save_endpoint(EndpointSpec(name="chat"))
+
+    any_db.upgrade()
+    any_db.upgrade()
+
+    assert any_db.current_revision() == _head()
+    assert ConfigStore(any_db).get_endpoint("chat") == EndpointSpec(name="chat")
+
+
+def test_migrated_schema_matches_the_models(any_db):
+    assert _schema_diffs(any_db) == []
+
+
+def test_schema_comparison_notices_drift(db):
+    # Guard for the test above: the comparison really looks at indexes and columns.
+    with db.engine.begin() as connection:
+        connection.execute(text("DROP INDEX ix_usage_records_created_at"))
+    diffs = _schema_diffs(db)
+    assert any(diff[0] == "add_index" and diff[1].name == "ix_usage_records_created_at" for diff in diffs)
+
+
+def test_downgrade_to_base_removes_every_table(any_db):
+    config = any_db.alembic_config()
+    with any_db.engine.begin() as connection:
+        config.attributes["connection"] = connection
+        command.downgrade(config, "base")
+
+    assert not TABLES & set(inspect(any_db.engine).get_table_names())
+    any_db.upgrade()  # and back up again
+    assert TABLES <= set(any_db.table_names())
+
+
+def test_from_settings_creates_home_and_keeps_the_database_there(tmp_path, monkeypatch):
+    home = tmp_path / "home" / ".modelyard"
+    monkeypatch.setenv("MODELYARD_HOME", str(home))
+    monkeypatch.delenv("DATABASE_URL", raising=False)
+
+    db = Database.from_settings(Settings.from_env())
+    db.upgrade()
+
+    assert (home / "modelyard.db").is_file()
+    assert db.dialect == "sqlite"
+    db.close()
+
+
+def test_sessions_commit_on_success_and_roll_back_on_error(db):
+    with db.session() as session:
+        session.add(Endpoint(name="kept", spec={"name": "kept"}))
+    try:
+        with db.session() as session:
+            session.add(Endpoint(name="lost", spec={"name": "lost"}))
+            raise RuntimeError("boom")
+    except RuntimeError:
+        pass
+
+    with db.session() as session:
+        names = session.scalars(select(Endpoint.name)).all()
+    assert names == ["kept"]
+
+
+def test_in_memory_sqlite_is_one_database_for_every_thread():
+    import threading
+
+    db = Database("sqlite://")
+    db.upgrade()
+    seen: list[set[str]] = []
+    thread = threading.Thread(target=lambda: seen.append(set(db.table_names())))
+    thread.start()
+    thread.join()
+    assert TABLES <= seen[0]
+    db.close()
+
+
+def test_processes_starting_together_migrate_one_after_the_other(sqlite_url):
+    # Several server workers may call upgrade() on a fresh file at the same moment.
+    from concurrent.futures import ThreadPoolExecutor
+
+    def start() -> str | None:
+        db = Database(sqlite_url)
+        try:
+            db.upgrade()
+            return db.current_revision()
+        finally:
+            db.close()
+
+    with ThreadPoolExecutor(max_workers=6) as pool:
+        revisions = list(pool.map(lambda _: start(), range(6)))
+    assert revisions == [_head()] * 6
