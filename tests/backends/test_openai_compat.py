@@ -151,7 +151,8 @@ async def test_request_model_is_sent_unchanged_without_an_upstream_model(stub):
     received = last(stub)
     assert received["body"]["model"] == "my-endpoint"
     assert received["body"]["messages"] == [{"role": "user", "content": "hi"}]
-    assert "temperature" not in received["body"]  # unset fields are not sent
+    assert "temperature" not in received["body"]  # fields the client did not set are not sent
+    assert "logprobs" not in received["body"]
 
 
 async def test_bearer_key_and_extra_headers_reach_the_upstream(stub):

@@ -12,12 +12,16 @@
   how huggingface_hub resumes after a dropped connection.
 
 A missing file gets a 404 with ``X-Error-Code: EntryNotFound``, as the Hub does.
-No other route (``/api/...``) is needed for single-file downloads.
+No other route is needed for single-file downloads. A whole-repository
+download (``snapshot_download``) first asks ``GET /api/models/{repo}/revision/{rev}``
+for the commit and ``GET /api/models/{repo}/tree/{commit}`` for the file list,
+then fetches each file as above at that commit.
 """
 
 from __future__ import annotations
 
 import hashlib
+import json
 import re
 import threading
 from dataclasses import dataclass, field
@@ -31,6 +35,9 @@ from modelyard.settings import Settings
 
 COMMIT = "0123456789abcdef0123456789abcdef01234567"
 _RESOLVE = re.compile(r"^/(?P<repo>[^/]+/[^/]+)/resolve/(?P<revision>[^/]+)/(?P<file>.+)$")
+# what snapshot_download (a whole repository) asks first: the commit of a revision, then the file tree
+_REPO_INFO = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/revision/(?P<revision>[^/]+)$")
+_TREE = re.compile(r"^/api/models/(?P<repo>[^/]+/[^/]+)/tree/(?P<revision>[^/]+)$")
 
 
 @pytest.fixture(autouse=True)
@@ -60,9 +67,14 @@ class FakeHub:
     """When set, the first GET sends this many bytes of the body and then closes the connection."""
 
     def add(self, repo: str, filename: str, data: bytes, revision: str = "main") -> str:
-        """Serve `data` as `filename` in `repo`; returns its sha256."""
-        self.files[(repo, unquote(revision), filename)] = data
+        """Serve `data` as `filename` in `repo` (files on `main` also at the commit `COMMIT`); returns its sha256."""
+        self.files[(repo, revision, filename)] = data
+        if revision == "main":
+            self.files[(repo, COMMIT, filename)] = data
         return hashlib.sha256(data).hexdigest()
+
+    def listing(self, repo: str, revision: str) -> list[tuple[str, bytes]]:
+        return sorted((f, d) for (r, rev, f), d in self.files.items() if r == repo and rev == revision)
 
     def gets(self) -> list[Request]:
         return [r for r in self.requests if r.method == "GET"]
@@ -110,7 +122,31 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.send_header("Content-Length", str(len(data)))
             self.end_headers()
 
+        def _json(self, payload: object) -> None:
+            body = json.dumps(payload).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def _api(self) -> bool:
+            path = self.path.split("?")[0]
+            if match := _REPO_INFO.match(path):
+                files = hub.listing(unquote(match["repo"]), unquote(match["revision"]))
+                self._json({"id": unquote(match["repo"]), "sha": COMMIT, "siblings": [{"rfilename": f} for f, _ in files]})
+                return True
+            if match := _TREE.match(path):
+                files = hub.listing(unquote(match["repo"]), unquote(match["revision"]))
+                self._json([{"type": "file", "path": f, "size": len(d), "oid": hashlib.sha1(d).hexdigest()} for f, d in files])
+                return True
+            return False
+
         def do_GET(self) -> None:
+            if self.path.startswith("/api/"):
+                hub.requests.append(Request(self.command, self.path, None))
+                if self._api():
+                    return
             data = self._lookup()
             if data is None:
                 return self._not_found()
@@ -145,7 +181,7 @@ def fake_hub(monkeypatch: pytest.MonkeyPatch) -> FakeHub:
     hub = FakeHub()
     server = ThreadingHTTPServer(("127.0.0.1", 0), _handler(hub))
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="fake-hub", daemon=True)
+    thread = threading.Thread(target=server.serve_forever, kwargs={"poll_interval": 0.05}, name="fake-hub", daemon=True)
     thread.start()
     hub.url = f"http://127.0.0.1:{server.server_address[1]}"
     monkeypatch.setenv("HF_ENDPOINT", hub.url)

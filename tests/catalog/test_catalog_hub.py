@@ -210,15 +210,21 @@ def test_hf_endpoint_is_read_when_pulling_not_when_imported(fake_hub, payload, s
     assert fake_hub.requests  # the request reached the fake, not huggingface.co
 
 
-def test_unreachable_hub_is_a_clear_error(settings: Settings, monkeypatch):
-    monkeypatch.setenv("HF_ENDPOINT", "http://127.0.0.1:9")
-    import huggingface_hub.constants as hf_constants
+def test_whole_repository_pull_for_a_card_without_file(fake_hub, settings: Settings):
+    files = {"config.json": b'{"hidden_size": 8}', "model.safetensors": os.urandom(50_000), "1_Pooling/config.json": b"{}"}
+    for name, data in files.items():
+        fake_hub.add("test-org/tiny-embedder", name, data)
+    card = ModelCard.model_validate(
+        {"id": "tiny-embedder", "family": "tiny", "task": "embedding", "format": "transformers", "license": "mit",
+         "context_length": 128, "source": {"type": "hub", "repo": "test-org/tiny-embedder"}}
+    )
+    with pytest.raises(ModelyardError, match="catalog pull tiny-embedder"):
+        resolve_path(card, settings)
 
-    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", False)
+    folder = pull(card, settings, progress=False)
 
-    with pytest.raises(ModelyardError) as info:
-        pull(_card(), settings, progress=False)
-
-    assert info.value.status == 502
-    assert "http://127.0.0.1:9" in info.value.message
-    assert not (hub_dir(_card().source, settings) / FILE).exists()
+    assert folder == hub_dir(card.source, settings) and folder.is_dir()
+    for name, data in files.items():
+        assert (folder / name).read_bytes() == data
+    assert resolve_path(card, settings) == folder
+    assert is_available(card, settings)

@@ -189,7 +189,8 @@ def test_close_waits_out_a_briefly_unavailable_database(db, monkeypatch):
 
 
 def test_records_are_checked_and_completed_when_submitted():
-    row = normalize_record({"endpoint": "chat", "kind": "embedding", "prompt_tokens": "7", "error_code": "x" * 500})
+    row = normalize_record({"endpoint": "chat", "kind": "embedding", "prompt_tokens": "7", "completion_tokens": None,
+                            "status": None, "error_code": "x" * 500})
     assert row["prompt_tokens"] == 7 and row["completion_tokens"] == 0
     assert row["status"] == 200 and row["stream"] is False
     assert len(row["request_id"]) == 32
@@ -202,6 +203,10 @@ def test_records_are_checked_and_completed_when_submitted():
         normalize_record({"kind": "chat"})
     with pytest.raises(ValueError, match="kind"):
         normalize_record({"endpoint": "chat", "kind": "image"})
+    with pytest.raises(ValueError, match="kind"):
+        normalize_record({"endpoint": "chat"})
+    # A request for an empty model name still gets its line.
+    assert normalize_record({"endpoint": "", "kind": "chat"})["endpoint"] == ""
 
 
 def _seed(db: Database) -> datetime:

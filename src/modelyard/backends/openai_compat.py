@@ -144,7 +144,7 @@ class OpenAICompatBackend:
         if getattr(source, "type", None) != "hosted":
             raise ValueError(f"card {card.id!r} is not hosted (source type {getattr(source, 'type', None)!r})")
         kwargs: dict[str, Any] = {
-            "provider": "azure" if source.provider == "azure" else source.provider,
+            "provider": source.provider,
             "model": source.model or card.id,
             "api_version": source.api_version,
             "api_key_env": source.api_key_env,
@@ -173,26 +173,15 @@ class OpenAICompatBackend:
             return False
         return 200 <= response.status_code < 300
 
-    async def generate(self, kind: str, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[Chunk]:
+    def generate(self, kind: str, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[Chunk]:
         """Yield the upstream's answer to a chat or completion request.
 
         Streaming: each SSE chunk as a dict, the usage chunk included.
         Non-streaming: the single complete response object.
         """
-        url = self._urls[kind]
-        body = self._body(request)
-        if not request.stream:
-            body.pop("stream_options", None)
-            response = await self._post(url, orjson.dumps(body))
-            response.setdefault("object", _FINAL_OBJECT[kind])
-            yield response
-            return
-        body["stream"] = True
-        client_options = body.get("stream_options")
-        if self._ask_stream_usage:
-            body["stream_options"] = {**client_options, "include_usage": True} if client_options else {"include_usage": True}
-        async for chunk in self._stream(url, body, client_options):
-            yield chunk
+        if request.stream:
+            return self._stream(kind, request)
+        return self._complete(kind, request)
 
     async def embed(self, request: EmbeddingRequest) -> dict[str, Any]:
         """Return the upstream's embeddings ``list`` body."""
@@ -203,12 +192,21 @@ class OpenAICompatBackend:
     def _body(self, request: Any) -> dict[str, Any]:
         if not self._has_key and self.api_key_env:
             self._load_key()
-        body = request.model_dump(exclude_none=True)
+        # Only what the client set: defaults it never sent (logprobs=false, echo=false)
+        # stay home, as some hosted models refuse parameters they do not support.
+        body = request.model_dump(exclude_unset=True, exclude_none=True)
         if self.provider == "azure":
             body.pop("model", None)
         elif self.model is not None:
             body["model"] = self.model
         return body
+
+    async def _complete(self, kind: str, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[Chunk]:
+        body = self._body(request)
+        body.pop("stream_options", None)  # OpenAI refuses it on a non-streaming request
+        response = await self._post(self._urls[kind], orjson.dumps(body))
+        response.setdefault("object", _FINAL_OBJECT[kind])
+        yield response
 
     async def _post(self, url: httpx.URL, content: bytes) -> dict[str, Any]:
         """POST one JSON body and return the JSON answer, retrying what can be retried."""
@@ -227,7 +225,13 @@ class OpenAICompatBackend:
                 error, retry_after = self._status_error(response.status_code, response.content, response.headers)
             attempt = await self._wait_or_raise(error, retry_after, attempt)
 
-    async def _stream(self, url: httpx.URL, body: dict[str, Any], client_options: Any) -> AsyncIterator[Chunk]:
+    async def _stream(self, kind: str, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[Chunk]:
+        url = self._urls[kind]
+        body = self._body(request)
+        body["stream"] = True
+        client_options = body.get("stream_options")
+        if self._ask_stream_usage:
+            body["stream_options"] = {**client_options, "include_usage": True} if client_options else {"include_usage": True}
         content = orjson.dumps(body)
         attempt = 0
         while True:

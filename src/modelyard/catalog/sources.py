@@ -307,7 +307,8 @@ def _download_error(card: ModelCard, source: HubSource, what: str, exc: Exceptio
     elif os.environ.get("HF_HUB_OFFLINE") or kind == "OfflineModeIsEnabled":
         hint = " HF_HUB_OFFLINE is set; unset it to download."
     return ModelyardError(
-        f"Could not download {what} of '{card.id}' from {where} ({source.repo} at {source.revision}): {kind}: {exc}.{hint}",
+        f"Could not download {what} of '{card.id}' from {where} ({source.repo} at {source.revision}): "
+        f"{kind}: {str(exc).rstrip('. ')}.{hint}",
         status=502,
         param="model",
         code="download_failed",

@@ -33,13 +33,14 @@ def up(
     port = port or settings.port
     t0 = time.monotonic()
     gateway = Gateway.open(settings)
+    def announce() -> None:
+        console.print(f"[green]ready[/] in {time.monotonic() - t0:.1f}s: "
+                      + ", ".join(e.name for e in gateway.endpoints.all()))
+
     app = create_app(settings, defaults=defaults, gateway=gateway, on_ready=announce)
     url = f"http://{host}:{port}"
     _banner(url, gateway.admin_key if gateway.admin_key_created else None, settings)
 
-    def announce() -> None:
-        console.print(f"[green]ready[/] in {time.monotonic() - t0:.1f}s: "
-                      + ", ".join(e.name for e in gateway.endpoints.all()))
 
     uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools",
                 timeout_graceful_shutdown=10)

