@@ -11,6 +11,7 @@ called; tests point `MODELYARD_HOME` at a temporary folder.
 | MODELYARD_URL | http://127.0.0.1:8400 | where the CLI finds the server |
 | MODELYARD_ADMIN_KEY | read from MODELYARD_HOME/admin.key | the key the CLI sends |
 | MODELYARD_MAX_BODY_BYTES | 8 MiB | larger request bodies get 413 |
+| MODELYARD_USAGE_FLUSH_S | 0.5 | how often queued usage records are written |
 """
 
 from __future__ import annotations
@@ -29,6 +30,7 @@ class Settings:
     host: str = "127.0.0.1"
     port: int = DEFAULT_PORT
     max_body_bytes: int = 8 * 1024 * 1024
+    usage_flush_s: float = 0.5
 
     @classmethod
     def from_env(cls) -> "Settings":
@@ -40,6 +42,7 @@ class Settings:
             host=os.environ.get("MODELYARD_HOST", "127.0.0.1"),
             port=int(os.environ.get("MODELYARD_PORT", DEFAULT_PORT)),
             max_body_bytes=int(os.environ.get("MODELYARD_MAX_BODY_BYTES", 8 * 1024 * 1024)),
+            usage_flush_s=float(os.environ.get("MODELYARD_USAGE_FLUSH_S", 0.5)),
         )
 
     @property

@@ -89,3 +89,18 @@ def server(tmp_path_factory) -> Server:
     srv = start_server(tmp_path_factory.mktemp("gateway") / "home", extra_env={"MODELYARD_MAX_BODY_BYTES": str(1 << 20)})
     yield srv
     srv.stop()
+
+
+@pytest.fixture
+def start_gateway(tmp_path):
+    """Start extra gateways for one test; they are stopped after it."""
+    started: list[Server] = []
+
+    def start(home: Path | None = None, *args: str, **kwargs) -> Server:
+        srv = start_server(home or tmp_path / f"home{len(started)}", *args, **kwargs)
+        started.append(srv)
+        return srv
+
+    yield start
+    for srv in started:
+        srv.stop()

@@ -182,41 +182,46 @@ class LlamaCppBackend:
                 put(exc)
             finally:
                 put(None)
+                # The lock is released by the thread itself: a consumer cancelled mid-stream
+                # cannot wait for it, and the next request must not touch llama.cpp before it ends.
+                loop.call_soon_threadsafe(self._lock.release)
 
-        async with self._lock:
-            thread = threading.Thread(target=run, name="llama-generate", daemon=True)
+        await self._lock.acquire()
+        thread = threading.Thread(target=run, name="llama-generate", daemon=True)
+        try:
             thread.start()
-            started = False
-            try:
-                while True:
-                    item = await queue.get()
-                    if item is None:
-                        break
-                    if isinstance(item, BaseException):
-                        raise item
-                    text, finish, lps, counts = item
-                    if not started:
-                        started = True
-                        if kind == "chat":
-                            yield _chat_chunk(rid, created, self.card.id, {"role": "assistant", "content": ""}, None)
-                        if echo_text:
-                            yield _text_chunk(rid, created, self.card.id, echo_text, None, None)
-                    if text or finish or lps:
-                        if kind == "chat":
-                            lp = {"content": lps} if want_lp else None
-                            delta = {"content": text} if text else {}
-                            yield _chat_chunk(rid, created, self.card.id, delta, finish, lp)
-                        else:
-                            yield _text_chunk(rid, created, self.card.id, text, finish, _legacy_logprobs(lps) if want_lp else None)
-                    if finish:
-                        chunk = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                                 "created": created, "model": self.card.id, "choices": [],
-                                 "usage": usage(len(tokens), counts)}
-                        yield chunk
-            finally:
-                cancel.set()
-                # Wait for the thread to notice, so the next request finds llama.cpp idle.
-                await asyncio.to_thread(thread.join)
+        except BaseException:
+            self._lock.release()
+            raise
+        started = False
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    break
+                if isinstance(item, BaseException):
+                    raise item
+                text, finish, lps, counts = item
+                if not started:
+                    started = True
+                    if kind == "chat":
+                        yield _chat_chunk(rid, created, self.card.id, {"role": "assistant", "content": ""}, None)
+                    if echo_text:
+                        yield _text_chunk(rid, created, self.card.id, echo_text, None, None)
+                if text or finish or lps:
+                    if kind == "chat":
+                        lp = {"content": lps} if want_lp else None
+                        delta = {"content": text} if text else {}
+                        yield _chat_chunk(rid, created, self.card.id, delta, finish, lp)
+                    else:
+                        yield _text_chunk(rid, created, self.card.id, text, finish, _legacy_logprobs(lps) if want_lp else None)
+                if finish:
+                    chunk = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                             "created": created, "model": self.card.id, "choices": [],
+                             "usage": usage(len(tokens), counts)}
+                    yield chunk
+        finally:
+            cancel.set()  # the thread stops after the token it is on
 
     def _run(self, tokens: list[int], max_new: int, stops: list[str], temperature: float, top_p: float, seed: int,
              request: Any, want_lp: bool, top_n: int, cancel: threading.Event, put: Any, strip_lead: bool) -> None:

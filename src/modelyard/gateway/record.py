@@ -13,6 +13,8 @@ import asyncio
 import time
 from typing import AsyncIterator
 
+import anyio
+
 from ..errors import ModelyardError
 from .pipeline import Call, Next
 
@@ -53,6 +55,10 @@ class Record:
             call.status, call.error_code = CLIENT_CLOSED, "client_closed"
             raise
         finally:
+            # Close the inner stream first: its own clean-up counts the tokens sent and closes
+            # the upstream, and that must happen before the line is written, not at garbage collection.
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()  # type: ignore[attr-defined]
             self._finish(call)
             gauge.dec()
 

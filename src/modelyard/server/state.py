@@ -49,7 +49,7 @@ class Gateway:
         catalog = Catalog.load(settings)
         config = ConfigStore(db)
         endpoints = Endpoints(config, catalog, LocalRuntime(settings.logs_dir))
-        writer = UsageWriter(db)
+        writer = UsageWriter(db, flush_interval=settings.usage_flush_s)
         metrics = GatewayMetrics()
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics)
         return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created)
