@@ -17,6 +17,7 @@ import codecs
 import logging
 import os
 import random
+import sys
 import threading
 from typing import Any, AsyncIterator
 
@@ -51,6 +52,7 @@ class LlamaCppBackend:
         self.template = get_template(card.chat_template) if card.chat_template else None
         self.llm: Any = None
         self._lock = asyncio.Lock()
+        self._busy = threading.Lock()
 
     async def start(self) -> None:
         await asyncio.to_thread(self._load)
@@ -173,88 +175,112 @@ class LlamaCppBackend:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
-        put = lambda item: loop.call_soon_threadsafe(queue.put_nowait, item)  # noqa: E731
+
+        def put(item: Any) -> None:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is gone: nobody is listening any more
+                cancel.set()
 
         def run() -> None:
-            try:
-                self._run(tokens, max_new, stops, temperature, top_p, seed, request, want_lp, top_n, cancel, put, kind == "chat")
-            except BaseException as exc:  # handed to the consumer, which re-raises it
-                put(exc)
-            finally:
-                put(None)
-                # The lock is released by the thread itself: a consumer cancelled mid-stream
-                # cannot wait for it, and the next request must not touch llama.cpp before it ends.
-                loop.call_soon_threadsafe(self._lock.release)
+            # `_busy` is held by the generating thread itself: a consumer cancelled mid-stream cannot
+            # wait for its thread, and the next request must not touch llama.cpp before that thread ends.
+            with self._busy:
+                try:
+                    self._run(tokens, max_new, stops, temperature, top_p, seed, request, want_lp, top_n, cancel, put,
+                              kind == "chat")
+                except BaseException as exc:  # handed to the consumer, which re-raises it
+                    put(exc)
+                finally:
+                    put(None)
 
-        await self._lock.acquire()
-        thread = threading.Thread(target=run, name="llama-generate", daemon=True)
-        try:
-            thread.start()
-        except BaseException:
-            self._lock.release()
-            raise
-        started = False
-        try:
-            while True:
-                item = await queue.get()
-                if item is None:
-                    break
-                if isinstance(item, BaseException):
-                    raise item
-                text, finish, lps, counts = item
-                if not started:
-                    started = True
-                    if kind == "chat":
-                        yield _chat_chunk(rid, created, self.card.id, {"role": "assistant", "content": ""}, None)
-                    if echo_text:
-                        yield _text_chunk(rid, created, self.card.id, echo_text, None, None)
-                if text or finish or lps:
-                    if kind == "chat":
-                        lp = {"content": lps} if want_lp else None
-                        delta = {"content": text} if text else {}
-                        yield _chat_chunk(rid, created, self.card.id, delta, finish, lp)
-                    else:
-                        yield _text_chunk(rid, created, self.card.id, text, finish, _legacy_logprobs(lps) if want_lp else None)
-                if finish:
-                    chunk = {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
-                             "created": created, "model": self.card.id, "choices": [],
-                             "usage": usage(len(tokens), counts)}
+        async with self._lock:  # requests queue here, in arrival order
+            threading.Thread(target=run, name="llama-generate", daemon=True).start()
+            try:
+                async for chunk in self._consume(kind, queue, rid, created, echo_text, want_lp, len(tokens)):
                     yield chunk
-        finally:
-            cancel.set()  # the thread stops after the token it is on
+            finally:
+                cancel.set()  # the thread stops after the token it is on
+
+    async def _consume(self, kind: str, queue: asyncio.Queue[Any], rid: str, created: int,
+                       echo_text: str, want_lp: bool, n_prompt: int) -> AsyncIterator[dict[str, Any]]:
+        """Turn what the generating thread hands over into OpenAI chunks."""
+        started = False
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            if isinstance(item, BaseException):
+                raise item
+            text, finish, lps, counts = item
+            if not started:
+                started = True
+                if kind == "chat":
+                    yield _chat_chunk(rid, created, self.card.id, {"role": "assistant", "content": ""}, None)
+                if echo_text:
+                    yield _text_chunk(rid, created, self.card.id, echo_text, None, None)
+            if text or finish or lps:
+                if kind == "chat":
+                    lp = {"content": lps} if want_lp else None
+                    delta = {"content": text} if text else {}
+                    yield _chat_chunk(rid, created, self.card.id, delta, finish, lp)
+                else:
+                    yield _text_chunk(rid, created, self.card.id, text, finish,
+                                      _legacy_logprobs(lps) if want_lp else None)
+            if finish:
+                yield {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
+                       "created": created, "model": self.card.id, "choices": [], "usage": usage(n_prompt, counts)}
 
     def _run(self, tokens: list[int], max_new: int, stops: list[str], temperature: float, top_p: float, seed: int,
              request: Any, want_lp: bool, top_n: int, cancel: threading.Event, put: Any, strip_lead: bool) -> None:
+        """The generation loop (in a thread). Hands ``(text, finish, logprobs, tokens so far)`` to `put`.
+
+        Text that could be the start of a stop sequence is held back until it is
+        clear it is not; a token's logprob entry travels with the text it starts in,
+        so the entries of a stop sequence are never reported.
+        """
         import llama_cpp
 
         llm = self.llm
         llm.set_seed(seed)
+        if request.seed is not None:
+            # Reusing the cached prompt prefix evaluates the last prompt token alone, which shifts the
+            # logits slightly; a caller who fixes the seed wants the same text, so evaluate it all.
+            llm.reset()
         vocab = llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""
         sent = 0
         count = 0
-        pending_lp: list[dict[str, Any]] = []
+        pending_lp: list[tuple[int, dict[str, Any]]] = []  # (offset in text where the token starts, entry)
         hold = max((len(s) for s in stops), default=0)
         finish = None
         gen = llm.generate(tokens, top_k=0, top_p=top_p, min_p=0.0, typical_p=1.0, temp=temperature,
                            repeat_penalty=1.0, frequency_penalty=request.frequency_penalty or 0.0,
                            presence_penalty=request.presence_penalty or 0.0, reset=True)
+
+        def take_lp(upto: int) -> list[dict[str, Any]]:
+            nonlocal pending_lp
+            out = [e for start, e in pending_lp if start < upto]
+            pending_lp = [(start, e) for start, e in pending_lp if start >= upto]
+            return out
+
         try:
             for token in gen:
                 count += 1
-                if want_lp:
-                    pending_lp.append(self._logprob_entry(token, top_n))
                 if llama_cpp.llama_vocab_is_eog(vocab, token):
                     finish = "stop"
-                    pending_lp.pop() if pending_lp else None
                     break
+                entry = self._logprob_entry(token, top_n) if want_lp else None
+                start_at = len(text)
                 text += decoder.decode(llm.detokenize([token], special=False))
                 if strip_lead and sent == 0:
                     text = text.lstrip()  # "Assistant:" is followed by a space the reply should not start with
+                    start_at = 0
+                if entry is not None:
+                    pending_lp.append((start_at, entry))
                 if stops:
-                    start = max(0, sent - hold)
-                    cut = min((i for i in (text.find(s, start) for s in stops) if i >= 0), default=-1)
+                    cut = min((i for i in (text.find(s, max(0, sent - hold)) for s in stops) if i >= 0), default=-1)
                     if cut >= 0:
                         text = text[:cut]
                         finish = "stop"
@@ -268,12 +294,14 @@ class LlamaCppBackend:
                 if cancel.is_set():
                     return
                 if safe > sent:
-                    put((text[sent:safe], None, pending_lp, count))
-                    sent, pending_lp = safe, []
+                    put((text[sent:safe], None, take_lp(safe), count))
+                    sent = safe
         finally:
             gen.close()
-        text += decoder.decode(b"", final=True) if finish == "length" else ""
-        put((text[sent:], finish or "stop", pending_lp, count))
+        if finish == "length":
+            text += decoder.decode(b"", final=True)
+        # At a stop, the entries of the stop sequence (past the cut) are dropped; at the length limit, none are.
+        put((text[sent:], finish or "stop", take_lp(len(text) if finish == "stop" else sys.maxsize), count))
 
     def _logprob_entry(self, token: int, top_n: int) -> dict[str, Any]:
         import llama_cpp

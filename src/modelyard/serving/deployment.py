@@ -16,6 +16,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from contextlib import aclosing
 from typing import Any, AsyncIterator
 
 from ..backends.openai_compat import OpenAICompatBackend
@@ -143,17 +144,20 @@ class Deployment:
 
     async def generate(self, kind: str, request: Any) -> AsyncIterator[dict[str, Any]]:
         if self._hosted is not None:
-            async for chunk in self._hosted.generate(kind, request):
-                yield chunk
+            async with aclosing(self._hosted.generate(kind, request)) as chunks:
+                async for chunk in chunks:
+                    yield chunk
             return
         tried: Instance | None = None
         for attempt in range(2):
             inst = await self._acquire(avoid=tried)
             yielded = False
             try:
-                async for chunk in self._client(inst).generate(kind, request):
-                    yielded = True
-                    yield chunk
+                # aclosing: a client that hangs up closes the instance's stream at once, which stops generation.
+                async with aclosing(self._client(inst).generate(kind, request)) as chunks:
+                    async for chunk in chunks:
+                        yielded = True
+                        yield chunk
                 return
             except ModelyardError as err:
                 if yielded or err.code not in CRASH_CODES or attempt == 1:
