@@ -188,3 +188,23 @@ def test_clean_shutdown_flushes_usage_and_endpoints_come_back(start_gateway, tmp
     again = start_gateway(home, "--no-defaults")
     reply = again.openai().chat.completions.create(**{**ASK, "model": "chat"})
     assert "Paris" in reply.choices[0].message.content
+
+
+def test_instances_stop_when_the_gateway_is_killed(start_gateway):
+    """A gateway that dies without a clean shutdown leaves no model process behind."""
+    srv = start_gateway(None, "--no-defaults")
+    srv.api("POST", "/api/endpoints", json={"name": "chat"})
+    r = srv.api("POST", "/api/endpoints/chat/deployments", json={"name": "blue", "model": "gemma-3-270m"})
+    pid = r.json()["instances"][0]["pid"]
+    os.kill(srv.process.pid, signal.SIGKILL)
+    srv.process.wait()
+    deadline = time.monotonic() + 20
+    while time.monotonic() < deadline:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            break
+        time.sleep(0.2)
+    else:
+        os.kill(pid, signal.SIGKILL)
+        pytest.fail("the instance outlived its gateway")

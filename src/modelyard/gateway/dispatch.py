@@ -40,6 +40,7 @@ async def dispatch(call: Call, call_next: Next) -> None:
         first = await anext(chunks)  # a failure before the first chunk is still a plain error response
     except StopAsyncIteration:
         raise ModelyardError("the deployment closed the stream without an answer", status=502, code="empty_stream") from None
+    call.upstream_s = time.perf_counter() - t0  # until the stream ends: the upstream's share of the first chunk
     call.stream = _events(call, first, chunks, t0)
     await call_next(call)
 

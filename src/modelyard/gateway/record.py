@@ -27,7 +27,7 @@ class Record:
         self.metrics = metrics
 
     async def __call__(self, call: Call, call_next: Next) -> None:
-        gauge = self.metrics.in_flight.labels(call.request.model)
+        gauge = self.metrics.in_flight
         gauge.inc()
         try:
             await call_next(call)
@@ -66,7 +66,8 @@ class Record:
         call.finished = time.perf_counter()
         latency = call.finished - call.started
         deployment = call.deployment_name
-        self.metrics.observe(call.endpoint_name, deployment, call.status, call.prompt_tokens, call.completion_tokens,
+        # Metric labels only name endpoints that exist, so made-up model names cannot grow the label set.
+        self.metrics.observe(call.endpoint.name if call.endpoint is not None else "", deployment, call.status, call.prompt_tokens, call.completion_tokens,
                              call.cost_usd, latency, call.ttft_s)
         self.writer.submit({
             "request_id": call.request_id,

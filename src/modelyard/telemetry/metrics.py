@@ -24,8 +24,7 @@ class GatewayMetrics:
                               labels, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.latency = Histogram("modelyard_request_latency_seconds", "End-to-end request latency",
                                  labels, buckets=LATENCY_BUCKETS, registry=self.registry)
-        self.in_flight = Gauge("modelyard_requests_in_flight", "Requests being answered", ("endpoint",),
-                               registry=self.registry)
+        self.in_flight = Gauge("modelyard_requests_in_flight", "Requests being answered", registry=self.registry)
 
     def observe(self, endpoint: str, deployment: str, status: int, prompt_tokens: int, completion_tokens: int,
                 cost: float, latency_s: float, ttft_s: float | None) -> None:

@@ -13,6 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
+import signal
 from typing import Any, AsyncIterator
 
 import orjson
@@ -48,15 +50,21 @@ def build_app(backend: Backend, *, name: str = "instance") -> Starlette:
         except Exception as exc:  # the runtime sees the exit and reports it
             log.exception("%s failed to load its model", name)
             state["error"] = str(exc)
-            import os
-            import signal
-
             os.kill(os.getpid(), signal.SIGTERM)
 
+    async def orphan_watch() -> None:
+        # An instance outlives no gateway: if the parent dies (even by SIGKILL), stop too.
+        parent = os.getppid()
+        while os.getppid() == parent:
+            await asyncio.sleep(1.0)
+        log.warning("%s: the gateway (pid %d) is gone; stopping", name, parent)
+        os.kill(os.getpid(), signal.SIGTERM)
+
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
-        task = asyncio.create_task(load())
+        tasks = [asyncio.create_task(load()), asyncio.create_task(orphan_watch())]
         yield
-        task.cancel()
+        for task in tasks:
+            task.cancel()
         await backend.close()
 
     async def healthz(request: Request) -> Response:
