@@ -187,8 +187,7 @@ def test_n_above_one_is_400_naming_n(backend):
 
 
 def test_abandoned_generation_stops_and_the_backend_answers_the_next_request(backend):
-    # Both requests run on one event loop, as in a worker: the abandoned generation's thread
-    # hands the backend back on the loop that started it.
+    # Both requests run on one event loop, as they would in a worker.
     async def abandon_then_ask() -> tuple[int, float, dict[str, Any]]:
         stream = backend.generate("completion", CompletionRequest(model="gemma-3-270m", prompt="Once upon a time",
                                                                   max_tokens=CONTEXT - 16, temperature=1.0, seed=3))

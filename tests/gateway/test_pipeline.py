@@ -359,6 +359,19 @@ async def test_metrics_count_requests_by_endpoint_deployment_and_status():
                           api_key=None))
     text = gw.metrics.render().decode()
     assert 'modelyard_requests_total{deployment="blue",endpoint="chat",status="200"} 1.0' in text
-    assert 'modelyard_requests_total{deployment="",endpoint="chat",status="401"} 1.0' in text
+    # Refused before the endpoint was looked up: counted, but under no endpoint.
+    assert 'modelyard_requests_total{deployment="",endpoint="",status="401"} 1.0' in text
     assert f'modelyard_prompt_tokens_total{{deployment="blue",endpoint="chat"}} {float(PROMPT_TOKENS)}' in text
     assert 'modelyard_requests_in_flight 0.0' in text
+
+
+async def test_made_up_model_names_never_become_metric_labels():
+    gw = Gateway()
+    for name in ("nope-1", "nope-2"):
+        await gw.refusal(Call(kind="chat", request=ChatCompletionRequest(model=name, messages=[{"role": "user", "content": "hi"}]),
+                              api_key=GOOD_KEY))
+    text = gw.metrics.render().decode()
+    assert "nope" not in text
+    assert 'modelyard_requests_total{deployment="",endpoint="",status="404"} 2.0' in text
+    # The usage line still says what was asked for.
+    assert [r["endpoint"] for r in gw.writer.records] == ["nope-1", "nope-2"]

