@@ -52,6 +52,58 @@ def cpu_ticks_s(pid: int) -> float:
     return (int(fields[11]) + int(fields[12])) / _TICK
 
 
+def ctx_switches(pid: int) -> tuple[int, int]:
+    """(voluntary, involuntary) context switches of every live thread of `pid`."""
+    vol = invol = 0
+    base = f"/proc/{pid}/task"
+    for tid in os.listdir(base):
+        try:
+            with open(f"{base}/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"voluntary_ctxt_switches"):
+                        vol += int(line.split()[1])
+                    elif line.startswith(b"nonvoluntary_ctxt_switches"):
+                        invol += int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            pass
+    return vol, invol
+
+
+def thread_split(pid: int) -> tuple[int, int, int, int]:
+    """(main thread CPU ns, other threads CPU ns, main voluntary switches, others' voluntary switches)."""
+    main_ns = other_ns = main_cs = other_cs = 0
+    base = f"/proc/{pid}/task"
+    for tid in os.listdir(base):
+        try:
+            with open(f"{base}/{tid}/schedstat", "rb") as f:
+                ns = int(f.read().split(b" ", 1)[0])
+            cs = 0
+            with open(f"{base}/{tid}/status", "rb") as f:
+                for line in f:
+                    if line.startswith(b"voluntary_ctxt_switches"):
+                        cs = int(line.split()[1])
+        except (FileNotFoundError, ProcessLookupError):
+            continue
+        if int(tid) == pid:
+            main_ns, main_cs = ns, cs
+        else:
+            other_ns += ns
+            other_cs += cs
+    return main_ns, other_ns, main_cs, other_cs
+
+
+def io_syscalls(pid: int) -> tuple[int, int]:
+    """(read, write) system calls of `pid` so far (/proc/PID/io syscr, syscw: socket reads and writes included)."""
+    r = w = 0
+    with open(f"/proc/{pid}/io", "rb") as f:
+        for line in f:
+            if line.startswith(b"syscr:"):
+                r = int(line.split()[1])
+            elif line.startswith(b"syscw:"):
+                w = int(line.split()[1])
+    return r, w
+
+
 def children_of(pid: int) -> list[int]:
     """Direct child processes of `pid`."""
     out = []
@@ -141,3 +193,4 @@ def _on_term(signum, frame):  # SIGTERM to the benchmark behaves like Ctrl-C
 
 atexit.register(stop_all)
 signal.signal(signal.SIGTERM, _on_term)
+signal.signal(signal.SIGINT, signal.default_int_handler)  # Ctrl-C raises KeyboardInterrupt, even if inherited as ignored

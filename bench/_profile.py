@@ -5,31 +5,45 @@ The same servers and load as the measurement, but only through the gateway
 scenario:
 
 - **py-spy** (default when installed: ``pip install py-spy``): a sampling
-  profiler outside the process, 1000 samples a second, every thread (so the
-  usage writer's database batches are seen), idle stacks dropped — so samples
-  are proportional to CPU time, and the gateway runs at nearly full speed.
-  Time inside C code (uvloop, httptools, pydantic-core, orjson) is charged to
-  the Python frame that called it; the event loop's own C code (epoll, socket
-  reads and writes, callback scheduling) shows as a stack ending in
-  ``asyncio.Runner.run`` and is reported as *event loop*.
+  profiler outside the process, 1000 samples a second, every thread, run
+  ``--nonblocking`` (it never pauses the gateway, so the gateway runs at
+  nearly full speed and idle threads are recognised). Time inside C code
+  (uvloop, httptools, pydantic-core, orjson) is charged to the Python frame
+  that called it; the event loop's own C code (epoll, socket reads, callback
+  scheduling) is a stack ending in ``asyncio.Runner.run``, reported as *event
+  loop*, and a leaf on a ``transport.write(...)`` line is reported as *socket
+  writes* (the write syscall, which on loopback also delivers the data and
+  wakes the reader). Caveats: a sample counts a thread that is runnable but
+  preempted as busy, so on a crowded machine the socket-write and event-loop
+  rows are overstated (perf's kernel share is the truer syscall cost); a
+  worker thread waiting for the GIL is sometimes counted busy, so samples
+  are never compared across threads: each thread class (event loop, workers)
+  is scaled to the CPU it really used, read from /proc. Without pausing,
+  some stacks come back cut short; inclusive times use whole stacks only.
+- **perf** (when installed, alongside py-spy): ``perf record -e cpu-clock``
+  on the gateway, summarized by shared object — kernel, the interpreter,
+  uvloop, httptools, pydantic-core, orjson, SQLite — and CPython's GC.
 - **cProfile** (``--profiler cprofile``): deterministic, main thread only, with
   exact call counts; C functions called from Python (httptools' parser,
-  uvloop's transport writes, orjson, pydantic-core) get their own rows. It
-  slows Python code by a factor of about two, unevenly (many small calls are
-  inflated most), so its shares are less faithful than py-spy's.
+  orjson, pydantic-core) get their own rows. It slows Python code by a
+  factor of about two, unevenly (many small calls are inflated most), and it
+  times wall-clock, so its shares are less faithful than py-spy's; its µs are
+  scaled to the event-loop thread's CPU from the last measurement run.
 
 Each profile is summarized three ways: *self* time by package (where the CPU
 is spent), *owner* (the same, with standard-library time charged to the
 nearest third-party or modelyard caller: ``contextlib`` under anyio is
-anyio's cost), and the functions with the most inclusive time. Shares become
-µs per request by multiplying with the gateway's CPU per request measured
-(from /proc) during the profiled window.
+anyio's cost), selected code paths with their inclusive time, and the
+functions with the most self and inclusive time. Shares become µs per
+request by multiplying with the CPU per request measured (from /proc) during
+the profiled window.
 """
 
 from __future__ import annotations
 
 import asyncio
 import json
+import linecache
 import os
 import re
 import shutil
@@ -38,13 +52,14 @@ import subprocess
 import sys
 import time
 import urllib.request
-from collections import Counter, defaultdict
+from collections import Counter
 from pathlib import Path
 
-from _procs import cpu_ns
+from _procs import cpu_ns, thread_split
 
 HERE = Path(__file__).resolve().parent
-EVENT_LOOP = "event loop (uvloop C: epoll, socket I/O, callbacks)"
+EVENT_LOOP = "event loop (uvloop C: epoll, socket reads, callbacks)"
+SOCKET_WRITES = "socket writes (transport.write: the syscall, waking the peer)"
 _FRAME = re.compile(r"^(?P<func>.*) \((?P<file>.*?)(?::(?P<line>\d+))?\)$")
 _STDLIB_MARK = re.compile(r"/lib/python3\.\d+/")
 
@@ -107,8 +122,11 @@ class PySpy:
         self.out = self.out_dir / f"{label}.pyspy.txt"
         self.proc = subprocess.Popen(
             [self.binary, "record", "--pid", str(self.pid), "--rate", "1000", "--format", "raw", "--full-filenames",
-             "--function", "--nonblocking", "--output", str(self.out)],
+             "--nonblocking", "--output", str(self.out)],
             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, start_new_session=True)
+        self.perf = Perf(perf_binary(), self.pid, self.out_dir) if perf_binary() else None
+        if self.perf:
+            self.perf.start(label)
         await asyncio.sleep(1.0)  # attach
         if self.proc.poll() is not None:
             raise RuntimeError("py-spy failed: " + self.proc.stdout.read().decode(errors="replace")[-2000:])
@@ -117,55 +135,104 @@ class PySpy:
     async def stop(self, servers) -> dict:
         assert self.proc is not None and self.out is not None
         spy_cpu = cpu_ns(self.proc.pid) - self.cpu0
+        perf = await asyncio.to_thread(self.perf.stop) if self.perf else None
         self.proc.send_signal(signal.SIGINT)
         text = (await asyncio.to_thread(self.proc.communicate, timeout=60))[0].decode(errors="replace")
         m = re.search(r"Samples: (\d+) Errors: (\d+)", text)
         info = {"samples": int(m.group(1)) if m else None, "errors": int(m.group(2)) if m else None,
                 "profiler_cpu_s": spy_cpu / 1e9, "file": str(self.out)}
         info.update(analyze_pyspy(self.out))
+        info["perf"] = perf
         return info
 
 
+_WRITE_CALL = re.compile(r"transport\.write\(|transport\.writelines\(")
+
+
+def _is_socket_write(file: str, line: int | None) -> bool:
+    """Whether the leaf sits on a line that writes to a socket transport (the time is the write syscall)."""
+    if line is None or not (file.endswith("httptools_impl.py") or "/anyio/" in file or "/asyncio/" in file):
+        return False
+    return bool(_WRITE_CALL.search(linecache.getline(file, line).strip()))
+
+
+def _thread_class(frames) -> str:
+    """'worker' for a sample from a worker thread (the usage writer's asyncio.to_thread), else 'main'."""
+    for func, file, _ in frames:
+        if file.endswith(("concurrent/futures/thread.py", "/threading.py")) or "/sqlalchemy/" in file or "/store/usage.py" in file and func.endswith("_write_batch"):
+            return "worker"
+    return "main"
+
+
 def analyze_pyspy(path: Path) -> dict:
-    self_c, owner_c, incl_fn, self_fn = Counter(), Counter(), Counter(), Counter()
-    writer_thread = 0
-    total = 0
-    for line in path.read_text().splitlines():
+    """Sample counts per thread class: self time by package, owner, function; inclusive time per function."""
+    classes = {c: {"total": 0, "complete": 0, "self": Counter(), "owner": Counter(), "self_functions": Counter(),
+                   "inclusive_functions": Counter()} for c in ("main", "worker")}
+    for line in path.read_text(errors="replace").splitlines():
         stack, _, count = line.rpartition(" ")
         if not count.isdigit():
             continue
         n = int(count)
-        total += n
         frames = []
         for raw in stack.split(";") if stack else []:
             m = _FRAME.match(raw)
             if m:
-                frames.append((m.group("func"), m.group("file")))
+                frames.append((m.group("func"), m.group("file"), int(m.group("line")) if m.group("line") else None))
+        cls = classes[_thread_class(frames)]
+        cls["total"] += n
         if not frames:
-            self_c["?"] += n
-            owner_c["?"] += n
+            cls["self"]["?"] += n
+            cls["owner"]["?"] += n
             continue
-        if any(f.endswith("concurrent/futures/thread.py") for _, f in frames):
-            writer_thread += n
-        func, file = frames[-1]
+        func, file, lineno = frames[-1]
         if _is_loop_leaf(func, file):
             leaf = owner = EVENT_LOOP
+        elif _is_socket_write(file, lineno):
+            leaf = owner = SOCKET_WRITES
         else:
             leaf = category(file, func)
             owner = leaf
             if is_stdlib(leaf):
-                for f2, p2 in reversed(frames):
+                for f2, p2, _ in reversed(frames):
                     c2 = category(p2, f2)
                     if not is_stdlib(c2):
                         owner = c2
                         break
-        self_c[leaf] += n
-        owner_c[owner] += n
-        self_fn[f"{func} ({_short(file)})"] += n
-        for key in {f"{f} ({_short(p)})" for f, p in frames}:
-            incl_fn[key] += n
-    return {"total_samples": total, "self": dict(self_c), "owner": dict(owner_c), "self_functions": dict(self_fn),
-            "inclusive_functions": dict(incl_fn), "worker_thread_samples": writer_thread}
+        cls["self"][leaf] += n
+        cls["owner"][owner] += n
+        cls["self_functions"][f"{func} ({_short(file)})"] += n
+        # Without pausing the process py-spy sometimes reads a stack cut short (outer frames missing):
+        # inclusive time counts the frames a sample has, so it is a lower bound, tightest for inner frames.
+        if frames[0][0] in _ROOTS:
+            cls["complete"] += n
+        for key in {f"{f} ({_short(p)})" for f, p, _ in frames}:
+            cls["inclusive_functions"][key] += n
+    return {"total_samples": sum(c["total"] for c in classes.values()),
+            "worker_thread_samples": classes["worker"]["total"],
+            "classes": {k: {kk: (dict(vv) if isinstance(vv, Counter) else vv) for kk, vv in v.items()} for k, v in classes.items()}}
+
+
+def pyspy_us(p: dict, main_ms: float, worker_ms: float) -> dict:
+    """Samples to µs per request, each thread class scaled to the CPU that class really used (from /proc).
+
+    py-spy's idle detection is reliable for the event-loop thread but not for a worker thread that waits
+    for the GIL, so samples are never compared across threads; each class gets its measured CPU.
+    """
+    out = {k: Counter() for k in ("self", "owner", "self_functions", "inclusive_functions")}
+    for name, ms in (("main", main_ms), ("worker", worker_ms)):
+        c = p["classes"][name]
+        if not c["total"]:
+            continue
+        for k in ("self", "owner", "self_functions"):
+            for key, v in c[k].items():
+                out[k][key] += v / c["total"] * ms * 1000
+        for key, v in c["inclusive_functions"].items():
+            out["inclusive_functions"][key] += v / c["total"] * ms * 1000
+    return {k: dict(v) for k, v in out.items()}
+
+
+#: The outermost frame of a whole stack: the main thread (``python -m modelyard.cli``) or a worker thread.
+_ROOTS = ("_run_module_as_main", "Thread._bootstrap", "<module>")
 
 
 def _short(path: str) -> str:
@@ -176,6 +243,86 @@ def _short(path: str) -> str:
     return path[m.end():] if m else path
 
 
+# -- perf (native: kernel, interpreter, C extensions) ----------------------------------------------
+
+_DSO_NAMES = [
+    ("[kernel", "kernel (syscalls, loopback TCP, wake-ups)"), ("libpython", "Python interpreter (libpython)"),
+    ("python3", "Python interpreter (libpython)"), ("loop.cpython", "uvloop (C)"), ("parser.cpython", "httptools (C)"),
+    ("url_parser.cpython", "httptools (C)"), ("_pydantic_core", "pydantic-core (Rust)"), ("orjson", "orjson (Rust)"),
+    ("libc.so", "libc (malloc, memcpy)"), ("libsqlite3", "SQLite"), ("_sqlite3", "SQLite"),
+    ("libcrypto", "OpenSSL (sha256 of the API key)"), ("_hashlib", "OpenSSL (sha256 of the API key)"),
+]
+#: CPython's cyclic garbage collector, by symbol.
+_GC_SYMBOLS = ("gc_collect_main", "visit_decref", "visit_reachable", "move_unreachable", "subtract_refs",
+               "update_refs", "deduce_unreachable", "move_legacy_finalizers", "gc_collect_with_callback",
+               "gc_collect_generations", "untrack_dicts", "untrack_tuples", "move_legacy_finalizer_reachable",
+               "dict_traverse", "list_traverse", "tupletraverse", "subtype_traverse", "func_traverse")
+
+
+def perf_binary() -> str | None:
+    return shutil.which("perf")
+
+
+class Perf:
+    """``perf record`` on the gateway at the same time as py-spy: where CPU goes below Python."""
+
+    def __init__(self, binary: str, pid: int, out_dir: Path) -> None:
+        self.binary, self.pid, self.out_dir = binary, pid, out_dir
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, label: str) -> None:
+        self.out = self.out_dir / f"{label}.perf.data"
+        for stale in (self.out, self.out.with_name(self.out.name + ".old")):
+            stale.unlink(missing_ok=True)  # perf would keep the previous run as .old
+        self.proc = subprocess.Popen([self.binary, "record", "-e", "cpu-clock", "-F", "999", "-p", str(self.pid),
+                                      "-o", str(self.out)], stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                     start_new_session=True)
+
+    def stop(self) -> dict | None:
+        if self.proc is None:
+            return None
+        self.proc.send_signal(signal.SIGINT)
+        try:
+            self.proc.communicate(timeout=60)
+        except subprocess.TimeoutExpired:
+            self.proc.kill()
+            return None
+        return analyze_perf(self.binary, self.out)
+
+
+def _perf_report(binary: str, data: Path, sort: str) -> list[tuple[float, str]]:
+    out = subprocess.run([binary, "report", "-i", str(data), "--sort", sort, "--stdio", "-g", "none", "-q"],
+                         capture_output=True, text=True, timeout=120).stdout
+    rows = []
+    for line in out.splitlines():
+        parts = line.split(None, 1)
+        if len(parts) == 2 and parts[0].endswith("%"):
+            try:
+                rows.append((float(parts[0][:-1]), parts[1].strip()))
+            except ValueError:
+                pass
+    return rows
+
+
+def analyze_perf(binary: str, data: Path) -> dict | None:
+    try:
+        dsos = _perf_report(binary, data, "dso")
+        syms = _perf_report(binary, data, "sym")
+    except (OSError, subprocess.SubprocessError):
+        return None
+    if not dsos:
+        return None
+    groups: Counter = Counter()
+    for share, dso in dsos:
+        name = next((label for mark, label in _DSO_NAMES if mark in dso), "other: " + dso)
+        groups[name] += share
+    gc = sum(share for share, sym in syms if sym.split()[-1] in _GC_SYMBOLS)
+    malloc = sum(share for share, sym in syms if sym.split()[-1] in ("_PyObject_Malloc", "_PyObject_Free", "malloc", "free",
+                                                                     "_int_malloc", "_int_free", "pymalloc_alloc"))
+    return {"dso_percent": dict(groups), "gc_percent": gc, "malloc_percent": malloc,
+            "top_symbols": [(share, sym) for share, sym in syms[:15]]}
+
+
 # -- cProfile ---------------------------------------------------------------------------------------
 
 
@@ -184,15 +331,20 @@ class CProfile:
 
     def __init__(self, out_dir: Path) -> None:
         self.out_dir = out_dir
+        # The launcher's segments and acknowledgements go to a folder emptied first: a stale
+        # acknowledgement from an earlier run would be taken for this one's.
+        self.work_dir = out_dir / "cprofile-segments"
+        shutil.rmtree(self.work_dir, ignore_errors=True)
+        self.work_dir.mkdir(parents=True)
         self.segment = 0
         self.pokes = 0
 
     def argv_prefix(self) -> list[str]:
-        return [sys.executable, str(HERE / "_cprofile_gateway.py"), str(self.out_dir)]
+        return [sys.executable, str(HERE / "_cprofile_gateway.py"), str(self.work_dir)]
 
     async def _signal(self, servers, sig: int, ack: str) -> None:
         os.kill(servers.gateway.pid, sig)
-        path = self.out_dir / ack
+        path = self.work_dir / ack
         deadline = time.monotonic() + 30
         while not path.exists():  # a request wakes the loop so the Python-level handler runs
             if time.monotonic() > deadline:
@@ -208,7 +360,7 @@ class CProfile:
 
     async def stop(self, servers) -> dict:
         await self._signal(servers, signal.SIGUSR2, f"ack-dumped-{self.segment}")
-        src = self.out_dir / f"segment-{self.segment}.prof"
+        src = self.work_dir / f"segment-{self.segment}.prof"
         dst = self.out_dir / f"{self.label}.prof"
         src.rename(dst)
         self.segment += 1
@@ -287,6 +439,12 @@ def analyze_cprofile(path: Path) -> dict:
             "self_functions": dict(self_fn), "inclusive_functions": incl_fn, "ncalls": ncalls}
 
 
+def cprofile_us(p: dict, base_ms: float) -> dict:
+    total = p["total_s"] or 1.0
+    return {k: {key: v / total * base_ms * 1000 for key, v in p[k].items()}
+            for k in ("self", "owner", "self_functions", "inclusive_functions")}
+
+
 # -- the run ----------------------------------------------------------------------------------------
 
 
@@ -298,17 +456,19 @@ async def _profile_all(args, servers, bench, profiler, out_dir: Path) -> list[di
             await bench.run_block(gw, sc, args.warmup, None)
             await asyncio.sleep(bench.USAGE_FLUSH_WAIT_S)
             await profiler.start(sc.key, servers)
-            c0 = cpu_ns(servers.gateway.pid)
+            c0, split0 = cpu_ns(servers.gateway.pid), thread_split(servers.gateway.pid)
             samples = bench.Samples()
             t0 = time.perf_counter()
             await bench.run_block(gw, sc, args.requests, samples)
             wall = time.perf_counter() - t0
             await asyncio.sleep(bench.USAGE_FLUSH_WAIT_S)
             cpu = cpu_ns(servers.gateway.pid) - c0
+            threads = [b - a for a, b in zip(split0, thread_split(servers.gateway.pid))]
             info = await profiler.stop(servers)
             n = samples.ok + samples.errors
             r = {"scenario": sc.name, "key": sc.key, "requests": n, "errors": samples.errors,
                  "cpu_ms_per_request_profiled": cpu / n / 1e6, "wall_s": wall,
+                 "event_loop_thread_ms_per_request": threads[0] / n / 1e6, "worker_threads_ms_per_request": threads[1] / n / 1e6,
                  "latency_p50_ms": bench.pct(samples.latency_ms, 50), "profile": info}
             results.append(r)
             print(f"  {sc.name:<20} profiled: {n} requests, {r['cpu_ms_per_request_profiled']:.3f} ms gateway CPU/request "
@@ -323,54 +483,89 @@ def _reference_cpu(bench) -> dict[str, float]:
     path = bench.RESULTS / "gateway_overhead.json"
     try:
         data = json.loads(path.read_text())
-        return {("stream" if s["streaming"] else "json") + f"_c{s['concurrency']}": s["gateway_cpu"]["ms_per_request"]
+        return {("stream" if s["streaming"] else "json") + f"_c{s['concurrency']}":
+                s["gateway_cpu"].get("event_loop_thread_ms_per_request", s["gateway_cpu"]["ms_per_request"])
                 for s in data["scenarios"]}
     except (OSError, ValueError, KeyError):
         return {}
+
+
+#: Code paths worth a line of their own (function names as profilers print them; the heaviest match is shown).
+SELECTED = [
+    "RequestResponseCycle.run_asgi", "run_asgi", "HttpToolsProtocol.data_received", "data_received",
+    "ExceptionTelemetryMiddleware.__call__", "solve_dependencies",
+    "_handle", "read_body", "_validate", "Pipeline.__call__", "Record.__call__", "Auth.__call__", "Policy.__call__",
+    "dispatch", "OpenAICompatBackend._body", "OpenAICompatBackend._post", "_post", "OpenAICompatBackend._stream", "_stream",
+    "AsyncClient.send", "AsyncConnectionPool.handle_async_request", "AsyncConnectionPool._assign_requests_to_connections",
+    "Cookies.extract_cookies", "extract_cookies",
+    "_events", "Record._watch", "_watch", "StreamingResponse.__call__", "Response.__call__", "json_response", "_headers",
+    "Record._finish", "_finish", "GatewayMetrics.observe", "observe", "UsageWriter.submit", "submit", "UsageWriter._write_batch",
+    "_write_batch", "new_id",
+]
 
 
 def print_profile(r: dict, profiler_name: str, reference_ms: float | None) -> None:
     p = r["profile"]
     n = r["requests"]
     measured = r["cpu_ms_per_request_profiled"]
-    # py-spy barely slows the gateway: its window's CPU/request is the figure. cProfile inflates it:
-    # scale its shares to the unprofiled measurement when there is one.
-    base_ms = reference_ms if (profiler_name == "cProfile" and reference_ms) else measured
-    total = p["total_samples"] if profiler_name == "py-spy" else p["total_s"]
+    main_ms, worker_ms = r["event_loop_thread_ms_per_request"], r["worker_threads_ms_per_request"]
     print()
-    print(f"== {r['scenario']}: {n} requests through the gateway, {measured:.3f} ms gateway CPU/request under {profiler_name}"
-          + (f"; µs below scaled to the unprofiled {base_ms:.3f} ms" if base_ms != measured else ""))
+    print(f"== {r['scenario']}: {n} requests through the gateway; gateway CPU {measured:.3f} ms/request under {profiler_name} "
+          f"(event-loop thread {main_ms:.3f}, worker threads {worker_ms:.3f})")
     if profiler_name == "py-spy":
-        print(f"   {p['total_samples']} samples ({p.get('errors')} incomplete dropped), "
-              f"{p['worker_thread_samples'] / max(total, 1):.1%} in worker threads (usage writer); "
-              f"py-spy itself used {p['profiler_cpu_s']:.2f} s CPU")
+        us = pyspy_us(p, main_ms, worker_ms)
+        whole = sum(c["complete"] for c in p["classes"].values()) / max(p["total_samples"], 1)
+        print(f"   {p['total_samples']} samples ({whole:.0%} with the whole stack), {p.get('errors')} unreadable dropped; "
+              f"py-spy itself used {p['profiler_cpu_s']:.2f} s CPU. µs = each thread's share of samples x its CPU in /proc; "
+              f"inclusive µs are lower bounds")
     else:
-        print(f"   {p['function_calls'] / n:.0f} Python/C function calls per request; {r['profile']['healthz_pokes']} "
-              f"/healthz requests to deliver the signals are included")
+        # cProfile sees the event-loop thread only and slows it down: scale to the unprofiled measurement.
+        base = reference_ms or main_ms
+        us = cprofile_us(p, base)
+        print(f"   {p['function_calls'] / n:.0f} Python/C function calls per request (event-loop thread); "
+              f"µs scaled to {'the unprofiled measurement' if reference_ms else 'the profiled run'}: {base:.3f} ms; "
+              f"{r['profile']['healthz_pokes']} /healthz requests to deliver the signals are included")
+    perf = p.get("perf")
+    if perf:
+        print("   below Python (perf, cpu-clock samples, all threads): " + ", ".join(
+            f"{k} {v:.1f}% ({v / 100 * measured * 1000:.0f} µs)" for k, v in sorted(perf["dso_percent"].items(), key=lambda kv: -kv[1])
+            if v >= 0.3))
+        print(f"   of which CPython's cyclic GC {perf['gc_percent']:.1f}% ({perf['gc_percent'] / 100 * measured * 1000:.0f} µs), "
+              f"object malloc/free {perf['malloc_percent']:.1f}%")
+    total = sum(us["self"].values()) or 1.0
     print(f"   {'package (self time)':<52} {'share':>6} {'µs/req':>7}   {'owner (stdlib charged to its caller)':<40} {'share':>6} {'µs/req':>7}")
-    self_rows = sorted(p["self"].items(), key=lambda kv: -kv[1])
-    owner_rows = sorted(p["owner"].items(), key=lambda kv: -kv[1])
+    self_rows = sorted(us["self"].items(), key=lambda kv: -kv[1])
+    owner_rows = sorted(us["owner"].items(), key=lambda kv: -kv[1])
     for i in range(max(len(self_rows), len(owner_rows))):
         left = right = ""
         if i < len(self_rows):
             k, v = self_rows[i]
-            left = f"{k[:52]:<52} {v / total:>6.1%} {v / total * base_ms * 1000:>7.1f}"
+            left = f"{k[:52]:<52} {v / total:>6.1%} {v:>7.1f}"
         if i < len(owner_rows):
             k, v = owner_rows[i]
-            right = f"{k[:40]:<40} {v / total:>6.1%} {v / total * base_ms * 1000:>7.1f}"
-        if (i < len(self_rows) and self_rows[i][1] / total < 0.004) and (i >= len(owner_rows) or owner_rows[i][1] / total < 0.004):
+            right = f"{k[:40]:<40} {v / total:>6.1%} {v:>7.1f}"
+        if (i >= len(self_rows) or self_rows[i][1] / total < 0.004) and (i >= len(owner_rows) or owner_rows[i][1] / total < 0.004):
             break
         print(f"   {left:<67}   {right}")
+    print(f"   selected code paths, inclusive (everything they call){'':<17} share  µs/req")
+    seen = set()
+    for name in SELECTED:
+        hits = [(k, v) for k, v in us["inclusive_functions"].items() if k.startswith(name + " (") and k not in seen]
+        if hits:
+            k, v = max(hits, key=lambda kv: kv[1])
+            seen.add(k)
+            print(f"     {k[:66]:<66} {v / total:>6.1%} {v:>7.1f}")
     print(f"   top functions by self time{'':<44} top functions by inclusive time")
-    selfs = sorted(p["self_functions"].items(), key=lambda kv: -kv[1])[:22]
-    incl = [kv for kv in sorted(p["inclusive_functions"].items(), key=lambda kv: -kv[1]) if kv[1] / total < 0.97
+    selfs = sorted(us["self_functions"].items(), key=lambda kv: -kv[1])[:24]
+    incl = [kv for kv in sorted(us["inclusive_functions"].items(), key=lambda kv: -kv[1]) if kv[1] / total < 0.9
             and not kv[0].startswith(("<module>", "_run_", "main (", "Typer.", "Command.", "TyperGroup.", "Context.",
                                       "get_callback", "up (", "run (uvicorn", "Server.run", "asyncio_run",
-                                      "Runner.run", "_main ("))][:22]
+                                      "Runner.run", "_main (", "Thread.", "_worker (", "_WorkItem.run"))][:24]
     for i in range(max(len(selfs), len(incl))):
-        left = f"{selfs[i][1] / total:>6.1%} {selfs[i][1] / total * base_ms * 1000:>6.1f}µs {selfs[i][0][:58]:<58}" if i < len(selfs) else ""
-        right = f"{incl[i][1] / total:>6.1%} {incl[i][1] / total * base_ms * 1000:>6.1f}µs {incl[i][0][:70]}" if i < len(incl) else ""
+        left = f"{selfs[i][1] / total:>6.1%} {selfs[i][1]:>6.1f}µs {selfs[i][0][:58]:<58}" if i < len(selfs) else ""
+        right = f"{incl[i][1] / total:>6.1%} {incl[i][1]:>6.1f}µs {incl[i][0][:70]}" if i < len(incl) else ""
         print(f"   {left:<74} {right}")
+    r["per_request_us"] = {k: dict(sorted(v.items(), key=lambda kv: -kv[1])[:60]) for k, v in us.items()}
 
 
 def run(args, home: Path, bench) -> int:
@@ -396,7 +591,8 @@ def run(args, home: Path, bench) -> int:
     for r in results:
         print_profile(r, profiler.name, reference.get(r["key"]))
     out = bench.RESULTS / "gateway_profile.json"
-    for r in results:  # keep the JSON readable: only the heavier functions
+    for r in results:  # keep the JSON readable: µs per request (per_request_us) and only the heavier raw rows
+        r["profile"].pop("classes", None)
         for k in ("self_functions", "inclusive_functions", "ncalls"):
             if k in r["profile"]:
                 items = sorted(r["profile"][k].items(), key=lambda kv: -kv[1])[:80]

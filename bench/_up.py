@@ -91,6 +91,54 @@ def memory(pid: int) -> dict[str, float]:
     return out
 
 
+_TICK = os.sysconf("SC_CLK_TCK")
+
+
+def _proc_cpu_s(pid: int, with_children: bool) -> float:
+    with open(f"/proc/{pid}/stat", "rb") as f:
+        fields = f.read().rsplit(b")", 1)[1].split()
+    ticks = int(fields[11]) + int(fields[12])  # utime, stime
+    if with_children:
+        ticks += int(fields[13]) + int(fields[14])  # cutime, cstime: children that exited and were waited for
+    return ticks / _TICK
+
+
+class CpuMeter:
+    """CPU seconds the whole machine spent vs. what this process tree spent, between two snapshots.
+
+    `foreign` is the rest: other people's work on a shared machine, which skews timings.
+    Ours is this process plus its live descendants (their exited, waited-for children included).
+    """
+
+    def __init__(self) -> None:
+        self.t0, self.busy0, self.ours0 = self._snap()
+
+    @staticmethod
+    def _busy_s() -> float:
+        with open("/proc/stat") as f:
+            parts = [int(x) for x in f.readline().split()[1:]]
+        # user nice system idle iowait irq softirq [steal ...]: busy = the first seven less idle and iowait
+        return (sum(parts[:7]) - parts[3] - parts[4]) / _TICK
+
+    def _snap(self) -> tuple[float, float, float]:
+        me = os.getpid()
+        ours = _proc_cpu_s(me, True)
+        for pid in children_of(me):
+            try:
+                ours += _proc_cpu_s(pid, True)
+            except (OSError, IndexError):
+                pass
+        return time.monotonic(), self._busy_s(), ours
+
+    def read(self) -> dict[str, float]:
+        """Since construction: wall seconds, machine busy CPU-s, ours, foreign (>= 0), foreign share of the cores."""
+        t, busy, ours = self._snap()
+        wall = t - self.t0
+        foreign = max(0.0, (busy - self.busy0) - (ours - self.ours0))
+        return {"wall_s": wall, "busy_cpu_s": busy - self.busy0, "ours_cpu_s": ours - self.ours0,
+                "foreign_cpu_s": foreign, "foreign_cores": foreign / wall if wall > 0 else 0.0}
+
+
 def cmdline(pid: int) -> str:
     try:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()
@@ -127,8 +175,9 @@ class Gateway:
     """One ``modelyard up`` process with its own MODELYARD_HOME and port."""
 
     def __init__(self, home: Path | None = None, port: int | None = None, log_name: str = "gateway",
-                 log_level: str = "warning") -> None:
+                 log_level: str = "warning", extra_args: tuple[str, ...] = ()) -> None:
         self.log_level = log_level
+        self.extra_args = tuple(extra_args)
         self._tmp = None
         if home is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="modelyard-bench-")
@@ -155,7 +204,7 @@ class Gateway:
         try:
             self.t_launch = time.monotonic()
             self.proc = subprocess.Popen(
-                [str(VENV_BIN / "modelyard"), "up", "--port", str(self.port), "--log-level", self.log_level],
+                [str(VENV_BIN / "modelyard"), "up", "--port", str(self.port), "--log-level", self.log_level, *self.extra_args],
                 cwd=str(ROOT), env=env, stdout=logf, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
                 start_new_session=True)
         finally:

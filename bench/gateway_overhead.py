@@ -35,7 +35,6 @@ import math
 import os
 import platform
 import shutil
-import signal
 import subprocess
 import sys
 import tempfile
@@ -50,7 +49,7 @@ sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
 from _http import CONTENT_MARK, Connection, ConnectionLost, build_request  # noqa: E402
-from _procs import Child, cpu_ns, cpu_ticks_s  # noqa: E402
+from _procs import Child, cpu_ns, cpu_ticks_s, ctx_switches, io_syscalls, thread_split  # noqa: E402
 
 RESULTS = HERE / "results"
 
@@ -185,6 +184,9 @@ class Samples:
     client_cpu_s: float = 0.0
     gateway_cpu_ns: int = 0  # gateway CPU while this target's blocks ran
     stub_cpu_ns: int = 0  # stub CPU while this target's blocks ran
+    gateway_rw: list[int] = field(default_factory=lambda: [0, 0])  # gateway read, write syscalls in these blocks
+    stub_rw: list[int] = field(default_factory=lambda: [0, 0])  # stub read, write syscalls in these blocks
+    gateway_ctx: list[int] = field(default_factory=lambda: [0, 0])  # gateway voluntary, involuntary context switches
 
     def error(self, message: str) -> None:
         self.errors += 1
@@ -305,23 +307,37 @@ async def run_scenario(sc: Scenario, stub: Target, gw: Target, servers: Servers,
     res = {stub.name: Samples(), gw.name: Samples()}
     block = args.block or max(100, 8 * sc.concurrency)
     blocks = split(args.requests, block)
-    g_ns0, g_tick0, s_ns0 = cpu_ns(gpid), cpu_ticks_s(gpid), cpu_ns(spid)
+    g_ns0, g_tick0, s_ns0, split0 = cpu_ns(gpid), cpu_ticks_s(gpid), cpu_ns(spid), thread_split(gpid)
     wall0 = time.perf_counter()
     for i, n in enumerate(blocks):
         for t in ((stub, gw) if i % 2 == 0 else (gw, stub)):  # alternate who goes first
             s = res[t.name]
+            grw0, srw0, gx0 = io_syscalls(gpid), io_syscalls(spid), ctx_switches(gpid)
             g0, s0, c0, w0 = cpu_ns(gpid), cpu_ns(spid), time.process_time(), time.perf_counter()
             await run_block(t, sc, n, s)
             s.wall_s += time.perf_counter() - w0
             s.client_cpu_s += time.process_time() - c0
             s.gateway_cpu_ns += cpu_ns(gpid) - g0
             s.stub_cpu_ns += cpu_ns(spid) - s0
+            for acc, before, after in ((s.gateway_rw, grw0, io_syscalls(gpid)), (s.stub_rw, srw0, io_syscalls(spid)),
+                                       (s.gateway_ctx, gx0, ctx_switches(gpid))):
+                acc[0] += after[0] - before[0]
+                acc[1] += after[1] - before[1]
     await asyncio.sleep(USAGE_FLUSH_WAIT_S)  # let the usage writer write the last rows: that CPU is the gateway's too
     wall = time.perf_counter() - wall0
     g_total_ns, g_total_tick_s = cpu_ns(gpid) - g_ns0, cpu_ticks_s(gpid) - g_tick0
     s_total_ns = cpu_ns(spid) - s_ns0
-    return summarize(sc, res[stub.name], res[gw.name], wall=wall, g_total_ns=g_total_ns, g_total_tick_s=g_total_tick_s,
-                     s_total_ns=s_total_ns, idle_ns_per_s=idle_ns_per_s, blocks=blocks)
+    threads = [b - a for a, b in zip(split0, thread_split(gpid))]
+    out = summarize(sc, res[stub.name], res[gw.name], wall=wall, g_total_ns=g_total_ns, g_total_tick_s=g_total_tick_s,
+                    s_total_ns=s_total_ns, idle_ns_per_s=idle_ns_per_s, blocks=blocks)
+    n = out["requests_per_target"]
+    # Over the whole window: the event-loop thread (every request) and the worker threads
+    # (the usage writer's batched INSERTs run in asyncio.to_thread).
+    out["gateway_cpu"].update(event_loop_thread_ms_per_request=threads[0] / n / 1e6,
+                              worker_threads_ms_per_request=threads[1] / n / 1e6,
+                              event_loop_thread_voluntary_switches_per_request=threads[2] / n,
+                              worker_threads_voluntary_switches_per_request=threads[3] / n)
+    return out
 
 
 # ---------------------------------------------------------------------------------------------
@@ -360,6 +376,7 @@ def summarize(sc: Scenario, stub: Samples, gw: Samples, *, wall: float, g_total_
                  "ok": stub.ok, "errors": stub.errors, "error_examples": stub.error_examples,
                  "reconnects": stub.reconnects, "throughput_rps": stub.ok / stub.wall_s if stub.wall_s else None,
                  "cpu_ms_per_request": stub.stub_cpu_ns / n_stub / 1e6,
+                 "read_write_syscalls_per_request": [x / n_stub for x in stub.stub_rw],
                  "client_cpu_ms_per_request": stub.client_cpu_s * 1000 / n_stub,
                  "gateway_cpu_ms_per_request_while_idle": stub.gateway_cpu_ns / n_stub / 1e6},
         "gateway": {"latency_ms": lat_g, "ttft_ms": dist(gw.ttft_ms) if sc.streaming else None,
@@ -367,7 +384,10 @@ def summarize(sc: Scenario, stub: Samples, gw: Samples, *, wall: float, g_total_
                     "reconnects": gw.reconnects, "throughput_rps": gw.ok / gw.wall_s if gw.wall_s else None,
                     "self_reported_overhead_ms": dist(gw.overhead_header_ms),
                     "client_cpu_ms_per_request": gw.client_cpu_s * 1000 / n_gw,
-                    "stub_cpu_ms_per_proxied_request": gw.stub_cpu_ns / n_gw / 1e6},
+                    "stub_cpu_ms_per_proxied_request": gw.stub_cpu_ns / n_gw / 1e6,
+                    "read_write_syscalls_per_request": [x / n_gw for x in gw.gateway_rw],
+                    "stub_read_write_syscalls_per_proxied_request": [x / n_gw for x in gw.stub_rw],
+                    "context_switches_per_request": [x / n_gw for x in gw.gateway_ctx]},
         "added_ms": {"p50": _sub(lat_g["p50"], lat_s["p50"]), "p90": _sub(lat_g["p90"], lat_s["p90"]),
                      "p99": _sub(lat_g["p99"], lat_s["p99"]), "mean": _sub(lat_g["mean"], lat_s["mean"])},
         "added_ttft_ms": ({"p50": _sub(pct(gw.ttft_ms, 50), pct(stub.ttft_ms, 50)),
@@ -461,6 +481,22 @@ def print_report(meta: dict, results: list[dict]) -> None:
     print("  (blocks) = gateway CPU inside its own blocks only; stub = stub CPU per direct request; client = this "
           "load generator's CPU per gateway request")
     print("  references, ms CPU/request (non-streaming; streaming): MLflow 0.9; 1.3-2 — LiteLLM 7-9; 17-26")
+    print()
+    print("System calls, context switches and threads, per request (from /proc/PID/io, /proc/PID/task/*/{status,schedstat}); "
+          "worker threads = the usage writer's INSERTs")
+    hdr = (f"{'scenario':<20} {'gw reads':>8} {'gw writes':>9} {'gw vol cs':>9} {'gw invol':>8} "
+           f"{'stub r/w direct':>15} {'stub r/w proxied':>16} {'stub CPU proxied':>16}   "
+           f"{'gw CPU: loop thread':>19} {'worker threads':>14} {'worker vol cs':>13}")
+    print(hdr)
+    print("-" * len(hdr))
+    for r in results:
+        g, s = r["gateway"], r["stub"]
+        rw, cs = g["read_write_syscalls_per_request"], g["context_switches_per_request"]
+        sd, sp = s["read_write_syscalls_per_request"], g["stub_read_write_syscalls_per_proxied_request"]
+        print(f"{r['scenario']:<20} {rw[0]:>8.2f} {rw[1]:>9.2f} {cs[0]:>9.2f} {cs[1]:>8.2f} "
+              f"{sd[0]:>7.2f}/{sd[1]:<7.2f} {sp[0]:>8.2f}/{sp[1]:<7.2f} {g['stub_cpu_ms_per_proxied_request']:>13.3f} ms   "
+              f"{r['gateway_cpu']['event_loop_thread_ms_per_request']:>16.3f} ms {r['gateway_cpu']['worker_threads_ms_per_request']:>11.3f} ms "
+              f"{r['gateway_cpu']['worker_threads_voluntary_switches_per_request']:>13.2f}")
     print()
     print("Verdicts")
     for r in results:

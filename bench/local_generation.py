@@ -184,6 +184,9 @@ def main() -> int:
     ap.add_argument("--no-instance", action="store_true",
                     help="skip the diagnostic third side: the same request sent straight to the instance process, past the gateway")
     ap.add_argument("--no-cold", action="store_true", help="measure only the warm prompt-cache condition")
+    ap.add_argument("--max-foreign", type=float, default=0.15,
+                    help="a round in which other processes used more than this many cores during any request is left "
+                         "out of the medians (shared machine); all rounds are kept if fewer than 3 are clean")
     ap.add_argument("--pause", type=float, default=0.7, help="seconds of quiet between requests (the gateway flushes usage every 0.5 s)")
     args = ap.parse_args()
     _up.install_signal_handlers()
@@ -219,18 +222,20 @@ def main() -> int:
                 order = sides if (r % 2 == 0) else sides[::-1]
                 for side in order:
                     time.sleep(args.pause)
+                    meter = _up.CpuMeter()
                     if side == "baseline":
                         res = base_fn(llm, args.prompt, args.max_tokens, cold)
                     elif side == "gateway":
                         res = gateway_request(client, args.prompt, args.max_tokens, cold)
                     else:
                         res = gateway_request(direct, args.prompt, args.max_tokens, cold, model="gemma-3-270m")
+                    res["foreign_cores"] = meter.read()["foreign_cores"]
                     res.update(round=r, side=side, cond=cond)
                     if r >= 0:
                         rows.append(res)
                     print(f"  round {r:>2} {cond:4} {side:8}  ttft {_up.fmt(res['ttft_ms'])} ms  "
                           f"decode {_up.fmt(res['decode_tps'])} tok/s  e2e {res['e2e_s']:.2f}s  "
-                          f"tokens {res['tokens']} ({res['finish']})", flush=True)
+                          f"tokens {res['tokens']} ({res['finish']})  other load {res['foreign_cores']:.2f} cores", flush=True)
     finally:
         gw.stop()
         gw.cleanup_home()
@@ -238,7 +243,12 @@ def main() -> int:
 
     summary: dict[str, Any] = {}
     table_rows = []
+    noisy = {(x["round"], x["cond"]) for x in rows if x["foreign_cores"] > args.max_foreign}
+    all_rows = rows
     for cond in conditions:
+        clean = [x for x in all_rows if x["cond"] == cond and (x["round"], cond) not in noisy]
+        n_clean = len({x["round"] for x in clean})
+        rows = clean if n_clean >= 3 else [x for x in all_rows if x["cond"] == cond]
         b = summarize([x for x in rows if x["cond"] == cond and x["side"] == "baseline"])
         g = summarize([x for x in rows if x["cond"] == cond and x["side"] == "gateway"])
         i = summarize([x for x in rows if x["cond"] == cond and x["side"] == "instance"])
@@ -256,6 +266,7 @@ def main() -> int:
         ttft_diff = g["ttft_ms"] - b["ttft_ms"] if g["ttft_ms"] is not None and b["ttft_ms"] is not None else None
         same_text = b["texts"] == g["texts"] and len(b["texts"]) == 1
         summary[cond] = {
+            "rounds_used": sorted({x["round"] for x in rows}), "rounds_noisy": sorted(r for r, c in noisy if c == cond),
             "baseline": b, "gateway": g, "instance_direct": i if i["n"] else None,
             "decode_ratio": ratio, "decode_ratio_paired_median": paired_ratio,
             "e2e_speed_ratio": e2e_ratio,
@@ -277,8 +288,13 @@ def main() -> int:
              "same text" if same_text else "TEXT DIFFERS", "", ""],
         ]
 
+    rows = all_rows
     env["loadavg_end"] = _up.loadavg()
     print()
+    for cond in conditions:
+        if summary[cond]["rounds_noisy"]:
+            print(f"{cond}: rounds left out (other processes > {args.max_foreign} cores): {summary[cond]['rounds_noisy']}; "
+                  f"medians over {len(summary[cond]['rounds_used'])} rounds")
     print(f"gemma-3-270m, {args.rounds} rounds, max_tokens={args.max_tokens}, baseline API: {args.baseline_api}, "
           f"medians; load average {env['loadavg_start']} -> {env['loadavg_end']}")
     print(_up.table(table_rows, ["metric", "in-process", "gateway", "instance*", "gateway vs in-process", "target", "verdict"]))

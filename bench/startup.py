@@ -74,17 +74,21 @@ sys.stdin.read()  # idle until the benchmark closes stdin
 LOG_TIME = re.compile(r"^(\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3}) ")
 
 
-def gateway_run(home: Path, label: str, idle_s: float, timeout: float) -> dict[str, Any]:
-    """One `modelyard up` from launch to idle memory, then stop it."""
-    gw = _up.Gateway(home=home, log_name=f"startup-{label}", log_level="info")
+def gateway_run(home: Path, label: str, idle_s: float, timeout: float, embed: bool = True) -> dict[str, Any]:
+    """One `modelyard up` from launch to idle memory, then stop it. `embed=False`: a home without
+    the `embed` endpoint, started with --no-defaults (the chat model alone)."""
+    gw = _up.Gateway(home=home, log_name=f"startup-{label}", log_level="info",
+                     extra_args=() if embed else ("--no-defaults",))
+    wanted = {"readyz", "chat", "embed"} if embed else {"readyz", "chat"}
     marks: dict[str, float] = {}
     out: dict[str, Any] = {"label": label}
     wall0 = time.time()
+    meter = _up.CpuMeter()
     try:
         gw.start()
         deadline = gw.t_launch + timeout
         key = None
-        while time.monotonic() < deadline and not {"readyz", "chat", "embed"} <= marks.keys():
+        while time.monotonic() < deadline and not wanted <= marks.keys():
             if not gw.alive():
                 raise RuntimeError(f"modelyard up exited with {gw.proc.returncode}:\n{gw.log_tail()}")  # type: ignore[union-attr]
             gw.note_children()
@@ -103,7 +107,7 @@ def gateway_run(home: Path, label: str, idle_s: float, timeout: float) -> dict[s
                             out["chat_answer"] = body["choices"][0]["message"]["content"]
                         elif code not in (503, 409):
                             out.setdefault("chat_errors", []).append(code)
-                    if key and "embed" not in marks:
+                    if key and embed and "embed" not in marks:
                         code, body = _up.http("POST", gw.url + "/v1/embeddings", EMBED, key=key, timeout=60)
                         if code == 200 and body["data"][0]["embedding"]:
                             marks["embed"] = time.monotonic()
@@ -112,10 +116,11 @@ def gateway_run(home: Path, label: str, idle_s: float, timeout: float) -> dict[s
             except (urllib.error.URLError, ConnectionError, OSError):
                 pass
             time.sleep(0.02)
-        if not {"readyz", "chat", "embed"} <= marks.keys():
+        if not wanted <= marks.keys():
             raise TimeoutError(f"{label}: not answered after {timeout:.0f}s (marks: {sorted(marks)}):\n{gw.log_tail()}")
         out.update({f"{k}_s": v - gw.t_launch for k, v in marks.items()})
-        out["all_answered_s"] = max(out["chat_s"], out["embed_s"])
+        out["cpu_until_answered"] = meter.read()  # foreign_cores: other people's work while it started
+        out["all_answered_s"] = max(out["chat_s"], out.get("embed_s", 0.0))
 
         time.sleep(idle_s)
         instances = gw.instances()
@@ -141,6 +146,19 @@ def gateway_run(home: Path, label: str, idle_s: float, timeout: float) -> dict[s
         gw.stop()
         out["stop_s"] = gw.stop_s
     return out
+
+
+def drop_embed_endpoint(home: Path, timeout: float) -> None:
+    """Set-up for the chat-only diagnostic: delete `embed` from the home's configuration."""
+    gw = _up.Gateway(home=home, log_name="startup-setup")
+    try:
+        gw.start()
+        gw.wait_ready(timeout)
+        code, body = _up.http("DELETE", gw.url + "/api/endpoints/embed", key=gw.admin_key)
+        if code >= 300:
+            raise RuntimeError(f"could not delete the embed endpoint: {code} {body}")
+    finally:
+        gw.stop()
 
 
 def log_breakdown(home: Path, gateway_log: Path, wall0: float) -> dict[str, float]:
@@ -178,6 +196,7 @@ def baseline_run(gguf: str, minilm: str, idle_s: float) -> dict[str, Any]:
                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True,
                             start_new_session=True)
     out: dict[str, Any] = {}
+    meter = _up.CpuMeter()
     try:
         for line in proc.stdout:  # type: ignore[union-attr]
             msg = json.loads(line)
@@ -185,6 +204,7 @@ def baseline_run(gguf: str, minilm: str, idle_s: float) -> dict[str, Any]:
                 out[f"{msg['mark']}_s"] = msg["t"] - t0
             else:
                 out.update(msg)
+                out["cpu_until_answered"] = meter.read()
                 break
         else:
             raise RuntimeError(f"baseline process exited with {proc.wait()}")
@@ -205,6 +225,8 @@ def main() -> int:
     ap.add_argument("--repeats", type=int, default=3, help="warm gateway starts and direct loads (medians)")
     ap.add_argument("--idle", type=float, default=5.0, help="seconds of quiet before memory is read")
     ap.add_argument("--timeout", type=float, default=300.0)
+    ap.add_argument("--no-chat-only", action="store_true",
+                    help="skip the diagnostic warm starts with the chat model alone (no `embed` instance loading beside it)")
     args = ap.parse_args()
     _up.install_signal_handlers()
 
@@ -223,6 +245,14 @@ def main() -> int:
             runs.append(gateway_run(home, f"warm{n + 1}", args.idle, args.timeout))
             _print_run(runs[-1])
 
+        chat_only: list[dict[str, Any]] = []
+        if not args.no_chat_only:
+            drop_embed_endpoint(home, args.timeout)
+            for n in range(args.repeats):
+                print(f"diagnostic: warm start {n + 1}/{args.repeats} with the chat model alone ...", flush=True)
+                chat_only.append(gateway_run(home, f"chatonly{n + 1}", args.idle, args.timeout, embed=False))
+                _print_run(chat_only[-1])
+
         # the exact files the gateway served, resolved the way the instances resolve them
         os.environ["MODELYARD_HOME"] = str(home)
         from modelyard.catalog.registry import Catalog
@@ -240,7 +270,8 @@ def main() -> int:
             b = base[-1]
             print(f"    llama loaded {b['llama_loaded_s']:.2f}s, chat answered {b['chat_answered_s']:.2f}s, "
                   f"MiniLM loaded {b['st_loaded_s']:.2f}s, embedding {b['embed_answered_s']:.2f}s; "
-                  f"RSS {b['memory_mib']['direct']['rss']:.0f} MiB, PSS {b['memory_mib']['direct']['pss']:.0f} MiB",
+                  f"RSS {b['memory_mib']['direct']['rss']:.0f} MiB, PSS {b['memory_mib']['direct']['pss']:.0f} MiB; "
+                  f"other load {b['cpu_until_answered']['foreign_cores']:.2f} cores",
                   flush=True)
     finally:
         tmp.cleanup()
@@ -254,6 +285,7 @@ def main() -> int:
     summary = {
         "cold": {k: cold.get(k) for k in ("healthz_s", "readyz_s", "chat_s", "embed_s", "all_answered_s", "stop_s")},
         "warm": {k: med(warm, k) for k in ("healthz_s", "readyz_s", "chat_s", "embed_s", "all_answered_s", "stop_s")},
+        "warm_chat_only": {k: med(chat_only, k) for k in ("healthz_s", "readyz_s", "chat_s", "stop_s")} if chat_only else None,
         "direct": {k: med(base, k) for k in ("llama_imported_s", "llama_loaded_s", "chat_answered_s", "st_imported_s",
                                              "st_loaded_s", "embed_answered_s")},
     }
@@ -297,6 +329,8 @@ def main() -> int:
          f(ratio(cold["embed_s"], d_all), 2), f(summary["ratios"]["first_embed_warm / direct_embed"], 2)],
         ["both answered", f(cold["all_answered_s"], 2), f(summary["warm"]["all_answered_s"], 2), f(d_all, 2),
          f(summary["ratios"]["all_answered_cold / direct_all"], 2), f(summary["ratios"]["all_answered_warm / direct_all"], 2)],
+        *([["first chat, chat model alone (diagnostic)", "", f(summary["warm_chat_only"]["chat_s"], 2), f(d_llama_only, 2), "",
+             f(ratio(summary["warm_chat_only"]["chat_s"], d_llama_only), 2)]] if chat_only else []),
         ["stop (SIGTERM -> exit)", f(cold.get("stop_s"), 2), f(summary["warm"]["stop_s"], 2), "", "", ""],
     ]
     print(_up.table(rows, ["time (s)", "gateway cold", "gateway warm", "direct", "cold/direct", "warm/direct"]))
@@ -319,7 +353,8 @@ def main() -> int:
               ", ".join(f"{k} {v:.2f}" for k, v in warm[0]["breakdown_s"].items()))
 
     path = _up.write_json("startup.json", {"benchmark": "startup", "environment": env, "settings": vars(args),
-                                           "summary": summary, "gateway_runs": runs, "direct_runs": base})
+                                           "summary": summary, "gateway_runs": runs, "chat_only_runs": chat_only,
+                                           "direct_runs": base})
     print(f"\nwrote {path}")
     return 0
 
@@ -327,8 +362,8 @@ def main() -> int:
 def _print_run(r: dict[str, Any]) -> None:
     m = r["memory_mib"]
     print(f"    healthz {r.get('healthz_s', 0):.2f}s, readyz {r['readyz_s']:.2f}s, chat {r['chat_s']:.2f}s, "
-          f"embed {r['embed_s']:.2f}s; PSS gateway {m['gateway'].get('pss', 0):.0f} MiB, total {m['total']['pss']:.0f} MiB; "
-          f"stop {_up.fmt(r.get('stop_s'), 2)}s", flush=True)
+          f"embed {_up.fmt(r.get('embed_s'), 2)}s; PSS gateway {m['gateway'].get('pss', 0):.0f} MiB, total {m['total']['pss']:.0f} MiB; "
+          f"stop {_up.fmt(r.get('stop_s'), 2)}s; other load {r['cpu_until_answered']['foreign_cores']:.2f} cores", flush=True)
 
 
 if __name__ == "__main__":

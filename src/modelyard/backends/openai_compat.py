@@ -3,8 +3,13 @@
 One class talks to OpenAI, Azure OpenAI, vLLM, Ollama, another modelyard —
 and to modelyard's own local instances, which is why it sits on the gateway's
 hot path and is written to spend little CPU per request: one shared
-``httpx.AsyncClient`` with keep-alive per backend, URLs and headers built
-once, ``orjson`` both ways, and a byte-level SSE reader instead of text lines.
+``aiohttp.ClientSession`` with keep-alive per backend, URLs and headers built
+once, no cookie jar, ``orjson`` both ways, and a byte-level SSE reader.
+
+The client library is aiohttp, not httpx: measured against a local stub on
+this project's 2-core machine, an httpx request costs about 0.68 ms of CPU
+(0.99 ms streaming) — more than the gateway's whole per-request budget —
+where aiohttp costs 0.12 ms (0.23 ms streaming).
 
 What it does to a request on the way up:
 
@@ -38,8 +43,9 @@ import os
 import random
 from typing import Any, AsyncIterator
 
-import httpx
+import aiohttp
 import orjson
+from yarl import URL
 
 from ..errors import ModelyardError
 from ..wire import ROUTES, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
@@ -87,13 +93,13 @@ class OpenAICompatBackend:
         max_concurrency: int = 64,
         headers: dict[str, str] | None = None,
         api_key_env: str | None = None,
-        transport: httpx.AsyncBaseTransport | None = None,
+        connector: aiohttp.BaseConnector | None = None,
     ) -> None:
         """Configure the client; no connection is made until the first request.
 
         ``api_key_env`` names an environment variable read at request time when
         ``api_key`` is not given (a missing key is then a 500 naming it).
-        ``transport`` replaces httpx's (a Unix-socket or mock transport).
+        ``connector`` replaces the TCP connector (a Unix-socket one, say).
         """
         self.provider = provider
         self.model = model
@@ -113,20 +119,17 @@ class OpenAICompatBackend:
                 raise ValueError("an Azure backend needs an api_version")
         self.base_url = base
         params = {"api-version": api_version} if provider == "azure" else None
-        self._urls = {kind: httpx.URL(base + route, params=params) for kind, route in ROUTES.items()}
-        self._root = httpx.URL(base).copy_with(path="/", query=None)
+        self._urls = {kind: URL(base + route).with_query(params) if params else URL(base + route)
+                      for kind, route in ROUTES.items()}
+        self._root = URL(base).with_path("/").with_query(None)
         self._label = f"{provider} upstream {self._root.host}"
 
-        default_headers = {"content-type": "application/json", "user-agent": "modelyard"}
-        default_headers.update(headers or {})
-        # Idle connections are let go after 4 s, before uvicorn (modelyard's instances)
-        # closes them at 5 s: reusing one the server is closing fails the request.
-        self._client = httpx.AsyncClient(
-            headers=default_headers,
-            timeout=httpx.Timeout(timeout, connect=connect_timeout),
-            limits=httpx.Limits(max_connections=max_concurrency, max_keepalive_connections=max_concurrency, keepalive_expiry=4.0),
-            transport=transport,
-        )
+        self._headers = {"content-type": "application/json", "user-agent": "modelyard"}
+        self._headers.update(headers or {})
+        self._timeout = aiohttp.ClientTimeout(total=timeout, sock_connect=connect_timeout)
+        self._connector = connector
+        # The session is made on first use, inside the event loop that will use it.
+        self._session: aiohttp.ClientSession | None = None
         self._has_key = False
         if api_key:
             self._set_key(api_key)
@@ -157,9 +160,24 @@ class OpenAICompatBackend:
     async def start(self) -> None:
         """Nothing to load: connections open on first use."""
 
+    @property
+    def _client(self) -> aiohttp.ClientSession:
+        session = self._session
+        if session is None or session.closed:
+            # Idle connections are let go after 4 s, before uvicorn (modelyard's instances)
+            # closes them at 5 s: reusing one the server is closing fails the request.
+            connector = self._connector or aiohttp.TCPConnector(
+                limit=self.max_concurrency, keepalive_timeout=4.0, ttl_dns_cache=300)
+            session = self._session = aiohttp.ClientSession(
+                headers=self._headers, timeout=self._timeout, connector=connector,
+                cookie_jar=aiohttp.DummyCookieJar(), raise_for_status=False)
+        return session
+
     async def close(self) -> None:
         """Close the pooled connections."""
-        await self._client.aclose()
+        if self._session is not None:
+            await self._session.close()
+            self._session = None
 
     async def probe(self, path: str = "/readyz") -> bool:
         """GET ``path`` relative to the server root; True on a 2xx, False on anything else.
@@ -167,11 +185,13 @@ class OpenAICompatBackend:
         Meant for modelyard's own instances (``/readyz``, ``/healthz``).
         """
         try:
-            response = await self._client.get(self._root.join(path), timeout=self._connect_timeout)
+            async with self._client.get(self._root.join(URL(path.lstrip("/"))),
+                                        timeout=aiohttp.ClientTimeout(total=self._connect_timeout)) as response:
+                await response.read()
+                return 200 <= response.status < 300
         except Exception as exc:  # a probe reports, it never raises
             logger.debug("probe %s%s failed: %r", self._root, path, exc)
             return False
-        return 200 <= response.status_code < 300
 
     def generate(self, kind: str, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[Chunk]:
         """Yield the upstream's answer to a chat or completion request.
@@ -208,21 +228,23 @@ class OpenAICompatBackend:
         response.setdefault("object", _FINAL_OBJECT[kind])
         yield response
 
-    async def _post(self, url: httpx.URL, content: bytes) -> dict[str, Any]:
+    async def _post(self, url: URL, content: bytes) -> dict[str, Any]:
         """POST one JSON body and return the JSON answer, retrying what can be retried."""
         attempt = 0
         while True:
             try:
-                response = await self._client.post(url, content=content)
-            except httpx.TransportError as exc:
+                async with self._client.post(url, data=content) as response:
+                    raw = await response.read()
+                    status, headers = response.status, response.headers
+            except _TRANSPORT_ERRORS as exc:
                 error, retry_after = self._transport_error(exc), None
             else:
-                if response.status_code == 200:
+                if status == 200:
                     try:
-                        return orjson.loads(response.content)
+                        return orjson.loads(raw)
                     except orjson.JSONDecodeError:
                         raise ModelyardError(f"{self._label} returned a body that is not JSON", status=502, code="upstream_error") from None
-                error, retry_after = self._status_error(response.status_code, response.content, response.headers)
+                error, retry_after = self._status_error(status, raw, headers)
             attempt = await self._wait_or_raise(error, retry_after, attempt)
 
     async def _stream(self, kind: str, request: ChatCompletionRequest | CompletionRequest) -> AsyncIterator[Chunk]:
@@ -238,14 +260,14 @@ class OpenAICompatBackend:
             yielded = False
             retry_after = None
             try:
-                response = await self._client.send(self._client.build_request("POST", url, content=content), stream=True)
-            except httpx.TransportError as exc:
+                response = await self._client.post(url, data=content)
+            except _TRANSPORT_ERRORS as exc:
                 error = self._transport_error(exc)
             else:
                 try:
-                    if response.status_code == 200:
+                    if response.status == 200:
                         decoder = SSEDecoder()
-                        pieces = response.aiter_bytes()
+                        pieces = response.content.iter_any()
                         done = False
                         async for piece in pieces:
                             for data in decoder.feed(piece):
@@ -270,10 +292,10 @@ class OpenAICompatBackend:
                                     yielded = True
                                     yield chunk
                             return
-                        await self._drain(pieces)
+                        await self._drain(response)
                         return
-                    raw = await response.aread()
-                    if response.status_code == 400 and self._refuses_stream_options(raw, client_options):
+                    raw = await response.read()
+                    if response.status == 400 and self._refuses_stream_options(raw, client_options):
                         logger.info("%s refuses stream_options; streaming without usage from now on", self._label)
                         self._ask_stream_usage = False
                         body = dict(body)
@@ -283,18 +305,18 @@ class OpenAICompatBackend:
                             del body["stream_options"]
                         content = orjson.dumps(body)
                         continue
-                    error, retry_after = self._status_error(response.status_code, raw, response.headers)
-                except httpx.TransportError as exc:
+                    error, retry_after = self._status_error(response.status, raw, response.headers)
+                except _TRANSPORT_ERRORS as exc:
                     if yielded:
                         raise self._transport_error(exc, midstream=True).final from None
                     error = self._transport_error(exc)
                 except orjson.JSONDecodeError:
                     raise ModelyardError(f"{self._label} sent a stream event that is not JSON", status=502, code="upstream_error") from None
                 finally:
-                    await response.aclose()
+                    response.release()  # back to the pool if read to its end, else closed
             attempt = await self._wait_or_raise(error, retry_after, attempt)
 
-    async def _drain(self, pieces: AsyncIterator[bytes]) -> None:
+    async def _drain(self, response: aiohttp.ClientResponse) -> None:
         """Read what follows ``[DONE]`` (normally just the end of the body, already buffered).
 
         A response read to its end leaves its connection in the pool for the next
@@ -304,9 +326,8 @@ class OpenAICompatBackend:
         """
         try:
             async with asyncio.timeout(self.drain_timeout):
-                async for _ in pieces:
-                    pass
-        except (TimeoutError, httpx.TransportError):
+                await response.read()
+        except (TimeoutError, *_TRANSPORT_ERRORS):
             logger.debug("%s kept the stream open after [DONE]; dropping the connection", self._label)
 
     async def _wait_or_raise(self, error: "_Failure", retry_after: float | None, attempt: int) -> int:
@@ -325,7 +346,7 @@ class OpenAICompatBackend:
 
     # -- errors ----------------------------------------------------------------------------
 
-    def _status_error(self, status: int, raw: bytes, headers: httpx.Headers) -> tuple["_Failure", float | None]:
+    def _status_error(self, status: int, raw: bytes, headers: Any) -> tuple["_Failure", float | None]:
         try:
             body: Any = orjson.loads(raw)
         except orjson.JSONDecodeError:
@@ -347,16 +368,16 @@ class OpenAICompatBackend:
             return _Failure(final, retryable=False), None
         return _Failure(ModelyardError.from_body(status, body), retryable=False), None
 
-    def _transport_error(self, exc: httpx.TransportError, midstream: bool = False) -> "_Failure":
-        if isinstance(exc, httpx.TimeoutException):
+    def _transport_error(self, exc: BaseException, midstream: bool = False) -> "_Failure":
+        if isinstance(exc, (asyncio.TimeoutError, aiohttp.ServerTimeoutError)):
             final = ModelyardError(f"{self._label} timed out ({type(exc).__name__})", status=504, code="upstream_timeout")
-        elif isinstance(exc, httpx.ConnectError):
+        elif isinstance(exc, aiohttp.ClientConnectorError):
             final = ModelyardError(f"{self._label} is unavailable: {exc}", status=502, code="upstream_unavailable")
         elif midstream:
             final = ModelyardError(f"{self._label} dropped the stream: {exc!r}", status=502, code="upstream_unavailable")
         else:
             final = ModelyardError(f"{self._label} connection failed: {exc!r}", status=502, code="upstream_unavailable")
-        return _Failure(final, retryable=not isinstance(exc, httpx.UnsupportedProtocol))
+        return _Failure(final, retryable=not isinstance(exc, aiohttp.InvalidURL))
 
     def _event_error(self, chunk: dict[str, Any]) -> ModelyardError:
         body = _openai_error(chunk)
@@ -373,10 +394,10 @@ class OpenAICompatBackend:
     # -- credentials -----------------------------------------------------------------------
 
     def _set_key(self, key: str) -> None:
-        if self.provider == "azure":
-            self._client.headers["api-key"] = key
-        else:
-            self._client.headers["authorization"] = f"Bearer {key}"
+        name, value = ("api-key", key) if self.provider == "azure" else ("authorization", f"Bearer {key}")
+        self._headers[name] = value
+        if self._session is not None:
+            self._session.headers[name] = value
         self._has_key = True
 
     def _load_key(self) -> None:
@@ -388,6 +409,10 @@ class OpenAICompatBackend:
                 code="upstream_key_missing",
             )
         self._set_key(key)
+
+
+#: what a lost, refused or timed-out connection raises
+_TRANSPORT_ERRORS = (aiohttp.ClientError, asyncio.TimeoutError)
 
 
 class _Failure:
@@ -422,7 +447,7 @@ def _openai_error(body: Any) -> Any:
     return {"error": err}
 
 
-def _retry_after(headers: httpx.Headers) -> float | None:
+def _retry_after(headers: Any) -> float | None:
     """The upstream's requested wait: ``retry-after-ms`` (OpenAI) or ``Retry-After`` seconds."""
     value = headers.get("retry-after-ms")
     if value:

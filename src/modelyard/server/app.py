@@ -49,7 +49,7 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
 
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.gateway = gateway
-    app.include_router(openai_routes.router)
+    app.router.routes.extend(openai_routes.routes)
     app.include_router(manage_routes.router)
 
     @app.exception_handler(ModelyardError)

@@ -3,15 +3,20 @@
 The body is validated straight from bytes (pydantic's JSON parser), so a
 request costs one parse; a malformed body or a bad field is a 400 that names
 the field. Everything else happens in the gateway pipeline.
+
+These are plain Starlette routes, not FastAPI ones: they are the hot path,
+they parse their own bodies, and FastAPI's per-request dependency solving
+would only add CPU (about 0.1 ms a request, measured by bench/).
 """
 
 from __future__ import annotations
 
 import logging
 
-from fastapi import APIRouter, Request
 from pydantic import ValidationError
+from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
+from starlette.routing import Route
 
 from ..errors import ModelyardError, from_validation_error
 from ..gateway import Call
@@ -19,9 +24,6 @@ from ..wire import KINDS
 from .http import api_key, error_response, json_response, read_body
 
 log = logging.getLogger(__name__)
-
-router = APIRouter(prefix="/v1")
-
 
 def _validate(kind: str, raw: bytes):
     if not raw.strip():
@@ -71,17 +73,14 @@ async def _handle(kind: str, request: Request) -> Response:
     return json_response(call.body, headers=_headers(call))
 
 
-@router.post("/chat/completions")
 async def chat_completions(request: Request) -> Response:
     return await _handle("chat", request)
 
 
-@router.post("/completions")
 async def completions(request: Request) -> Response:
     return await _handle("completion", request)
 
 
-@router.post("/embeddings")
 async def embeddings(request: Request) -> Response:
     return await _handle("embedding", request)
 
@@ -103,7 +102,6 @@ def _model_entry(endpoint) -> dict:
             "models": models, "tasks": sorted(endpoint.tasks)}
 
 
-@router.get("/models")
 async def list_models(request: Request) -> Response:
     try:
         info = _check_key(request)
@@ -114,8 +112,8 @@ async def list_models(request: Request) -> Response:
     return json_response({"object": "list", "data": data})
 
 
-@router.get("/models/{name}")
-async def get_model(name: str, request: Request) -> Response:
+async def get_model(request: Request) -> Response:
+    name = request.path_params["name"]
     try:
         info = _check_key(request)
         endpoint = request.app.state.gateway.endpoints.get(name)
@@ -124,3 +122,12 @@ async def get_model(name: str, request: Request) -> Response:
     except ModelyardError as err:
         return error_response(err)
     return json_response(_model_entry(endpoint))
+
+
+routes = [
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
+    Route("/v1/completions", completions, methods=["POST"]),
+    Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/models", list_models, methods=["GET"]),
+    Route("/v1/models/{name}", get_model, methods=["GET"]),
+]
