@@ -8,6 +8,8 @@ line the gateway would write.
 
 from __future__ import annotations
 
+import asyncio
+
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -65,8 +67,10 @@ ANSWER = [chunk("", role="assistant"), chunk("The"), chunk(" capital"), chunk(" 
 class FakeDeployment:
     """Yields a scripted list of chunks; an exception in the script is raised at that point."""
 
-    def __init__(self, name: str, card: ModelCard | None = None, script: list[Any] | None = None) -> None:
+    def __init__(self, name: str, card: ModelCard | None = None, script: list[Any] | None = None,
+                 pause: bool = True) -> None:
         self.name = name
+        self.pause = pause  # suspend between chunks, like an upstream generating token by token
         self.card = card or hosted_card()
         self.script = list(ANSWER if script is None else script)
         self.requests: list[tuple[str, Any]] = []
@@ -76,11 +80,13 @@ class FakeDeployment:
         self.requests.append((kind, request))
         try:
             for item in self.script:
+                if self.pause:
+                    await asyncio.sleep(0)
                 if isinstance(item, BaseException):
                     raise item
                 yield item
-        except GeneratorExit:
-            self.closed_early = True  # the consumer closed the stream before the end
+        except (GeneratorExit, asyncio.CancelledError):
+            self.closed_early = True  # the consumer closed or cancelled the stream before the end
             raise
 
     async def embed(self, request: Any) -> dict[str, Any]:
@@ -152,12 +158,14 @@ class Gateway:
 
 
 def events(raw: list[bytes]) -> list[Any]:
-    """Decode SSE frames: each is ``data: <json>\\n\\n`` or ``data: [DONE]\\n\\n``."""
+    """Decode SSE frames: each is ``data: <json>\\n\\n`` or ``data: [DONE]\\n\\n``; one write may hold several."""
     out = []
-    for frame in raw:
-        assert frame.startswith(b"data: ") and frame.endswith(b"\n\n")
-        data = frame[len(b"data: "):-2]
-        out.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
+    for write in raw:
+        assert write.endswith(b"\n\n")
+        for frame in write[:-2].split(b"\n\n"):
+            assert frame.startswith(b"data: ")
+            data = frame[len(b"data: "):]
+            out.append("[DONE]" if data == b"[DONE]" else orjson.loads(data))
     return out
 
 
@@ -375,3 +383,11 @@ async def test_made_up_model_names_never_become_metric_labels():
     assert 'modelyard_requests_total{deployment="",endpoint="",status="404"} 2.0' in text
     # The usage line still says what was asked for.
     assert [r["endpoint"] for r in gw.writer.records] == ["nope-1", "nope-2"]
+
+
+async def test_events_that_arrive_together_leave_in_one_write():
+    gw = Gateway(FakeDeployment("blue", pause=False))  # a fast upstream: every chunk already read
+    call = await gw.chat(stream=True, stream_options={"include_usage": True})
+    writes = await drain(call)
+    assert len(writes) <= 2  # the first chunk (read before the stream started) and the rest at once
+    assert len(events(writes)) == len(ANSWER) + 1  # every chunk, the usage chunk and [DONE]

@@ -9,6 +9,7 @@ accounted; the client sees that chunk only if it asked for it
 
 from __future__ import annotations
 
+import asyncio
 import time
 from typing import Any, AsyncIterator
 
@@ -46,35 +47,70 @@ async def dispatch(call: Call, call_next: Next) -> None:
 
 
 async def _events(call: Call, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], t0: float) -> AsyncIterator[bytes]:
+    """The client's SSE bytes. Events that arrive together leave together.
+
+    A pump task reads the upstream and queues each event's bytes; this
+    generator takes everything queued at once and sends it as one write. A
+    fast upstream's 20 events read in one go cost one write instead of 20
+    (on a small VM each write that wakes the other CPU costs ~17 µs); a slow
+    one, like a model generating token by token, is forwarded event by event.
+    """
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    state = {"pieces": 0, "usage": None}
+    pump = asyncio.create_task(_pump(call, first, chunks, queue, state))
+    try:
+        while True:
+            item = await queue.get()
+            if item is None:
+                break
+            parts = [item]
+            ended = False
+            while not queue.empty():
+                nxt = queue.get_nowait()
+                if nxt is None:
+                    ended = True
+                    break
+                parts.append(nxt)
+            yield b"".join(parts) if len(parts) > 1 else item
+            if ended:
+                break
+        await pump
+    finally:
+        if not pump.done():
+            pump.cancel()
+        with anyio.CancelScope(shield=True):
+            await asyncio.gather(pump, return_exceptions=True)
+            await chunks.aclose()  # type: ignore[attr-defined]
+        call.upstream_s = time.perf_counter() - t0
+        # Without a usage chunk (a cut-off stream), each content chunk counts as one token.
+        _account(call, state["usage"] or {"prompt_tokens": 0, "completion_tokens": max(state["pieces"] - 1, 0)})
+
+
+async def _pump(call: Call, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
+                queue: asyncio.Queue[bytes | None], state: dict[str, Any]) -> None:
     want_usage = call.request.include_usage
     text_key = "delta" if call.kind == "chat" else "text"
-    pieces = 0
-    usage = None
+    put = queue.put_nowait
     try:
         chunk: dict[str, Any] | None = first
         while chunk is not None:
             if chunk.get("usage"):
-                usage = chunk["usage"]
+                state["usage"] = chunk["usage"]
             choices = chunk.get("choices")
             if choices:
                 if call.ttft_s is None and _has_text(choices, text_key):
                     call.ttft_s = time.perf_counter() - call.started
-                pieces += 1
-                yield sse(chunk)
-            elif want_usage or not usage:
-                yield sse(chunk)
+                state["pieces"] += 1
+                put(sse(chunk))
+            elif want_usage or not state["usage"]:
+                put(sse(chunk))
             chunk = await anext(chunks, None)
-        yield SSE_DONE
+        put(SSE_DONE)
     except ModelyardError as err:
         call.status, call.error_code = err.status, err.code
-        yield sse(err.body())
-        yield SSE_DONE
+        put(sse(err.body()) + SSE_DONE)
     finally:
-        call.upstream_s = time.perf_counter() - t0
-        # Without a usage chunk (a cut-off stream), each content chunk counts as one token.
-        _account(call, usage or {"prompt_tokens": 0, "completion_tokens": max(pieces - 1, 0)})
-        with anyio.CancelScope(shield=True):
-            await chunks.aclose()  # type: ignore[attr-defined]
+        put(None)
 
 
 def _has_text(choices: list[dict[str, Any]], key: str) -> bool:
