@@ -9,8 +9,8 @@ llama.cpp, say) is the backend's to refuse.
 
 from __future__ import annotations
 
+import os
 import time
-import uuid
 from typing import Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
@@ -140,7 +140,7 @@ ROUTES = {"chat": "/chat/completions", "completion": "/completions", "embedding"
 
 
 def new_id(prefix: str) -> str:
-    return f"{prefix}-{uuid.uuid4().hex[:24]}"
+    return f"{prefix}-{os.urandom(12).hex()}"
 
 
 def now() -> int:

@@ -132,7 +132,7 @@ def test_cli_invoke_and_usage(server, monkeypatch):
 def test_cli_chat_streams_an_interactive_conversation(server, monkeypatch):
     for k, v in server.env().items():
         monkeypatch.setenv(k, v)
-    result = CliRunner().invoke(cli, ["chat", "default"], input="What is the capital of France?\n")
+    result = CliRunner().invoke(cli, ["chat", "default", "--temperature", "0"], input="What is the capital of France?\n")
     assert result.exit_code == 0, result.output
     assert "Paris" in result.output
 

@@ -80,6 +80,7 @@ def chat(
     endpoint: str = typer.Argument("default", help="endpoint name"),
     system: str = typer.Option(None, help="a system message"),
     max_tokens: int = typer.Option(256, help="most tokens per answer"),
+    temperature: float = typer.Option(None, help="sampling temperature (0: always the likeliest token)"),
 ) -> None:
     """Chat with an endpoint interactively; answers stream as they are generated. Ctrl-D ends."""
     from openai import APIError
@@ -98,7 +99,8 @@ def chat(
         messages.append({"role": "user", "content": text})
         parts = []
         try:
-            stream = client.chat.completions.create(model=endpoint, messages=messages, stream=True, max_tokens=max_tokens)
+            stream = client.chat.completions.create(model=endpoint, messages=messages, stream=True, max_tokens=max_tokens,
+                                                    temperature=temperature)
             for chunk in stream:
                 if chunk.choices and chunk.choices[0].delta.content:
                     parts.append(chunk.choices[0].delta.content)

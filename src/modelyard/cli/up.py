@@ -22,7 +22,7 @@ def up(
     """Start the gateway and its endpoints (default: Gemma 3 270M as `default`, all-MiniLM-L6-v2 as `embed`)."""
     import uvicorn
 
-    from ..server.app import create_app
+    from ..server.app import FastPath, create_app
     from ..server.state import Gateway
 
     logging.basicConfig(level=log_level.upper(), format="%(asctime)s %(levelname)s %(name)s: %(message)s")
@@ -42,8 +42,9 @@ def up(
     _banner(url, gateway.admin_key if gateway.admin_key_created else None, settings)
 
 
-    uvicorn.run(app, host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools",
-                timeout_graceful_shutdown=10)
+    # No proxy-header rewriting: the gateway binds to 127.0.0.1 by default, and it costs every request.
+    uvicorn.run(FastPath(app), host=host, port=port, log_level="warning", access_log=False, loop="uvloop", http="httptools",
+                proxy_headers=False, timeout_graceful_shutdown=10)
 
 
 def _banner(url: str, new_admin_key: str | None, settings: Settings) -> None:

@@ -92,3 +92,27 @@ async def _when_ready(gateway: Gateway, callback: Callable[[], None]) -> None:
     while not gateway.endpoints.ready():
         await asyncio.sleep(0.2)
     callback()
+
+
+class FastPath:
+    """The ASGI app uvicorn serves: the OpenAI POST routes go straight to their
+    handlers, everything else through FastAPI.
+
+    The hot routes parse their own bodies and turn every failure into an
+    OpenAI error themselves, so FastAPI's middleware stack (exception
+    handling, body limits, telemetry) would only add CPU to each request.
+    """
+
+    def __init__(self, app: FastAPI) -> None:
+        self.app = app
+        self.routes = {route.path: route.endpoint for route in openai_routes.routes if "POST" in (route.methods or ())}
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] == "http" and scope["method"] == "POST":
+            handler = self.routes.get(scope["path"])
+            if handler is not None:
+                scope["app"] = self.app
+                response = await handler(Request(scope, receive))
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)

@@ -6,6 +6,8 @@ one process do not share counters.
 
 from __future__ import annotations
 
+from typing import Any
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
@@ -26,18 +28,37 @@ class GatewayMetrics:
                                  labels, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("modelyard_requests_in_flight", "Requests being answered", registry=self.registry)
 
+        # The labelled series of each (endpoint, deployment, status), looked up once: `labels()` is
+        # the costly part of an update, and this runs for every request.
+        self._series: dict[tuple[str, str, int], tuple[Any, ...]] = {}
+
+    def _children(self, endpoint: str, deployment: str, status: int) -> tuple[Any, ...]:
+        key = (endpoint, deployment, status)
+        series = self._series.get(key)
+        if series is None:
+            series = self._series[key] = (
+                self.requests.labels(endpoint, deployment, str(status)),
+                self.prompt_tokens.labels(endpoint, deployment),
+                self.completion_tokens.labels(endpoint, deployment),
+                self.cost.labels(endpoint, deployment),
+                self.latency.labels(endpoint, deployment),
+                self.ttft.labels(endpoint, deployment),
+            )
+        return series
+
     def observe(self, endpoint: str, deployment: str, status: int, prompt_tokens: int, completion_tokens: int,
                 cost: float, latency_s: float, ttft_s: float | None) -> None:
-        self.requests.labels(endpoint, deployment, str(status)).inc()
+        requests, prompt, completion, cost_usd, latency, ttft = self._children(endpoint, deployment, status)
+        requests.inc()
         if prompt_tokens:
-            self.prompt_tokens.labels(endpoint, deployment).inc(prompt_tokens)
+            prompt.inc(prompt_tokens)
         if completion_tokens:
-            self.completion_tokens.labels(endpoint, deployment).inc(completion_tokens)
+            completion.inc(completion_tokens)
         if cost:
-            self.cost.labels(endpoint, deployment).inc(cost)
-        self.latency.labels(endpoint, deployment).observe(latency_s)
+            cost_usd.inc(cost)
+        latency.observe(latency_s)
         if ttft_s is not None:
-            self.ttft.labels(endpoint, deployment).observe(ttft_s)
+            ttft.observe(ttft_s)
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
