@@ -56,3 +56,11 @@ def load_backend(card: Any, options: dict[str, Any] | None = None) -> Backend:
 
         return OpenAICompatBackend.for_card(card, **options)
     raise ValueError(f"no backend runs format={card.format!r} task={card.task!r}")
+
+
+def weights_path(card: Any) -> str:
+    """Where a local card's weights are on this machine (assembled or pulled already)."""
+    from ..catalog.sources import resolve_path
+    from ..settings import Settings
+
+    return str(resolve_path(card, Settings.from_env()))

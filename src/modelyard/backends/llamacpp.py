@@ -25,6 +25,7 @@ import numpy as np
 
 from ..errors import ModelyardError, invalid
 from ..wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, new_id, now, usage
+from .base import weights_path
 from .templates import get_template
 
 log = logging.getLogger(__name__)
@@ -60,12 +61,7 @@ class LlamaCppBackend:
     def _load(self) -> None:
         from llama_cpp import Llama
 
-        path = self.path
-        if path is None:
-            from ..catalog.sources import resolve_path
-            from ..settings import Settings
-
-            path = str(resolve_path(self.card, Settings.from_env()))
+        path = self.path or weights_path(self.card)
         log.info("loading %s from %s (n_ctx=%d, threads=%d)", self.card.id, path, self.n_ctx, self.threads)
         self.llm = Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.threads, n_batch=self.batch_size,
                          logits_all=False, verbose=False)

@@ -15,6 +15,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from ..errors import invalid
+from .base import weights_path
 from ..wire import EmbeddingRequest
 
 log = logging.getLogger(__name__)
@@ -38,12 +39,7 @@ class SentenceBackend:
     def _load(self) -> None:
         from sentence_transformers import SentenceTransformer
 
-        path = self.path
-        if path is None:
-            from ..catalog.sources import resolve_path
-            from ..settings import Settings
-
-            path = str(resolve_path(self.card, Settings.from_env()))
+        path = self.path or weights_path(self.card)
         log.info("loading %s from %s", self.card.id, path)
         self.model = SentenceTransformer(path, device="cpu")
 
