@@ -26,9 +26,12 @@ class ModelyardError(Exception):
         type: str | None = None,
         param: str | None = None,
         code: str | None = None,
+        headers: dict[str, str] | None = None,
     ) -> None:
         super().__init__(message)
         self.message = message
+        #: response headers that go with the error (``retry-after`` on a 429)
+        self.headers = headers or {}
         self.status = status
         self.type = type or _default_type(status)
         self.param = param
@@ -83,12 +86,15 @@ def from_validation_error(exc: Any) -> ModelyardError:
     first = exc.errors()[0]
     loc = [str(p) for p in first.get("loc", ()) if p not in ("body",)]
     param = ".".join(loc) or None
-    msg = first.get("msg", "invalid value")
+    msg = first.get("msg", "invalid value").removeprefix("Value error, ")
     if first.get("type") == "missing":
         text = f"Missing required parameter: '{param}'."
         return ModelyardError(text, status=400, param=param, code="missing_required_parameter")
     if first.get("type") == "extra_forbidden":
         return ModelyardError(f"Unrecognized request argument supplied: {param}", status=400, param=param, code="unknown_parameter")
+    if first.get("type") == "value_error":  # our own validators say what was wrong, value included
+        where = f"Invalid value for '{param}': " if param else "Invalid request: "
+        return ModelyardError(f"{where}{msg}.", status=400, param=param, code="invalid_value")
     value = first.get("input")
     shown = repr(value) if not isinstance(value, (dict, list)) else type(value).__name__
     return ModelyardError(f"Invalid value for '{param}': {msg} (got {shown}).", status=400, param=param, code="invalid_value")

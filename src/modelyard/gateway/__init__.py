@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .auth import Auth
 from .dispatch import dispatch
+from .mirror import Mirror
 from .pipeline import Call, Pipeline
 from .policy import Policy
 from .record import Record
@@ -11,12 +12,16 @@ from .record import Record
 
 def build_pipeline(*, keys, endpoints, split, writer, metrics) -> Pipeline:
     """The stages in the order a request meets them."""
+    record = Record(writer, metrics)
+    # Mirrored copies skip auth and policy: they were decided on the live call.
+    shadow = Pipeline([record, dispatch])
     return Pipeline([
-        Record(writer, metrics),
+        record,
         Auth(keys),
         Policy(endpoints, split),
+        Mirror(shadow),
         dispatch,
     ])
 
 
-__all__ = ["Call", "Pipeline", "build_pipeline"]
+__all__ = ["Call", "Mirror", "Pipeline", "build_pipeline"]

@@ -1,4 +1,4 @@
-"""The request path, read top-down: record ▶ auth ▶ policy ▶ dispatch.
+"""The request path, read top-down: record ▶ auth ▶ policy ▶ mirror ▶ dispatch.
 
 Every OpenAI request becomes a `Call` that travels through a short chain of
 stages sharing one signature, ``async def stage(call, call_next)``. A stage
@@ -35,6 +35,8 @@ class Call:
     kind: str  # chat | completion | embedding
     request: AnyRequest
     api_key: str | None
+    #: a deployment named by the client (header ``modelyard-deployment``), bypassing the split
+    target: str | None = None
     request_id: str = field(default_factory=lambda: new_id("req"))
     started: float = field(default_factory=time.perf_counter)
     key: Any = None  # KeyInfo once authenticated

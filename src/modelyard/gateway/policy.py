@@ -1,13 +1,16 @@
 """The policy stage: which endpoint, and which of its deployments answers.
 
-The endpoint is the request's ``model`` field. Its policy here is the
-traffic split (weights per deployment); the router policy of cost-aware
-tiers plugs in at this same place.
+The endpoint is the request's ``model`` field. A request that names a
+deployment (header ``modelyard-deployment``, or Azure's
+``azureml-model-deployment``) goes to it even at 0% traffic — that is how a
+new deployment is tried before it gets any. Otherwise the endpoint's policy
+decides: here the traffic split (weights per deployment); the router policy
+of cost-aware tiers plugs in at this same place.
 """
 
 from __future__ import annotations
 
-from ..errors import invalid
+from ..errors import ModelyardError, invalid
 from .pipeline import Call, Next
 
 ROUTE_NAMES = {"chat": "chat completions", "completion": "completions", "embedding": "embeddings"}
@@ -21,10 +24,19 @@ class Policy:
     async def __call__(self, call: Call, call_next: Next) -> None:
         endpoint = self.endpoints.get(call.request.model)
         call.endpoint = endpoint
-        deployment = self.split.choose(endpoint)
+        if call.target is not None:
+            deployment = endpoint.deployments.get(call.target)
+            if deployment is None:
+                raise ModelyardError(f"Endpoint '{endpoint.name}' has no deployment '{call.target}'; it has: "
+                                     f"{', '.join(endpoint.deployments) or 'none'}.", status=404,
+                                     param="modelyard-deployment", code="deployment_not_found")
+            route = f"target:{deployment.name}"
+        else:
+            deployment = self.split.choose(endpoint)
+            route = f"split:{deployment.name}"
         if call.kind not in deployment.card.tasks:
             raise invalid(f"endpoint '{endpoint.name}' serves {deployment.card.task} model '{deployment.card.id}', "
                           f"which does not answer {ROUTE_NAMES[call.kind]}", param="model", code="wrong_task")
         call.deployment = deployment
-        call.route = f"split:{deployment.name}"
+        call.route = route
         await call_next(call)

@@ -20,7 +20,8 @@ from starlette.responses import Response
 
 from ..errors import ModelyardError, from_validation_error
 from ..settings import Settings
-from . import manage_routes, openai_routes
+from . import endpoint_routes, manage_routes, openai_routes
+from . import metrics_routes  # TEMP metrics wiring
 from .http import error_response, json_response
 from .state import Gateway
 
@@ -51,6 +52,8 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     app.state.gateway = gateway
     app.router.routes.extend(openai_routes.routes)
     app.include_router(manage_routes.router)
+    app.include_router(metrics_routes.router)
+    app.include_router(endpoint_routes.router)
 
     @app.exception_handler(ModelyardError)
     async def _modelyard_error(request: Request, exc: ModelyardError) -> Response:

@@ -16,6 +16,8 @@ def json_response(body: Any, status: int = 200, headers: dict[str, str] | None =
 
 
 def error_response(err: ModelyardError, headers: dict[str, str] | None = None) -> Response:
+    if err.headers:
+        headers = {**(headers or {}), **err.headers}
     return json_response(err.body(), err.status, headers)
 
 

@@ -16,7 +16,6 @@ from pydantic import BaseModel, ConfigDict, ValidationError
 from starlette.responses import Response
 
 from ..errors import ModelyardError, from_validation_error
-from ..serving.spec import DeploymentSpec, EndpointSpec
 from ..store.usage import recent_usage, usage_summary
 from .http import api_key, json_response, parse_json, read_body
 
@@ -56,32 +55,6 @@ async def status(request: Request, gateway=Depends(_admin)) -> Response:
     """Endpoints, deployments and instances with their states."""
     return json_response({"ready": gateway.endpoints.ready(),
                           "endpoints": [e.describe() for e in gateway.endpoints.all()]})
-
-
-@router.get("/endpoints")
-async def list_endpoints(request: Request, gateway=Depends(_admin)) -> Response:
-    return json_response({"data": [e.describe() for e in gateway.endpoints.all()]})
-
-
-@router.post("/endpoints")
-async def create_endpoint(request: Request, gateway=Depends(_admin)) -> Response:
-    spec = await _json_model(request, EndpointSpec)
-    endpoint = await gateway.endpoints.create_endpoint(spec)
-    return json_response(endpoint.describe(), 201)
-
-
-@router.delete("/endpoints/{name}")
-async def delete_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
-    await gateway.endpoints.delete_endpoint(name)
-    return json_response({"deleted": name})
-
-
-@router.post("/endpoints/{name}/deployments")
-async def create_deployment(request: Request, name: str, gateway=Depends(_admin)) -> Response:
-    all_traffic = request.query_params.get("all_traffic") in ("1", "true")
-    spec = await _json_model(request, DeploymentSpec, endpoint_name=name)
-    deployment = await gateway.endpoints.create_deployment(spec, all_traffic=all_traffic)
-    return json_response(deployment.describe(), 201)
 
 
 @router.get("/keys")

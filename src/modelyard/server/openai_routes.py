@@ -60,7 +60,9 @@ async def _handle(kind: str, request: Request) -> Response:
     call = None
     try:
         raw = await read_body(request, gateway.settings.max_body_bytes)
-        call = Call(kind, _validate(kind, raw), api_key(request))
+        headers = request.headers
+        target = headers.get("modelyard-deployment") or headers.get("azureml-model-deployment")
+        call = Call(kind, _validate(kind, raw), api_key(request), target=target or None)
         await gateway.pipeline(call)
     except ModelyardError as err:
         return error_response(err, _headers(call) if call is not None else None)

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass, field
 
 from ..catalog.registry import Catalog
-from ..gateway import Pipeline, build_pipeline
+from ..gateway import Mirror, Pipeline, build_pipeline
 from ..runtime.local import LocalRuntime
 from ..serving.endpoints import Endpoints, TrafficSplit
 from ..serving.spec import DeploymentSpec, EndpointSpec
@@ -48,7 +48,7 @@ class Gateway:
         admin_key, created = keys.ensure_admin_key(settings.admin_key_file)
         catalog = Catalog.load(settings)
         config = ConfigStore(db)
-        endpoints = Endpoints(config, catalog, LocalRuntime(settings.logs_dir))
+        endpoints = Endpoints(config, catalog, LocalRuntime(settings.logs_dir), keys)
         writer = UsageWriter(db, flush_interval=settings.usage_flush_s)
         metrics = GatewayMetrics()
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics)
@@ -66,6 +66,9 @@ class Gateway:
         await self.endpoints.load(wait=wait)
 
     async def close(self) -> None:
+        for stage in self.pipeline.stages:
+            if isinstance(stage, Mirror):
+                await stage.close()
         await self.endpoints.close()
         await self.writer.close()  # flushes every queued usage record
         self.db.close()

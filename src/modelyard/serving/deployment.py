@@ -1,14 +1,19 @@
 """A running deployment: where its requests go and how many may run at once.
 
 A local deployment owns instances started by the runtime; a hosted one is a
-single remote API with no instances. Either way the gateway calls
+remote API with no instances. Either way the gateway calls
 `Deployment.generate()` / `embed()`, and the deployment
 
-- picks the ready instance with the fewest requests in flight,
-- holds a request in a queue while every instance is at its
-  ``max_concurrent_requests_per_instance`` (429 after ``max_queue_wait_ms``),
+- picks the ready instance with the fewest requests in flight (a hosted API
+  counts as ``instance_count`` slots of its own),
+- holds a request in a bounded queue while every slot is busy: past
+  ``max_queue_size_per_instance`` waiting requests per instance, or after
+  ``max_queue_wait_ms``, the answer is 429 with ``Retry-After``,
+- answers 408 when ``request_timeout_ms`` passes, closing the upstream
+  stream so the instance stops generating,
 - retries once on another instance when an instance died before answering
-  (a crash costs one instance, not the request).
+  (a crash costs one instance, not the request); a stream cut by a crash
+  ends with an error event.
 """
 
 from __future__ import annotations
@@ -23,11 +28,22 @@ from ..backends.openai_compat import OpenAICompatBackend
 from ..catalog.card import ModelCard
 from ..errors import ModelyardError
 from ..runtime.local import Instance, InstanceSpec, LocalRuntime
+from ..runtime.procstats import CpuMeter
 from .spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
 
 CRASH_CODES = {"upstream_unavailable"}
+RETRY_AFTER_S = 1
+
+
+class _HostedSlot:
+    """The stand-in for an instance when the deployment is a remote API: a pool of slots."""
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        self.in_flight = 0
+        self.ready = True
 
 
 class Deployment:
@@ -38,9 +54,13 @@ class Deployment:
         self.key = f"{spec.endpoint_name}/{spec.name}"
         self.state = "new"  # new | starting | ready | failed | stopped
         self.error: str | None = None
+        #: requests waiting for a free instance right now
+        self.waiting = 0
         self._clients: dict[str, OpenAICompatBackend] = {}
         self._hosted: OpenAICompatBackend | None = None
+        self._slot = _HostedSlot(f"{spec.name}-hosted")
         self._changed = asyncio.Condition()
+        self._cpu = CpuMeter()
 
     @property
     def name(self) -> str:
@@ -54,10 +74,22 @@ class Deployment:
     def instances(self) -> list[Instance]:
         return self.runtime.instances(self.key)
 
+    @property
+    def in_flight(self) -> int:
+        return self._slot.in_flight if self.is_hosted else sum(i.in_flight for i in self.instances)
+
     def describe(self) -> dict[str, Any]:
+        instances = []
+        for inst in self.instances:
+            info = inst.describe()
+            stats = self._cpu.sample(inst.process.pid) if inst.process and inst.process.returncode is None else None
+            if stats:
+                info.update(rss_mb=stats["rss_mb"], pss_mb=stats["pss_mb"], cpu_percent=stats["cpu_percent"])
+            instances.append(info)
         return {"name": self.name, "model": self.card.id, "state": self.state, "error": self.error,
                 "instance_count": self.spec.instance_count, "hosted": self.is_hosted,
-                "instances": [i.describe() for i in self.instances]}
+                "request_settings": self.spec.request_settings.model_dump(), "in_flight": self.in_flight,
+                "queue_length": self.waiting, "instances": instances}
 
     def _instance_spec(self) -> InstanceSpec:
         probe = self.spec.liveness_probe
@@ -65,13 +97,17 @@ class Deployment:
                             probe_period_s=probe.period, probe_timeout_s=probe.timeout,
                             failure_threshold=probe.failure_threshold)
 
+    def _new_hosted_client(self) -> OpenAICompatBackend:
+        settings = self.spec.request_settings
+        return OpenAICompatBackend.for_card(self.card, timeout=settings.request_timeout_ms / 1000,
+                                            max_retries=settings.max_retries)
+
     async def start(self) -> None:
         """Start instances (local) or open the client (hosted); ready when this returns."""
         self.state = "starting"
         try:
             if self.is_hosted:
-                timeout = self.spec.request_settings.request_timeout_ms / 1000
-                self._hosted = OpenAICompatBackend.for_card(self.card, timeout=timeout)
+                self._hosted = self._new_hosted_client()
             else:
                 await self.runtime.scale(self._instance_spec(), self.spec.instance_count)
             self.state = "ready"
@@ -80,15 +116,28 @@ class Deployment:
             log.error("deployment %s failed to start: %s", self.key, exc)
             raise
         finally:
-            async with self._changed:
-                self._changed.notify_all()
+            await self._notify(all_waiters=True)
 
-    async def scale(self, count: int) -> None:
-        self.spec = self.spec.model_copy(update={"instance_count": count})
-        if not self.is_hosted:
-            await self.runtime.scale(self._instance_spec(), count)
-        async with self._changed:
-            self._changed.notify_all()
+    async def reconfigure(self, spec: DeploymentSpec) -> None:
+        """Apply a new instance count or request settings, live.
+
+        New instances get requests only once ready; removed ones are taken out
+        of rotation first and stopped after their requests finish.
+        """
+        old, self.spec = self.spec, spec
+        if self.is_hosted:
+            if old.request_settings != spec.request_settings:
+                stale, self._hosted = self._hosted, self._new_hosted_client()
+                if stale is not None:
+                    asyncio.get_running_loop().create_task(_close_later(stale, old.request_settings.request_timeout_ms))
+        else:
+            if old.request_settings.request_timeout_ms != spec.request_settings.request_timeout_ms:
+                stale = list(self._clients.values())
+                self._clients.clear()
+                for client in stale:
+                    asyncio.get_running_loop().create_task(_close_later(client, old.request_settings.request_timeout_ms))
+            await self.runtime.scale(self._instance_spec(), spec.instance_count)
+        await self._notify(all_waiters=True)
 
     async def stop(self) -> None:
         self.state = "stopped"
@@ -97,88 +146,135 @@ class Deployment:
         for client in [*self._clients.values(), *([self._hosted] if self._hosted else [])]:
             await client.close()
         self._clients.clear()
+        await self._notify(all_waiters=True)
 
     # --- choosing where a request runs ---------------------------------------
 
-    def _client(self, inst: Instance) -> OpenAICompatBackend:
+    def _client(self, inst: Any) -> OpenAICompatBackend:
+        if self._hosted is not None:
+            return self._hosted
         url = inst.url + "/v1"
         client = self._clients.get(url)
         if client is None:
             timeout = self.spec.request_settings.request_timeout_ms / 1000
-            # No retries here: a failed instance is retried on another instance by `_acquire`.
+            # No retries here: a failed instance is retried on another instance by `generate`.
             client = OpenAICompatBackend(url, timeout=timeout, max_retries=0, provider="modelyard")
             self._clients[url] = client
         return client
 
-    async def _acquire(self, avoid: Instance | None = None) -> Instance:
-        limit = self.spec.request_settings.max_concurrent_requests_per_instance
-        wait_s = self.spec.request_settings.max_queue_wait_ms / 1000
-        deadline = time.monotonic() + wait_s
-        async with self._changed:
-            while True:
-                ready = [i for i in self.instances if i.ready and i.in_flight < limit and i is not avoid]
-                if not ready and avoid is not None:
-                    ready = [i for i in self.instances if i.ready and i.in_flight < limit]
-                if ready:
-                    inst = min(ready, key=lambda i: i.in_flight)
-                    inst.in_flight += 1
-                    return inst
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    if any(i.ready for i in self.instances):
-                        raise ModelyardError(f"deployment {self.key} is at capacity; retry later", status=429,
-                                             code="deployment_at_capacity")
-                    raise ModelyardError(f"deployment {self.key} has no ready instance ({self.state})", status=503,
-                                         code="deployment_unavailable")
-                try:
-                    await asyncio.wait_for(self._changed.wait(), min(remaining, 0.25))
-                except asyncio.TimeoutError:
-                    pass
+    def _slots(self) -> list[Any]:
+        if self.is_hosted:
+            return [self._slot]
+        return self.instances
 
-    async def _release(self, inst: Instance) -> None:
-        inst.in_flight -= 1
+    def _capacity_per_slot(self) -> int:
+        per_instance = self.spec.request_settings.max_concurrent_requests_per_instance
+        # A hosted API has no instances: `instance_count` sizes its share of the remote service.
+        return per_instance * self.spec.instance_count if self.is_hosted else per_instance
+
+    def _free_slot(self, avoid: Any) -> Any:
+        limit = self._capacity_per_slot()
+        best = None
+        for slot in self._slots():
+            if slot.ready and slot.in_flight < limit and slot is not avoid:
+                if best is None or slot.in_flight < best.in_flight:
+                    best = slot
+        if best is None and avoid is not None and avoid.ready and avoid.in_flight < limit:
+            best = avoid  # a lone instance is retried on itself
+        return best
+
+    async def _acquire(self, avoid: Any = None) -> Any:
+        slot = self._free_slot(avoid)
+        if slot is not None:
+            slot.in_flight += 1
+            return slot
+        settings = self.spec.request_settings
+        queue_limit = settings.max_queue_size_per_instance * max(len(self._slots()), 1)
+        if self.waiting >= queue_limit:
+            raise self._busy(f"{self.waiting} requests are already waiting")
+        deadline = time.monotonic() + settings.max_queue_wait_ms / 1000
+        self.waiting += 1
+        try:
+            async with self._changed:
+                while True:
+                    slot = self._free_slot(avoid)
+                    if slot is not None:
+                        slot.in_flight += 1
+                        return slot
+                    remaining = deadline - time.monotonic()
+                    if remaining <= 0 or self.state == "stopped":
+                        if any(s.ready for s in self._slots()):
+                            raise self._busy(f"no instance was free within {settings.max_queue_wait_ms} ms")
+                        raise ModelyardError(f"deployment {self.key} has no ready instance ({self.state})", status=503,
+                                             code="deployment_unavailable", headers={"retry-after": str(RETRY_AFTER_S)})
+                    try:
+                        await asyncio.wait_for(self._changed.wait(), min(remaining, 0.5))
+                    except asyncio.TimeoutError:
+                        pass
+        finally:
+            self.waiting -= 1
+
+    def _busy(self, why: str) -> ModelyardError:
+        return ModelyardError(f"deployment {self.key} is at capacity ({why}); retry later", status=429,
+                              code="deployment_at_capacity", headers={"retry-after": str(RETRY_AFTER_S)})
+
+    async def _release(self, slot: Any) -> None:
+        slot.in_flight -= 1
+        if self.waiting:
+            await self._notify()
+
+    async def _notify(self, all_waiters: bool = False) -> None:
         async with self._changed:
-            self._changed.notify()
+            if all_waiters:
+                self._changed.notify_all()
+            else:
+                self._changed.notify()
+
+    def _timeout(self, err: ModelyardError) -> ModelyardError:
+        if err.code == "upstream_timeout":
+            ms = self.spec.request_settings.request_timeout_ms
+            return ModelyardError(f"deployment {self.key} did not answer within request_timeout_ms={ms}; "
+                                  "the generation was stopped", status=408, code="request_timeout")
+        return err
 
     # --- calls ------------------------------------------------------------------
 
     async def generate(self, kind: str, request: Any) -> AsyncIterator[dict[str, Any]]:
-        if self._hosted is not None:
-            async with aclosing(self._hosted.generate(kind, request)) as chunks:
-                async for chunk in chunks:
-                    yield chunk
-            return
-        tried: Instance | None = None
+        tried: Any = None
         for attempt in range(2):
-            inst = await self._acquire(avoid=tried)
+            slot = await self._acquire(avoid=tried)
             yielded = False
             try:
                 # aclosing: a client that hangs up closes the instance's stream at once, which stops generation.
-                async with aclosing(self._client(inst).generate(kind, request)) as chunks:
+                async with aclosing(self._client(slot).generate(kind, request)) as chunks:
                     async for chunk in chunks:
                         yielded = True
                         yield chunk
                 return
             except ModelyardError as err:
-                if yielded or err.code not in CRASH_CODES or attempt == 1:
-                    raise
-                log.warning("instance %s failed before answering (%s); retrying on another", inst.name, err.message)
-                tried = inst
+                if yielded or err.code not in CRASH_CODES or attempt == 1 or self.is_hosted:
+                    raise self._timeout(err) from None
+                log.warning("instance %s failed before answering (%s); retrying on another", slot.name, err.message)
+                tried = slot
             finally:
-                await self._release(inst)
+                await self._release(slot)
 
     async def embed(self, request: Any) -> dict[str, Any]:
-        if self._hosted is not None:
-            return await self._hosted.embed(request)
-        tried: Instance | None = None
+        tried: Any = None
         for attempt in range(2):
-            inst = await self._acquire(avoid=tried)
+            slot = await self._acquire(avoid=tried)
             try:
-                return await self._client(inst).embed(request)
+                return await self._client(slot).embed(request)
             except ModelyardError as err:
-                if err.code not in CRASH_CODES or attempt == 1:
-                    raise
-                tried = inst
+                if err.code not in CRASH_CODES or attempt == 1 or self.is_hosted:
+                    raise self._timeout(err) from None
+                tried = slot
             finally:
-                await self._release(inst)
+                await self._release(slot)
         raise AssertionError("unreachable")
+
+
+async def _close_later(client: OpenAICompatBackend, timeout_ms: int) -> None:
+    """Close a replaced client once the requests it carries can have finished."""
+    await asyncio.sleep(timeout_ms / 1000 + 1)
+    await client.close()

@@ -13,8 +13,10 @@ import random
 from dataclasses import dataclass, field
 from typing import Any
 
+from pydantic import ValidationError
+
 from ..catalog.registry import Catalog
-from ..errors import ModelyardError, invalid, not_found
+from ..errors import ModelyardError, from_validation_error, invalid, not_found
 from ..runtime.local import LocalRuntime
 from .deployment import Deployment
 from .spec import DeploymentSpec, EndpointSpec
@@ -66,13 +68,22 @@ class TrafficSplit:
         return endpoint.deployments[weights[-1][0]]
 
 
-class Endpoints:
-    """The live endpoints of one gateway, backed by the config store."""
+KEY_SLOTS = ("primary", "secondary")
 
-    def __init__(self, store: Any, catalog: Catalog, runtime: LocalRuntime) -> None:
+
+class Endpoints:
+    """The live endpoints of one gateway, backed by the config store.
+
+    Every change is validated, then persisted, then carried out, so a
+    gateway that restarts finds its endpoints again. Each endpoint has two
+    keys, ``primary`` and ``secondary``, regenerable one at a time.
+    """
+
+    def __init__(self, store: Any, catalog: Catalog, runtime: LocalRuntime, keys: Any = None) -> None:
         self.store = store
         self.catalog = catalog
         self.runtime = runtime
+        self.keys = keys
         self._endpoints: dict[str, Endpoint] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
 
@@ -82,6 +93,15 @@ class Endpoints:
         except KeyError:
             raise not_found(f"The model (endpoint) '{name}' does not exist. GET /v1/models lists the endpoints.",
                             param="model", code="model_not_found") from None
+
+    def deployment(self, endpoint: str, name: str) -> Deployment:
+        ep = self.get(endpoint)
+        try:
+            return ep.deployments[name]
+        except KeyError:
+            raise not_found(f"Endpoint '{endpoint}' has no deployment '{name}'; it has: "
+                            f"{', '.join(ep.deployments) or 'none'}.", param="deployment",
+                            code="deployment_not_found") from None
 
     def all(self) -> list[Endpoint]:
         return list(self._endpoints.values())
@@ -103,9 +123,12 @@ class Endpoints:
             await asyncio.gather(*starts, return_exceptions=True)
         else:
             for coro in starts:
-                task = asyncio.create_task(coro)
-                self._tasks.add(task)
-                task.add_done_callback(self._tasks.discard)
+                self._background(coro)
+
+    def _background(self, coro: Any) -> None:
+        task = asyncio.create_task(coro)
+        self._tasks.add(task)
+        task.add_done_callback(self._tasks.discard)
 
     async def _add(self, endpoint: Endpoint, dspec: DeploymentSpec) -> Deployment:
         card = self.catalog.get(dspec.model)
@@ -117,12 +140,71 @@ class Endpoints:
             pass  # state "failed" and the error are on the deployment
         return dep
 
-    async def create_endpoint(self, spec: EndpointSpec) -> Endpoint:
+    # --- endpoints ----------------------------------------------------------------
+
+    def _check_routes(self, spec: EndpointSpec, deployments: dict[str, Any]) -> None:
+        for field, table in (("traffic", spec.traffic), ("mirror_traffic", spec.mirror_traffic)):
+            unknown = [name for name in table if name not in deployments]
+            if unknown:
+                raise invalid(f"{field} names deployment(s) {', '.join(map(repr, unknown))} that endpoint "
+                              f"'{spec.name}' does not have; it has: {', '.join(deployments) or 'none'}",
+                              param=field, code="unknown_deployment")
+
+    async def create_endpoint(self, spec: EndpointSpec) -> tuple[Endpoint, dict[str, str]]:
+        """Create an empty endpoint and its two keys; returns the plain keys (shown once)."""
         if spec.name in self._endpoints:
             raise ModelyardError(f"endpoint {spec.name!r} already exists", status=409, param="name", code="conflict")
+        self._check_routes(spec, {})
         self.store.save_endpoint(spec)
         endpoint = self._endpoints[spec.name] = Endpoint(spec)
+        return endpoint, self._new_keys(spec.name)
+
+    def _new_keys(self, endpoint: str) -> dict[str, str]:
+        if self.keys is None:
+            return {}
+        return {slot: self.keys.create(slot, endpoint)[0] for slot in KEY_SLOTS}
+
+    async def update_endpoint(self, name: str, **changes: Any) -> Endpoint:
+        """Change traffic, mirror_traffic or description; the whole new spec is validated first."""
+        endpoint = self.get(name)
+        data = endpoint.spec.model_dump()
+        data.update({k: v for k, v in changes.items() if v is not None})
+        spec = _validated(EndpointSpec, data)
+        self._check_routes(spec, endpoint.deployments)
+        self.store.save_endpoint(spec)
+        endpoint.spec = spec
+        log.info("endpoint %s: traffic %s, mirror %s", name, spec.traffic, spec.mirror_traffic)
         return endpoint
+
+    async def delete_endpoint(self, name: str) -> None:
+        endpoint = self.get(name)
+        self.store.delete_endpoint(name)
+        del self._endpoints[name]
+        if self.keys is not None:
+            for key in self.keys.list():
+                if key.endpoint == name and not key.revoked:
+                    self.keys.revoke(key.id)
+        await asyncio.gather(*(d.stop() for d in endpoint.deployments.values()))
+
+    def key_info(self, name: str) -> dict[str, Any]:
+        self.get(name)
+        out: dict[str, Any] = {}
+        for key in self.keys.list() if self.keys is not None else []:
+            if key.endpoint == name and key.name in KEY_SLOTS and not key.revoked:
+                out[key.name] = {"prefix": key.prefix, "created_at": key.created_at.isoformat()}
+        return out
+
+    def regenerate_key(self, name: str, which: str) -> str:
+        """Replace one of the endpoint's keys; the old one stops working at once. Returns the new key."""
+        self.get(name)
+        if which not in KEY_SLOTS:
+            raise invalid(f"which must be 'primary' or 'secondary', not {which!r}", param="which")
+        for key in self.keys.list():
+            if key.endpoint == name and key.name == which and not key.revoked:
+                self.keys.revoke(key.id)
+        return self.keys.create(which, name)[0]
+
+    # --- deployments --------------------------------------------------------------
 
     async def create_deployment(self, spec: DeploymentSpec, *, all_traffic: bool = False) -> Deployment:
         endpoint = self.get(spec.endpoint_name)
@@ -134,19 +216,73 @@ class Endpoints:
         except ModelyardError as err:
             raise invalid(err.message, param="model", code="model_not_found") from None
         self.store.save_deployment(spec)
-        if all_traffic or not endpoint.spec.traffic:
-            endpoint.spec = endpoint.spec.model_copy(update={"traffic": {spec.name: 100}})
-            self.store.save_endpoint(endpoint.spec)
         dep = await self._add(endpoint, spec)
         if dep.state == "failed":
+            self.store.delete_deployment(endpoint.name, spec.name)
+            del endpoint.deployments[spec.name]
             raise ModelyardError(f"deployment {dep.key} failed to start: {dep.error}", status=500, code="deployment_failed")
+        # Traffic moves only once the deployment is ready: never to instances still loading.
+        if all_traffic or not endpoint.spec.traffic:
+            await self.update_endpoint(endpoint.name, traffic={spec.name: 100},
+                                       mirror_traffic={k: v for k, v in endpoint.spec.mirror_traffic.items() if k != spec.name})
         return dep
 
-    async def delete_endpoint(self, name: str) -> None:
-        endpoint = self.get(name)
-        self.store.delete_endpoint(name)
-        del self._endpoints[name]
-        await asyncio.gather(*(d.stop() for d in endpoint.deployments.values()))
+    async def update_deployment(self, endpoint_name: str, name: str, *, instance_count: int | None = None,
+                                request_settings: dict[str, Any] | None = None) -> Deployment:
+        """Scale (new instances get traffic once ready; removed ones drain first) or change request settings."""
+        dep = self.deployment(endpoint_name, name)
+        data = dep.spec.model_dump()
+        if instance_count is not None:
+            data["instance_count"] = instance_count
+        if request_settings:
+            data["request_settings"] = {**data["request_settings"], **request_settings}
+        spec = _validated(DeploymentSpec, data)
+        self.store.save_deployment(spec)
+        await dep.reconfigure(spec)
+        return dep
+
+    async def delete_deployment(self, endpoint_name: str, name: str) -> None:
+        endpoint = self.get(endpoint_name)
+        dep = self.deployment(endpoint_name, name)
+        if endpoint.spec.traffic.get(name, 0) > 0:
+            raise ModelyardError(f"deployment '{name}' still receives {endpoint.spec.traffic[name]}% of live traffic; "
+                                 "move its traffic elsewhere first", status=409, param="traffic", code="deployment_has_traffic")
+        if name in endpoint.spec.mirror_traffic:
+            await self.update_endpoint(endpoint_name, mirror_traffic={})
+        self.store.delete_deployment(endpoint_name, name)
+        del endpoint.deployments[name]
+        if name in endpoint.spec.traffic:
+            await self.update_endpoint(endpoint_name, traffic={k: v for k, v in endpoint.spec.traffic.items() if k != name})
+        await dep.stop()
+
+    # --- apply (idempotent) -----------------------------------------------------------
+
+    async def apply_endpoint(self, spec: EndpointSpec) -> tuple[str, Endpoint, dict[str, str]]:
+        """Create the endpoint or bring it to `spec`: 'created', 'updated' or 'unchanged'."""
+        if spec.name not in self._endpoints:
+            endpoint, keys = await self.create_endpoint(spec)
+            return "created", endpoint, keys
+        endpoint = self.get(spec.name)
+        if endpoint.spec == spec:
+            return "unchanged", endpoint, {}
+        await self.update_endpoint(spec.name, **spec.model_dump(exclude={"name"}))
+        return "updated", endpoint, {}
+
+    async def apply_deployment(self, spec: DeploymentSpec) -> tuple[str, Deployment]:
+        endpoint = self.get(spec.endpoint_name)
+        current = endpoint.deployments.get(spec.name)
+        if current is None:
+            return "created", await self.create_deployment(spec)
+        if current.spec == spec:
+            return "unchanged", current
+        if (current.spec.model, current.spec.options, current.spec.environment_variables) != \
+                (spec.model, spec.options, spec.environment_variables):
+            raise invalid(f"deployment '{spec.name}' runs model '{current.spec.model}'; changing its model, options or "
+                          "environment needs a new deployment (create it, move the traffic, delete the old one)",
+                          param="model", code="immutable_field")
+        self.store.save_deployment(spec)
+        await current.reconfigure(spec)
+        return "updated", current
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -155,3 +291,10 @@ class Endpoints:
         await asyncio.gather(*(d.stop() for e in self._endpoints.values() for d in e.deployments.values()),
                              return_exceptions=True)
         await self.runtime.close()
+
+
+def _validated(model: Any, data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None

@@ -20,21 +20,41 @@ the concepts match, so a file written for one reads naturally for the other::
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import re
+from typing import Annotated, Any, Literal
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
-NAME = r"^[A-Za-z0-9][A-Za-z0-9._\-]{0,62}$"
+#: endpoint and deployment names: 3-32 characters, letters, digits and dashes, starting with a letter
+NAME = r"^[A-Za-z][A-Za-z0-9-]{2,31}$"
+MAX_MIRROR_PERCENT = 50
 
 
 class _Spec(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
+def check_name(value: str) -> str:
+    if not re.match(NAME, value):
+        raise ValueError(f"{value!r} is not a valid name: use 3-32 letters, digits and dashes, starting with a letter")
+    return value
+
+
+Name = Annotated[str, AfterValidator(check_name)]
+
+
 class RequestSettings(_Spec):
+    """How requests to one deployment are bounded (Azure ML's ``request_settings``, plus the queue)."""
+
+    #: a request still unanswered after this long gets 408 and its generation is stopped
     request_timeout_ms: int = Field(default=90_000, ge=100)
     max_concurrent_requests_per_instance: int = Field(default=1, ge=1)
+    #: requests waiting for a free instance, per instance; one more is refused with 429 and Retry-After
+    max_queue_size_per_instance: int = Field(default=16, ge=0)
+    #: a request that waited this long for a free instance is refused with 429
     max_queue_wait_ms: int = Field(default=60_000, ge=0)
+    #: retries of a hosted API's 429/5xx/connection errors (local instances: one retry on another instance)
+    max_retries: int = Field(default=2, ge=0, le=10)
 
 
 class Probe(_Spec):
@@ -46,10 +66,10 @@ class Probe(_Spec):
 
 
 class DeploymentSpec(_Spec):
-    name: str = Field(pattern=NAME)
-    endpoint_name: str = Field(pattern=NAME)
+    name: Name
+    endpoint_name: Name
     model: str = Field(description="catalog card id")
-    instance_count: int = Field(default=1, ge=0, le=64)
+    instance_count: int = Field(default=1, ge=1, le=64)
     request_settings: RequestSettings = Field(default_factory=RequestSettings)
     liveness_probe: Probe = Field(default_factory=Probe)
     readiness_probe: Probe = Field(default_factory=Probe)
@@ -59,7 +79,7 @@ class DeploymentSpec(_Spec):
 
 
 class EndpointSpec(_Spec):
-    name: str = Field(pattern=NAME)
+    name: Name
     description: str = ""
     auth_mode: Literal["key"] = "key"
     policy: Literal["split"] = "split"
@@ -67,3 +87,32 @@ class EndpointSpec(_Spec):
     traffic: dict[str, int] = Field(default_factory=dict)
     #: deployment name -> percent of live traffic copied to it, response discarded
     mirror_traffic: dict[str, int] = Field(default_factory=dict)
+
+    @field_validator("traffic")
+    @classmethod
+    def _traffic_sums_to_0_or_100(cls, traffic: dict[str, int]) -> dict[str, int]:
+        if any(w < 0 or w > 100 for w in traffic.values()):
+            raise ValueError("traffic weights are percentages between 0 and 100")
+        total = sum(traffic.values())
+        if total not in (0, 100):
+            shown = ", ".join(f"{k}={v}" for k, v in traffic.items())
+            raise ValueError(f"traffic weights must sum to 0 or 100, not {total} ({shown})")
+        return traffic
+
+    @field_validator("mirror_traffic")
+    @classmethod
+    def _one_small_mirror(cls, mirror: dict[str, int]) -> dict[str, int]:
+        mirror = {k: v for k, v in mirror.items() if v != 0}
+        if len(mirror) > 1:
+            raise ValueError("traffic can be mirrored to one deployment only")
+        for name, pct in mirror.items():
+            if not 0 < pct <= MAX_MIRROR_PERCENT:
+                raise ValueError(f"mirror traffic to {name!r} must be between 1 and {MAX_MIRROR_PERCENT} percent, not {pct}")
+        return mirror
+
+    @model_validator(mode="after")
+    def _mirror_target_has_no_live_traffic(self) -> "EndpointSpec":
+        for name in self.mirror_traffic:
+            if self.traffic.get(name, 0) > 0:
+                raise ValueError(f"deployment {name!r} has live traffic; only a deployment at 0% can receive mirrored traffic")
+        return self

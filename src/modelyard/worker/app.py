@@ -36,7 +36,8 @@ def json_response(body: Any, status: int = 200) -> Response:
 
 
 def error_response(err: ModelyardError) -> Response:
-    return json_response(err.body(), err.status)
+    return Response(orjson.dumps(err.body()), status_code=err.status, media_type="application/json",
+                    headers=err.headers or None)
 
 
 def build_app(backend: Backend, *, name: str = "instance") -> Starlette:

@@ -1,0 +1,170 @@
+"""Management API for endpoints and deployments (``/api/endpoints/...``).
+
+Thin routes over `serving.endpoints.Endpoints`, which validates, persists
+and then carries out each change. Every route needs the admin key; every
+failure is an OpenAI-shaped error naming the field.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections import deque
+from typing import Any, Literal
+
+from fastapi import APIRouter, Depends, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from starlette.responses import Response
+
+from ..errors import from_validation_error, invalid
+from ..serving.spec import DeploymentSpec, EndpointSpec, RequestSettings
+from .http import json_response
+from .manage_routes import _admin, _json_model
+
+router = APIRouter(prefix="/api")
+
+
+class EndpointPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    traffic: dict[str, int] | None = None
+    mirror_traffic: dict[str, int] | None = None
+    description: str | None = None
+
+
+class DeploymentPatch(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    instance_count: int | None = Field(default=None, ge=1, le=64)
+    request_settings: dict[str, Any] | None = None
+
+
+class KeyRegenerate(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    which: Literal["primary", "secondary"]
+
+
+class ApplyBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["endpoint", "deployment"]
+    spec: dict[str, Any]
+
+
+@router.get("/endpoints")
+async def list_endpoints(request: Request, gateway=Depends(_admin)) -> Response:
+    return json_response({"data": [e.describe() for e in gateway.endpoints.all()]})
+
+
+@router.post("/endpoints")
+async def create_endpoint(request: Request, gateway=Depends(_admin)) -> Response:
+    """Create an endpoint; its primary and secondary keys are in this answer only."""
+    spec = await _json_model(request, EndpointSpec)
+    endpoint, keys = await gateway.endpoints.create_endpoint(spec)
+    return json_response({**endpoint.describe(), "keys": keys}, 201)
+
+
+@router.get("/endpoints/{name}")
+async def get_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    return json_response(gateway.endpoints.get(name).describe())
+
+
+@router.patch("/endpoints/{name}")
+async def update_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    patch = await _json_model(request, EndpointPatch)
+    endpoint = await gateway.endpoints.update_endpoint(name, **patch.model_dump(exclude_none=True))
+    return json_response(endpoint.describe())
+
+
+@router.delete("/endpoints/{name}")
+async def delete_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    await gateway.endpoints.delete_endpoint(name)
+    return json_response({"deleted": name})
+
+
+@router.get("/endpoints/{name}/keys")
+async def endpoint_keys(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    """The endpoint's keys by prefix: keys are stored hashed and shown once, when made."""
+    return json_response(gateway.endpoints.key_info(name))
+
+
+@router.post("/endpoints/{name}/keys/regenerate")
+async def regenerate_key(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    body = await _json_model(request, KeyRegenerate)
+    return json_response({"which": body.which, "key": gateway.endpoints.regenerate_key(name, body.which)})
+
+
+@router.post("/endpoints/{name}/deployments")
+async def create_deployment(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    """Create a deployment and wait until its instances are ready (``?all_traffic=true`` moves all traffic to it)."""
+    all_traffic = request.query_params.get("all_traffic") in ("1", "true")
+    spec = await _json_model(request, DeploymentSpec, endpoint_name=name)
+    deployment = await gateway.endpoints.create_deployment(spec, all_traffic=all_traffic)
+    return json_response(deployment.describe(), 201)
+
+
+@router.get("/endpoints/{name}/deployments/{deployment}")
+async def get_deployment(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+    return json_response(gateway.endpoints.deployment(name, deployment).describe())
+
+
+@router.patch("/endpoints/{name}/deployments/{deployment}")
+async def update_deployment(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+    """Scale (``instance_count``) or change ``request_settings``, live."""
+    patch = await _json_model(request, DeploymentPatch)
+    if patch.request_settings is not None:
+        unknown = set(patch.request_settings) - set(RequestSettings.model_fields)
+        if unknown:
+            raise invalid(f"unknown request setting(s): {', '.join(sorted(unknown))}",
+                          param=f"request_settings.{sorted(unknown)[0]}", code="unknown_parameter")
+    dep = await gateway.endpoints.update_deployment(name, deployment, instance_count=patch.instance_count,
+                                                    request_settings=patch.request_settings)
+    return json_response(dep.describe())
+
+
+@router.delete("/endpoints/{name}/deployments/{deployment}")
+async def delete_deployment(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+    await gateway.endpoints.delete_deployment(name, deployment)
+    return json_response({"deleted": deployment})
+
+
+@router.get("/endpoints/{name}/deployments/{deployment}/logs")
+async def deployment_logs(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+    """The last ``lines`` (default 100) of each instance's log."""
+    try:
+        lines = max(1, min(int(request.query_params.get("lines", "100")), 10_000))
+    except ValueError:
+        raise invalid("lines must be an integer", param="lines") from None
+    dep = gateway.endpoints.deployment(name, deployment)
+    logs = {inst.name: await asyncio.to_thread(_tail, inst.log_file, lines) for inst in dep.instances}
+    return json_response({"instances": logs})
+
+
+@router.post("/apply")
+async def apply(request: Request, gateway=Depends(_admin)) -> Response:
+    """Create or update an endpoint or a deployment from its spec; applying the same spec twice changes nothing."""
+    body = await _json_model(request, ApplyBody)
+    if body.kind == "endpoint":
+        spec = await _spec(EndpointSpec, body.spec)
+        action, endpoint, keys = await gateway.endpoints.apply_endpoint(spec)
+        out = {"action": action, "kind": "endpoint", "name": spec.name, "description": endpoint.describe()}
+        if keys:
+            out["keys"] = keys
+    else:
+        spec = await _spec(DeploymentSpec, body.spec)
+        action, dep = await gateway.endpoints.apply_deployment(spec)
+        out = {"action": action, "kind": "deployment", "name": spec.name, "description": dep.describe()}
+    return json_response(out, 201 if action == "created" else 200)
+
+
+async def _spec(model: Any, data: dict[str, Any]) -> Any:
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        err = from_validation_error(exc)
+        err.param = f"spec.{err.param}" if err.param else "spec"
+        raise err from None
+
+
+def _tail(path: Any, lines: int) -> str:
+    try:
+        with open(path, "rb") as f:
+            return b"".join(deque(f, maxlen=lines)).decode(errors="replace")
+    except FileNotFoundError:
+        return ""
