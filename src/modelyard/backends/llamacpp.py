@@ -237,6 +237,8 @@ class LlamaCppBackend:
         """
         import llama_cpp
 
+        if cancel.is_set():  # the caller left while this request waited for the model
+            return
         llm = self.llm
         llm.set_seed(seed)
         if request.seed is not None:

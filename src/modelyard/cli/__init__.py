@@ -14,7 +14,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import catalog, remote, up
+    from . import apply, catalog, deployment, endpoint, remote, up
 
     app.command()(up.up)
     app.command()(remote.chat)
@@ -22,6 +22,10 @@ def _register() -> None:
     app.command()(remote.usage)
     app.add_typer(remote.keys_app, name="keys")
     app.add_typer(catalog.app, name="catalog")
+    app.command()(apply.apply)
+    app.add_typer(apply.get_app, name="get")
+    app.add_typer(endpoint.app, name="endpoint")
+    app.add_typer(deployment.app, name="deployment")
 
 
 _register()

@@ -40,6 +40,10 @@ def _api(method: str, path: str, **kwargs: Any) -> Any:
     except httpx.ConnectError:
         console.print(f"[red]Cannot reach the modelyard server at {server_url()}[/] — start it with `modelyard up`.")
         raise typer.Exit(1) from None
+    except httpx.TimeoutException:
+        console.print(f"[red]The server at {server_url()} did not answer in time[/]; `modelyard endpoint show` tells "
+                      "whether the change went through.")
+        raise typer.Exit(1) from None
     if r.status_code >= 400:
         try:
             message = r.json()["error"]["message"]
@@ -59,6 +63,8 @@ def _client():
 def invoke(
     endpoint: str = typer.Argument(..., help="endpoint name (the `model` field)"),
     prompt: str = typer.Option(..., "--prompt", "-p", help="the user message"),
+    deployment: str = typer.Option(None, "--deployment", "-d",
+                                   help="send to this deployment only, whatever the traffic split"),
     max_tokens: int = typer.Option(128, help="most tokens to generate"),
     temperature: float = typer.Option(None, help="sampling temperature"),
 ) -> None:
@@ -66,8 +72,10 @@ def invoke(
     from openai import APIError
 
     try:
-        reply = _client().chat.completions.create(model=endpoint, max_tokens=max_tokens, temperature=temperature,
-                                                  messages=[{"role": "user", "content": prompt}])
+        reply = _client().chat.completions.create(
+            model=endpoint, max_tokens=max_tokens, temperature=temperature,
+            messages=[{"role": "user", "content": prompt}],
+            extra_headers={"modelyard-deployment": deployment} if deployment else None)
     except APIError as exc:
         console.print(f"[red]error:[/] {exc.message}")
         raise typer.Exit(1) from None

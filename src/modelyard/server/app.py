@@ -54,6 +54,8 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     app.include_router(manage_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(endpoint_routes.router)
+    from . import rollout_routes  # TEMP rollout wiring
+    app.include_router(rollout_routes.router)  # TEMP rollout wiring
 
     @app.exception_handler(ModelyardError)
     async def _modelyard_error(request: Request, exc: ModelyardError) -> Response:

@@ -16,6 +16,8 @@ from ..store.db import Database
 from ..store.keys import KeyStore
 from ..store.usage import UsageWriter
 from ..telemetry.metrics import GatewayMetrics
+from ..serving.rollout import RolloutController  # TEMP rollout wiring
+from ..store.rollouts import RolloutStore  # TEMP rollout wiring
 
 log = logging.getLogger(__name__)
 
@@ -37,6 +39,7 @@ class Gateway:
     admin_key: str
     admin_key_created: bool
     started: dict = field(default_factory=dict)
+    rollouts: RolloutController | None = None  # TEMP rollout wiring
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -52,7 +55,8 @@ class Gateway:
         writer = UsageWriter(db, flush_interval=settings.usage_flush_s)
         metrics = GatewayMetrics()
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics)
-        return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created)
+        rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)  # TEMP rollout wiring
+        return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created, rollouts=rollouts)  # TEMP rollout wiring
 
     def ensure_default_endpoints(self) -> None:
         """Create `default` (Gemma 3 270M) and `embed` (all-MiniLM-L6-v2) unless they exist."""
@@ -64,8 +68,10 @@ class Gateway:
     async def start(self, *, wait: bool = False) -> None:
         await self.writer.start()
         await self.endpoints.load(wait=wait)
+        await self.rollouts.resume_all()  # TEMP rollout wiring
 
     async def close(self) -> None:
+        await self.rollouts.close()  # TEMP rollout wiring
         for stage in self.pipeline.stages:
             if isinstance(stage, Mirror):
                 await stage.close()

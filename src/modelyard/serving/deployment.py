@@ -86,10 +86,9 @@ class Deployment:
             if stats:
                 info.update(rss_mb=stats["rss_mb"], pss_mb=stats["pss_mb"], cpu_percent=stats["cpu_percent"])
             instances.append(info)
-        return {"name": self.name, "model": self.card.id, "state": self.state, "error": self.error,
-                "instance_count": self.spec.instance_count, "hosted": self.is_hosted,
-                "request_settings": self.spec.request_settings.model_dump(), "in_flight": self.in_flight,
-                "queue_length": self.waiting, "instances": instances}
+        return {**self.spec.model_dump(mode="json", exclude={"endpoint_name"}),
+                "state": self.state, "error": self.error, "hosted": self.is_hosted,
+                "in_flight": self.in_flight, "queue_length": self.waiting, "instances": instances}
 
     def _instance_spec(self) -> InstanceSpec:
         probe = self.spec.liveness_probe

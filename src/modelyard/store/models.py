@@ -1,4 +1,4 @@
-"""The four tables modelyard keeps, as SQLAlchemy 2 typed declarative models.
+"""The tables modelyard keeps, as SQLAlchemy 2 typed declarative models.
 
 | table | one row is | written by |
 |---|---|---|
@@ -6,6 +6,7 @@
 | ``deployments`` | a `DeploymentSpec`, unique per (endpoint, name) | `ConfigStore` |
 | ``api_keys`` | a key's sha256, display prefix, scope and revocation | `KeyStore` |
 | ``usage_records`` | one request: tokens, cost, latency, status, cache/route | `UsageWriter` |
+| ``rollouts`` | a gradual traffic shift to a deployment: steps, limits, state, history | `RolloutStore` |
 
 The schema is created by the hand-written Alembic migrations in
 ``store/migrations/versions``; a test compares the migrated database with this
@@ -25,7 +26,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, MetaData, String, UniqueConstraint
+from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -170,6 +171,44 @@ class UsageRecord(Base):
 
     def __repr__(self) -> str:
         return f"UsageRecord(id={self.id!r}, request_id={self.request_id!r}, endpoint={self.endpoint!r})"
+
+
+class Rollout(Base):
+    """One gradual traffic shift to a deployment, its limits and what happened; written by `RolloutStore`.
+
+    ``steps`` are the new deployment's percentages in order; ``current_step``
+    indexes them (-1 before the first). ``from_traffic`` and ``from_mirror``
+    are the endpoint's split before the rollout: what a rollback restores.
+    ``state`` is ``running``, ``succeeded``, ``rolled_back``, ``cancelled`` or
+    ``reverted``; ``reason`` says why it ended as it did. ``history`` is a
+    list of events (``{"at", "event", "step", "traffic", "message"}``, plus
+    ``"stats"`` when a step was judged).
+    """
+
+    __tablename__ = "rollouts"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    endpoint: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    deployment: Mapped[str] = mapped_column(String(64), nullable=False)
+    steps: Mapped[list[int]] = mapped_column(JSON, nullable=False)
+    interval_s: Mapped[float] = mapped_column(Float, nullable=False)
+    max_error_rate: Mapped[float] = mapped_column(Float, nullable=False)
+    max_p95_ms: Mapped[float] = mapped_column(Float, nullable=False)
+    min_requests: Mapped[int] = mapped_column(Integer, nullable=False, default=1)
+    from_traffic: Mapped[dict[str, int]] = mapped_column(JSON, nullable=False)
+    from_mirror: Mapped[dict[str, int]] = mapped_column(JSON, nullable=False)
+    current_step: Mapped[int] = mapped_column(Integer, nullable=False, default=-1)
+    step_started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="running")
+    reason: Mapped[str | None] = mapped_column(Text, nullable=True)
+    history: Mapped[list[dict[str, Any]]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+    def __repr__(self) -> str:
+        return (f"Rollout(id={self.id!r}, endpoint={self.endpoint!r}, deployment={self.deployment!r}, "
+                f"state={self.state!r})")
 
 
 #: Column names of ``usage_records`` that a submitted record may set.

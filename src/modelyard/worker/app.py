@@ -91,7 +91,9 @@ def build_app(backend: Backend, *, name: str = "instance") -> Starlette:
                     return json_response(await backend.embed(req))  # type: ignore[arg-type]
                 stream = backend.generate(kind, req)  # type: ignore[arg-type]
                 if not req.stream:
-                    chunks = [c async for c in stream]
+                    chunks = await _collect_unless_gone(request, stream)
+                    if chunks is None:  # the caller hung up (or timed out): nobody reads the answer
+                        return Response(status_code=499)
                     return json_response(gather(kind, chunks))
                 first = await anext(stream)  # errors before the first chunk are still plain 4xx/5xx
             except ModelyardError as err:
@@ -104,6 +106,33 @@ def build_app(backend: Backend, *, name: str = "instance") -> Starlette:
             return StreamingResponse(_events(first, stream, req.include_usage), media_type="text/event-stream")
 
         return endpoint
+
+    async def _collect_unless_gone(request: Request, stream: AsyncIterator[dict[str, Any]]) -> list[dict[str, Any]] | None:
+        """Gather a whole answer, but stop generating as soon as the caller disconnects.
+
+        A streaming response notices a disconnect by itself; a plain one would
+        run to its end, keeping the model busy for an answer no one reads.
+        """
+
+        async def collect() -> list[dict[str, Any]]:
+            return [c async for c in stream]
+
+        async def caller_gone() -> None:
+            while (await request.receive())["type"] != "http.disconnect":
+                pass
+
+        work, watch = asyncio.create_task(collect()), asyncio.create_task(caller_gone())
+        try:
+            await asyncio.wait({work, watch}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (work, watch):
+                if not task.done():
+                    task.cancel()
+            await asyncio.gather(work, watch, return_exceptions=True)
+            await stream.aclose()  # type: ignore[attr-defined]
+        if work.cancelled():
+            return None
+        return work.result()  # re-raises a backend error (a ModelyardError becomes its response)
 
     async def _events(first: dict[str, Any], stream: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
         try:
