@@ -294,3 +294,52 @@ def test_scaling_up_and_down_live(gw):
         t.join()
     assert r.status_code == 200 and len(r.json()["instances"]) == 1
     assert len(results) == 4 and all("Paris" in text for text in results)
+
+
+def _serving_instance(gw, endpoint: str) -> dict:
+    for _ in range(200):
+        instances = gw.api("GET", f"/api/endpoints/{endpoint}").json()["deployments"][0]["instances"]
+        busy = [i for i in instances if i["in_flight"] > 0]
+        if busy:
+            return busy[0]
+        time.sleep(0.02)
+    raise AssertionError("no instance took the request")
+
+
+def test_killed_instance_non_streaming_request_is_retried_and_stream_ends_with_error(gw):
+    import os
+    import signal
+
+    make_endpoint(gw, "crashy", ("blue", "gemma-3-270m"))
+    gw.api("PATCH", "/api/endpoints/crashy/deployments/blue", json={"instance_count": 2})
+    long_ask = {"model": "crashy", "messages": [{"role": "user", "content": "Write a long story about the sea."}],
+                "max_tokens": 150, "temperature": 1.0}
+    headers = {"Authorization": f"Bearer {gw.admin_key}"}
+
+    # A plain request whose instance dies is answered by the other instance.
+    result = {}
+    thread = threading.Thread(target=lambda: result.setdefault("r", httpx.post(
+        gw.base_url + "/chat/completions", json=long_ask, headers=headers, timeout=120)))
+    thread.start()
+    os.kill(_serving_instance(gw, "crashy")["pid"], signal.SIGKILL)
+    thread.join()
+    assert result["r"].status_code == 200 and result["r"].json()["choices"][0]["message"]["content"]
+
+    # A stream whose instance dies mid-way ends with an error event, then [DONE].
+    deadline = time.monotonic() + 60
+    while not all(i["state"] == "ready" for i in gw.api("GET", "/api/endpoints/crashy").json()["deployments"][0]["instances"]):
+        assert time.monotonic() < deadline
+        time.sleep(0.2)
+    events = []
+    with httpx.stream("POST", gw.base_url + "/chat/completions", json={**long_ask, "stream": True}, headers=headers,
+                      timeout=120) as r:
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if line.startswith("data: "):
+                events.append(line[6:])
+                if len(events) == 3:
+                    os.kill(_serving_instance(gw, "crashy")["pid"], signal.SIGKILL)
+    assert events[-1] == "[DONE]"
+    assert '"error"' in events[-2]
+    rows = [row for row in usage_rows(gw, "crashy") if row["request_id"] == request_id]
+    assert rows and rows[0]["status"] == 502
