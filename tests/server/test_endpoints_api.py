@@ -18,6 +18,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from live_gateway import start_server  # noqa: E402
 from openai_stub import start_stub_in_thread  # noqa: E402
 
 pytestmark = pytest.mark.model
@@ -52,8 +53,6 @@ def hosted_catalog(home: Path, stub_root: str) -> None:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, stub):
     """A gateway with no default endpoints and the stub cards in its catalog."""
-    from conftest import start_server
-
     home = tmp_path_factory.mktemp("endpoints") / "home"
     hosted_catalog(home, stub)
     srv = start_server(home, "--no-defaults")

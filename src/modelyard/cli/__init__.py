@@ -14,7 +14,7 @@ app = typer.Typer(
 
 
 def _register() -> None:
-    from . import apply, catalog, deployment, endpoint, remote, up
+    from . import apply, catalog, deployment, endpoint, metrics, remote, rollout, up
 
     app.command()(up.up)
     app.command()(remote.chat)
@@ -25,7 +25,10 @@ def _register() -> None:
     app.command()(apply.apply)
     app.add_typer(apply.get_app, name="get")
     app.add_typer(endpoint.app, name="endpoint")
+    endpoint.app.command("metrics")(metrics.endpoint_metrics)
     app.add_typer(deployment.app, name="deployment")
+    deployment.app.command("rollout")(rollout.rollout)
+    app.add_typer(rollout.app, name="rollout")
 
 
 _register()

@@ -90,7 +90,9 @@ def _clock(iso: str | None) -> str:
 
 
 def _history_line(entry: dict[str, Any]) -> str:
-    return f"{_clock(entry.get('at'))}  {escape(entry.get('event', ''))}: {escape(entry.get('message', ''))}"
+    style = {"passed": "green", "breach": "red", "rolled_back": "red", "succeeded": "green"}.get(entry.get("event"), "")
+    message = escape(entry.get("message", ""))
+    return f"{_clock(entry.get('at'))}  " + (f"[{style}]{message}[/]" if style else message)
 
 
 def print_rollout(r: dict[str, Any], *, history: bool = True) -> None:
@@ -101,7 +103,8 @@ def print_rollout(r: dict[str, Any], *, history: bool = True) -> None:
                   f"{', '.join(f'{s}%' for s in r['steps'])}")
     console.print(f"  every {r['interval_s']:g} s; limits: error rate ≤ {r['max_error_rate']:.1%}, "
                   f"p95 ≤ {r['max_p95_ms']:g} ms")
-    console.print(f"  traffic now: {escape(_split(r.get('traffic_now')))}   before: {escape(_split(r['from_traffic']))}")
+    console.print(f"  traffic now: {escape(_split(r.get('traffic_now')))}   "
+                  f"before: {escape(_split(r['from_traffic']))}")
     if r["state"] == "running" and r.get("next_check_at"):
         console.print(f"  this step is judged at {_clock(r['next_check_at'])}")
     if r.get("reason"):
@@ -205,7 +208,9 @@ def rollout_status(
 
 
 @app.command("cancel")
-def rollout_cancel(rollout_id: int = typer.Argument(..., help="the rollout's id (`modelyard rollout status` shows it)")) -> None:
+def rollout_cancel(
+    rollout_id: int = typer.Argument(..., help="the rollout's id (`modelyard rollout status` shows it)"),
+) -> None:
     """Stop a running rollout and restore the traffic split from before it."""
     r = _api("POST", f"/api/rollouts/{rollout_id}/cancel")
     _out().print(f"rollout {r['id']} {_state(r['state'])}: traffic now {escape(_split(r.get('traffic_now')))}")

@@ -20,8 +20,7 @@ from starlette.responses import Response
 
 from ..errors import ModelyardError, from_validation_error
 from ..settings import Settings
-from . import endpoint_routes, manage_routes, openai_routes
-from . import metrics_routes  # TEMP metrics wiring
+from . import endpoint_routes, manage_routes, metrics_routes, openai_routes, rollout_routes
 from .http import error_response, json_response
 from .state import Gateway
 
@@ -54,8 +53,7 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     app.include_router(manage_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(endpoint_routes.router)
-    from . import rollout_routes  # TEMP rollout wiring
-    app.include_router(rollout_routes.router)  # TEMP rollout wiring
+    app.include_router(rollout_routes.router)
 
     @app.exception_handler(ModelyardError)
     async def _modelyard_error(request: Request, exc: ModelyardError) -> Response:

@@ -15,9 +15,9 @@ from ..store.config import ConfigStore
 from ..store.db import Database
 from ..store.keys import KeyStore
 from ..store.usage import UsageWriter
+from ..serving.rollout import RolloutController
+from ..store.rollouts import RolloutStore
 from ..telemetry.metrics import GatewayMetrics
-from ..serving.rollout import RolloutController  # TEMP rollout wiring
-from ..store.rollouts import RolloutStore  # TEMP rollout wiring
 
 log = logging.getLogger(__name__)
 
@@ -39,7 +39,7 @@ class Gateway:
     admin_key: str
     admin_key_created: bool
     started: dict = field(default_factory=dict)
-    rollouts: RolloutController | None = None  # TEMP rollout wiring
+    rollouts: RolloutController | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -55,8 +55,9 @@ class Gateway:
         writer = UsageWriter(db, flush_interval=settings.usage_flush_s)
         metrics = GatewayMetrics()
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics)
-        rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)  # TEMP rollout wiring
-        return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created, rollouts=rollouts)  # TEMP rollout wiring
+        rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)
+        return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created,
+                   rollouts=rollouts)
 
     def ensure_default_endpoints(self) -> None:
         """Create `default` (Gemma 3 270M) and `embed` (all-MiniLM-L6-v2) unless they exist."""
@@ -68,10 +69,12 @@ class Gateway:
     async def start(self, *, wait: bool = False) -> None:
         await self.writer.start()
         await self.endpoints.load(wait=wait)
-        await self.rollouts.resume_all()  # TEMP rollout wiring
+        if self.rollouts is not None:
+            await self.rollouts.resume_all()  # a rollout the last shutdown interrupted goes on, or is reverted
 
     async def close(self) -> None:
-        await self.rollouts.close()  # TEMP rollout wiring
+        if self.rollouts is not None:
+            await self.rollouts.close()
         for stage in self.pipeline.stages:
             if isinstance(stage, Mirror):
                 await stage.close()

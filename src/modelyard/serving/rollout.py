@@ -393,9 +393,10 @@ class RolloutController:
         requests = int(stats.get("requests") or 0)
         if requests < record.min_requests:
             seen = "no requests" if not requests else f"only {requests} request(s)"
+            floor = f" (fewer than {record.min_requests})" if record.min_requests > 1 else ""
             self._event(record, "no_traffic", stats=_brief(stats),
                         message=f"step {label}: no traffic observed — {seen} reached {record.deployment} in "
-                                f"{record.interval_s:g} s (fewer than {record.min_requests}); not judged, moving on")
+                                f"{record.interval_s:g} s{floor}; not judged, moving on")
             self.store.save(record)
             return None
         error_rate, errors = stats.get("error_rate"), stats.get("errors", 0)
@@ -405,8 +406,9 @@ class RolloutController:
             problems.append(f"error rate {error_rate:.1%} ({errors} of {requests} requests) is above the limit of "
                             f"{record.max_error_rate:.1%}")
         if p95 is not None and p95 > record.max_p95_ms:
-            problems.append(f"p95 latency {p95:g} ms is above the limit of {record.max_p95_ms:g} ms")
-        shown = f"{requests} requests, error rate {(error_rate or 0):.1%}, p95 " + (f"{p95:g} ms" if p95 is not None else "-")
+            problems.append(f"p95 latency {_ms(p95)} is above the limit of {_ms(record.max_p95_ms)}")
+        shown = (f"{requests} request{'s' if requests != 1 else ''}, error rate {(error_rate or 0):.1%}, "
+                 f"p95 {_ms(p95) if p95 is not None else '-'}")
         if not problems:
             self._event(record, "passed", stats=_brief(stats), message=f"step {label} passed: {shown}")
             self.store.save(record)
@@ -525,6 +527,10 @@ class RolloutController:
             entry["stats"] = stats
         entry["message"] = message
         record.history.append(entry)
+
+
+def _ms(value: float) -> str:
+    return f"{round(value, 1):g} ms"
 
 
 def _number(value: Any, name: str) -> float:

@@ -31,7 +31,6 @@ log = logging.getLogger(__name__)
 
 #: Every state a rollout can be in; only ``running`` is not final.
 ROLLOUT_STATES = ("running", "succeeded", "rolled_back", "cancelled", "reverted")
-FINAL_STATES = frozenset(ROLLOUT_STATES) - {"running"}
 
 
 @dataclass
@@ -131,7 +130,8 @@ class RolloutStore:
 
     def active(self, endpoint: str) -> RolloutRecord | None:
         """The endpoint's running rollout, or None (there is at most one)."""
-        query = select(Rollout).where(Rollout.endpoint == endpoint, Rollout.state == "running").order_by(Rollout.id.desc())
+        query = (select(Rollout).where(Rollout.endpoint == endpoint, Rollout.state == "running")
+                 .order_by(Rollout.id.desc()))
         with self.db.session() as session:
             row = session.scalars(query).first()
             return None if row is None else _record(row)
