@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from ..catalog.registry import Catalog
 from ..gateway import Mirror, Pipeline, build_pipeline
@@ -38,7 +38,6 @@ class Gateway:
     pipeline: Pipeline
     admin_key: str
     admin_key_created: bool
-    started: dict = field(default_factory=dict)
     rollouts: RolloutController | None = None
 
     @classmethod

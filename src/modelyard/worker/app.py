@@ -15,6 +15,7 @@ import asyncio
 import logging
 import os
 import signal
+from contextlib import asynccontextmanager
 from typing import Any, AsyncIterator
 
 import orjson
@@ -61,6 +62,7 @@ def build_app(backend: Backend, *, name: str = "instance") -> Starlette:
         log.warning("%s: the gateway (pid %d) is gone; stopping", name, parent)
         os.kill(os.getpid(), signal.SIGTERM)
 
+    @asynccontextmanager
     async def lifespan(app: Starlette) -> AsyncIterator[None]:
         tasks = [asyncio.create_task(load()), asyncio.create_task(orphan_watch())]
         yield
