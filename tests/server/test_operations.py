@@ -68,7 +68,7 @@ def test_client_disconnect_stops_generation_and_is_still_recorded(server):
     # The single llama.cpp instance must be free again at once: had generation gone on, this would queue behind it.
     t0 = time.monotonic()
     server.openai().chat.completions.create(**{**ASK, "max_tokens": 5})
-    assert time.monotonic() - t0 < 10
+    assert time.monotonic() - t0 < 30  # 3,000 more tokens would take a minute or more
     for _ in range(50):
         rows = [row for row in recent(server) if row["request_id"] == request_id]
         if rows:
