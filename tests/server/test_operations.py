@@ -53,10 +53,13 @@ def test_refused_requests_are_recorded_too(server):
     assert any(r["status"] == 401 for r in recent(server))
 
 
+# A plain completion of a story runs to its token limit (a chat answer from the base model often stops early).
+LONG = {"model": "default", "prompt": "Chapter One\n\nThe old lighthouse keeper had lived alone on the island for",
+        "max_tokens": 3000, "temperature": 1.0}
+
+
 def test_client_disconnect_stops_generation_and_is_still_recorded(server):
-    long_ask = {**ASK, "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
-                "max_tokens": 3000, "temperature": 1.0, "stream": True}
-    with httpx.stream("POST", server.base_url + "/chat/completions", json=long_ask,
+    with httpx.stream("POST", server.base_url + "/completions", json={**LONG, "stream": True},
                       headers={"Authorization": f"Bearer {server.admin_key}"}, timeout=60) as r:
         request_id = r.headers["x-request-id"]
         events = 0
