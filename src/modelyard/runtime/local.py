@@ -61,7 +61,7 @@ class Instance:
         self.logs_dir = logs_dir
         self.port = 0
         self.process: asyncio.subprocess.Process | None = None
-        self.state = "new"  # new | starting | ready | restarting | failed | stopped
+        self.state = "new"  # new | starting | ready | suspect | restarting | failed | stopped
         self.restarts = 0
         self.in_flight = 0
         self.started_at = 0.0
@@ -143,9 +143,12 @@ class Instance:
                 done, _ = await asyncio.wait({exited}, timeout=self.spec.probe_period_s)
                 if done:
                     break
-                if self.state != "ready":
+                if self.state not in ("ready", "suspect"):
                     continue
                 if await self._healthy():
+                    if self.state == "suspect":
+                        log.info("%s answers its health check again; back in rotation", self.name)
+                        self.state = "ready"
                     failures = 0
                     if time.monotonic() - self.started_at > 60:
                         backoff = 1.0
@@ -177,6 +180,12 @@ class Instance:
             return r.status_code == 200
         except httpx.HTTPError:
             return False
+
+    def suspect(self) -> None:
+        """Take the instance out of rotation after a failed call, until the supervisor sees it healthy
+        again (or restarts it): a request retried elsewhere must not land on it a second time."""
+        if self.state == "ready":
+            self.state = "suspect"
 
     def _kill(self, sig: int = signal.SIGKILL) -> None:
         if self.process and self.process.returncode is None:

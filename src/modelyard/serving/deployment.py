@@ -254,6 +254,7 @@ class Deployment:
                 if yielded or err.code not in CRASH_CODES or attempt == 1 or self.is_hosted:
                     raise self._timeout(err) from None
                 log.warning("instance %s failed before answering (%s); retrying on another", slot.name, err.message)
+                slot.suspect()
                 tried = slot
             finally:
                 await self._release(slot)
@@ -267,6 +268,7 @@ class Deployment:
             except ModelyardError as err:
                 if err.code not in CRASH_CODES or attempt == 1 or self.is_hosted:
                     raise self._timeout(err) from None
+                slot.suspect()
                 tried = slot
             finally:
                 await self._release(slot)
