@@ -245,6 +245,10 @@ class LlamaCppBackend:
             # Reusing the cached prompt prefix evaluates the last prompt token alone, which shifts the
             # logits slightly; a caller who fixes the seed wants the same text, so evaluate it all.
             llm.reset()
+        # llama-cpp-python samples straight from the context's logits when the whole prompt is already
+        # cached, and that path can abort in native code (GGML_ASSERT logits != nullptr, seen here):
+        # flagging the state stale makes it re-evaluate the last prompt token instead (one token's work).
+        llm._requires_eval = True
         vocab = llm._model.vocab
         decoder = codecs.getincrementaldecoder("utf-8")(errors="replace")
         text = ""
