@@ -139,6 +139,20 @@ class CpuMeter:
                 "foreign_cpu_s": foreign, "foreign_cores": foreign / wall if wall > 0 else 0.0}
 
 
+def wait_quiet(min_s: float, threshold: float, max_wait_s: float, window_s: float = 1.0) -> tuple[float, float]:
+    """Sleep at least `min_s`; then, while other processes use more than `threshold` cores (measured over
+    `window_s`), keep waiting, up to `max_wait_s` in all. Returns (seconds waited, last foreign cores)."""
+    t0 = time.monotonic()
+    meter = CpuMeter()
+    time.sleep(min_s)
+    foreign = meter.read()["foreign_cores"]
+    while foreign > threshold and time.monotonic() - t0 < max_wait_s:
+        meter = CpuMeter()
+        time.sleep(window_s)
+        foreign = meter.read()["foreign_cores"]
+    return time.monotonic() - t0, foreign
+
+
 def cmdline(pid: int) -> str:
     try:
         return open(f"/proc/{pid}/cmdline", "rb").read().replace(b"\0", b" ").decode(errors="replace").strip()

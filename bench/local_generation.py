@@ -161,6 +161,42 @@ def gateway_request(client: Any, prompt: str, max_tokens: int, cold: bool, model
     return out
 
 
+def raw_request(http: Any, url: str, key: str | None, prompt: str, max_tokens: int, cold: bool,
+                model: str = "default") -> dict[str, Any]:
+    """The same request with a bare httpx stream (no openai client): separates the client's own cost."""
+    import json
+
+    body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
+                            "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
+    if cold:
+        body["seed"] = 0
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    text, chunks, first, last, finish, n = "", 0, None, None, None, None
+    t0 = time.perf_counter()
+    with http.stream("POST", url + "/chat/completions", json=body, headers=headers) as resp:
+        if resp.status_code != 200:
+            raise RuntimeError(f"{url}: {resp.status_code} {resp.read()[:300]!r}")
+        for line in resp.iter_lines():
+            if not line.startswith("data: ") or line == "data: [DONE]":
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                n = chunk["usage"]["completion_tokens"]
+            for c in chunk.get("choices") or []:
+                piece = (c.get("delta") or {}).get("content")
+                if piece:
+                    last = time.perf_counter()
+                    if first is None:
+                        first = last
+                    text += piece
+                    chunks += 1
+                finish = c.get("finish_reason") or finish
+    end = time.perf_counter()
+    out = result(t0, first, last, end, n if n is not None else chunks, text, finish)
+    out["content_chunks"] = chunks
+    return out
+
+
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "n": len(rows),
@@ -181,12 +217,16 @@ def main() -> int:
     ap.add_argument("--max-tokens", type=int, default=128)
     ap.add_argument("--prompt", default=DEFAULT_PROMPT)
     ap.add_argument("--baseline-api", choices=("generate", "completion"), default="generate")
-    ap.add_argument("--no-instance", action="store_true",
-                    help="skip the diagnostic third side: the same request sent straight to the instance process, past the gateway")
+    ap.add_argument("--no-diagnostics", action="store_true",
+                    help="skip the diagnostic sides: the same request with a bare httpx client, to the gateway and "
+                         "straight to the instance process")
     ap.add_argument("--no-cold", action="store_true", help="measure only the warm prompt-cache condition")
     ap.add_argument("--max-foreign", type=float, default=0.15,
                     help="a round in which other processes used more than this many cores during any request is left "
                          "out of the medians (shared machine); all rounds are kept if fewer than 3 are clean")
+    ap.add_argument("--wait-quiet", type=float, default=120.0,
+                    help="before each request, wait up to this many seconds for other processes to use less than "
+                         "--max-foreign cores (0: do not wait)")
     ap.add_argument("--pause", type=float, default=0.7, help="seconds of quiet between requests (the gateway flushes usage every 0.5 s)")
     args = ap.parse_args()
     _up.install_signal_handlers()
@@ -205,41 +245,59 @@ def main() -> int:
 
     gw = _up.Gateway(log_name="local-generation")
     rows: list[dict[str, Any]] = []
+    interrupted = None
     try:
         gw.start()
         ready_s = gw.wait_ready()
         inst = [i for i in gw.instances() if i["endpoint"] == "default"]
         print(f"gateway ready in {ready_s:.1f}s on {gw.url}; default instance pid {inst[0]['pid'] if inst else '?'}", flush=True)
         client = openai.OpenAI(base_url=gw.url + "/v1", api_key=gw.admin_key, max_retries=0, timeout=120)
-        direct = None
-        if not args.no_instance and inst:
-            direct = openai.OpenAI(base_url=f"http://127.0.0.1:{inst[0]['port']}/v1", api_key="unused", max_retries=0, timeout=120)
-        sides = ["baseline", "gateway"] + (["instance"] if direct else [])
+        import httpx
 
-        for r in range(-args.warmup, args.rounds):
-            for cond in conditions:
-                cold = cond == "cold"
-                order = sides if (r % 2 == 0) else sides[::-1]
-                for side in order:
-                    time.sleep(args.pause)
-                    meter = _up.CpuMeter()
-                    if side == "baseline":
-                        res = base_fn(llm, args.prompt, args.max_tokens, cold)
-                    elif side == "gateway":
-                        res = gateway_request(client, args.prompt, args.max_tokens, cold)
-                    else:
-                        res = gateway_request(direct, args.prompt, args.max_tokens, cold, model="gemma-3-270m")
-                    res["foreign_cores"] = meter.read()["foreign_cores"]
-                    res.update(round=r, side=side, cond=cond)
-                    if r >= 0:
-                        rows.append(res)
-                    print(f"  round {r:>2} {cond:4} {side:8}  ttft {_up.fmt(res['ttft_ms'])} ms  "
-                          f"decode {_up.fmt(res['decode_tps'])} tok/s  e2e {res['e2e_s']:.2f}s  "
-                          f"tokens {res['tokens']} ({res['finish']})  other load {res['foreign_cores']:.2f} cores", flush=True)
+        http = httpx.Client(timeout=120)
+        instance_url = f"http://127.0.0.1:{inst[0]['port']}/v1" if inst else None
+        sides = ["baseline", "gateway"]
+        if not args.no_diagnostics:
+            sides += ["gateway_raw"] + (["instance_raw"] if instance_url else [])
+
+        def run_rounds() -> None:
+            for r in range(-args.warmup, args.rounds):
+                for cond in conditions:
+                    cold = cond == "cold"
+                    order = sides if (r % 2 == 0) else sides[::-1]
+                    for side in order:
+                        waited, _ = _up.wait_quiet(args.pause, args.max_foreign, args.wait_quiet)
+                        if waited > args.pause + 0.5:
+                            print(f"  (waited {waited:.0f}s for other processes to quieten)", flush=True)
+                        meter = _up.CpuMeter()
+                        if side == "baseline":
+                            res = base_fn(llm, args.prompt, args.max_tokens, cold)
+                        elif side == "gateway":
+                            res = gateway_request(client, args.prompt, args.max_tokens, cold)
+                        elif side == "gateway_raw":
+                            res = raw_request(http, gw.url + "/v1", gw.admin_key, args.prompt, args.max_tokens, cold)
+                        else:
+                            res = raw_request(http, instance_url, None, args.prompt, args.max_tokens, cold, model="gemma-3-270m")
+                        res["foreign_cores"] = meter.read()["foreign_cores"]
+                        res.update(round=r, side=side, cond=cond)
+                        if r >= 0:
+                            rows.append(res)
+                        print(f"  round {r:>2} {cond:4} {side:12}  ttft {_up.fmt(res['ttft_ms'])} ms  "
+                              f"decode {_up.fmt(res['decode_tps'])} tok/s  e2e {res['e2e_s']:.2f}s  "
+                              f"tokens {res['tokens']} ({res['finish']})  other load {res['foreign_cores']:.2f} cores", flush=True)
+
+        try:
+            run_rounds()
+        except (KeyboardInterrupt, SystemExit) as exc:
+            interrupted = f"{type(exc).__name__} after {len({x['round'] for x in rows})} rounds"
+            print(f"interrupted ({interrupted}); summarizing what was measured", flush=True)
+
     finally:
         gw.stop()
         gw.cleanup_home()
         llm.close()
+        if "http" in locals():
+            http.close()
 
     summary: dict[str, Any] = {}
     table_rows = []
@@ -251,7 +309,8 @@ def main() -> int:
         rows = clean if n_clean >= 3 else [x for x in all_rows if x["cond"] == cond]
         b = summarize([x for x in rows if x["cond"] == cond and x["side"] == "baseline"])
         g = summarize([x for x in rows if x["cond"] == cond and x["side"] == "gateway"])
-        i = summarize([x for x in rows if x["cond"] == cond and x["side"] == "instance"])
+        gr = summarize([x for x in rows if x["cond"] == cond and x["side"] == "gateway_raw"])
+        i = summarize([x for x in rows if x["cond"] == cond and x["side"] == "instance_raw"])
         # paired per round: the two requests of one round ran back to back
         pairs = {}
         for x in rows:
@@ -265,26 +324,31 @@ def main() -> int:
         e2e_ratio = b["e2e_s"] / g["e2e_s"] if g["e2e_s"] and b["e2e_s"] else None
         ttft_diff = g["ttft_ms"] - b["ttft_ms"] if g["ttft_ms"] is not None and b["ttft_ms"] is not None else None
         same_text = b["texts"] == g["texts"] and len(b["texts"]) == 1
+        tag = " (noisy)" if {x["round"] for x in rows} & {r for r, c in noisy if c == cond} else ""
         summary[cond] = {
             "rounds_used": sorted({x["round"] for x in rows}), "rounds_noisy": sorted(r for r, c in noisy if c == cond),
-            "baseline": b, "gateway": g, "instance_direct": i if i["n"] else None,
+            "baseline": b, "gateway": g, "gateway_raw_httpx": gr if gr["n"] else None,
+            "instance_raw_httpx": i if i["n"] else None,
             "decode_ratio": ratio, "decode_ratio_paired_median": paired_ratio,
             "e2e_speed_ratio": e2e_ratio,
             "ttft_diff_ms": ttft_diff, "ttft_diff_ms_paired_median": paired_ttft,
             "same_text": same_text,
-            "verdict_decode": None if ratio is None else ("PASS" if ratio >= 0.95 else "FAIL"),
-            "verdict_ttft": None if ttft_diff is None else ("PASS" if ttft_diff <= 10 else "FAIL"),
+            "verdict_decode": None if ratio is None else ("PASS" if ratio >= 0.95 else "FAIL") + tag,
+            "verdict_ttft": None if ttft_diff is None else ("PASS" if ttft_diff <= 10 else "FAIL") + tag,
         }
         s = summary[cond]
         table_rows += [
-            [f"{cond}: decode tok/s", _up.fmt(b["decode_tps"]), _up.fmt(g["decode_tps"]), _up.fmt(i["decode_tps"]),
+            [f"{cond}: decode tok/s", _up.fmt(b["decode_tps"]), _up.fmt(g["decode_tps"]), _up.fmt(gr["decode_tps"]),
+             _up.fmt(i["decode_tps"]),
              f"ratio {_up.fmt(ratio, 3)} (paired {_up.fmt(paired_ratio, 3)})", ">= 0.95", s["verdict_decode"]],
-            [f"{cond}: TTFT ms", _up.fmt(b["ttft_ms"]), _up.fmt(g["ttft_ms"]), _up.fmt(i["ttft_ms"]),
+            [f"{cond}: TTFT ms", _up.fmt(b["ttft_ms"]), _up.fmt(g["ttft_ms"]), _up.fmt(gr["ttft_ms"]), _up.fmt(i["ttft_ms"]),
              f"{ttft_diff:+.1f} ms (paired {_up.fmt(paired_ttft)})" if ttft_diff is not None else "-", "<= +10 ms",
              s["verdict_ttft"]],
-            [f"{cond}: end-to-end s", _up.fmt(b["e2e_s"], 3), _up.fmt(g["e2e_s"], 3), _up.fmt(i["e2e_s"], 3),
+            [f"{cond}: end-to-end s", _up.fmt(b["e2e_s"], 3), _up.fmt(g["e2e_s"], 3), _up.fmt(gr["e2e_s"], 3),
+             _up.fmt(i["e2e_s"], 3),
              f"speed ratio {_up.fmt(e2e_ratio, 3)}", "", ""],
-            [f"{cond}: tokens", str(b["tokens"]), str(g["tokens"]), str(i["tokens"]) if i["n"] else "-",
+            [f"{cond}: tokens", str(b["tokens"]), str(g["tokens"]), str(gr["tokens"]) if gr["n"] else "-",
+             str(i["tokens"]) if i["n"] else "-",
              "same text" if same_text else "TEXT DIFFERS", "", ""],
         ]
 
@@ -293,11 +357,15 @@ def main() -> int:
     print()
     for cond in conditions:
         if summary[cond]["rounds_noisy"]:
-            print(f"{cond}: rounds left out (other processes > {args.max_foreign} cores): {summary[cond]['rounds_noisy']}; "
-                  f"medians over {len(summary[cond]['rounds_used'])} rounds")
+            used, noisy_r = summary[cond]["rounds_used"], summary[cond]["rounds_noisy"]
+            print(f"{cond}: rounds with other processes > {args.max_foreign} cores during a request: {noisy_r}; "
+                  + ("medians over the other " + str(len(used)) + " rounds" if not set(used) & set(noisy_r)
+                     else "fewer than 3 clean rounds, so medians over all of them: NOISY, rerun on a quiet machine"))
+    if interrupted:
+        print(f"INTERRUPTED: {interrupted}")
     print(f"gemma-3-270m, {args.rounds} rounds, max_tokens={args.max_tokens}, baseline API: {args.baseline_api}, "
           f"medians; load average {env['loadavg_start']} -> {env['loadavg_end']}")
-    print(_up.table(table_rows, ["metric", "in-process", "gateway", "instance*", "gateway vs in-process", "target", "verdict"]))
+    print(_up.table(table_rows, ["metric", "in-process", "gateway", "gw raw*", "instance raw*", "gateway vs in-process", "target", "verdict"]))
     for x in rows:
         x.pop("text", None)
     path = _up.write_json("local_generation.json", {
@@ -306,10 +374,12 @@ def main() -> int:
                      "temperature": 0, "prompt": args.prompt, "rounds": args.rounds, "warmup": args.warmup,
                      "baseline_api": args.baseline_api, "pause_s": args.pause},
         "environment": env, "baseline_load_s": load_s, "gateway_ready_s": ready_s,
-        "summary": summary, "requests": rows,
+        "interrupted": interrupted, "summary": summary, "requests": rows,
     })
-    print("* instance: the same request sent straight to the llama.cpp instance process (diagnostic: "
-          "in-process -> instance is the worker's cost, instance -> gateway the gateway's)")
+    print("* diagnostics, not the target: 'gw raw' = the gateway with a bare httpx stream instead of the openai client "
+          "(gateway - gw raw = the openai client's own cost); 'instance raw' = bare httpx straight to the llama.cpp "
+          "instance process, past the gateway (gw raw - instance raw = the gateway hop; instance raw - in-process = "
+          "the worker: HTTP, validation, its generation thread)")
     print(f"\nwrote {path}")
     return 0
 
