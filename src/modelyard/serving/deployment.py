@@ -35,6 +35,8 @@ log = logging.getLogger(__name__)
 
 CRASH_CODES = {"upstream_unavailable"}
 RETRY_AFTER_S = 1
+#: requests in flight to a hosted API per `instance_count`, unless request settings say otherwise
+HOSTED_CONCURRENCY = 64
 
 
 class _HostedSlot:
@@ -167,7 +169,8 @@ class Deployment:
         return self.instances
 
     def _capacity_per_slot(self) -> int:
-        per_instance = self.spec.request_settings.max_concurrent_requests_per_instance
+        per_instance = self.spec.request_settings.max_concurrent_requests_per_instance or (
+            HOSTED_CONCURRENCY if self.is_hosted else 1)
         # A hosted API has no instances: `instance_count` sizes its share of the remote service.
         return per_instance * self.spec.instance_count if self.is_hosted else per_instance
 

@@ -48,7 +48,8 @@ class RequestSettings(_Spec):
 
     #: a request still unanswered after this long gets 408 and its generation is stopped
     request_timeout_ms: int = Field(default=90_000, ge=100)
-    max_concurrent_requests_per_instance: int = Field(default=1, ge=1)
+    #: requests one instance serves at once; unset: 1 for a local model, 64 for a hosted API
+    max_concurrent_requests_per_instance: int | None = Field(default=None, ge=1)
     #: requests waiting for a free instance, per instance; one more is refused with 429 and Retry-After
     max_queue_size_per_instance: int = Field(default=16, ge=0)
     #: a request that waited this long for a free instance is refused with 429
