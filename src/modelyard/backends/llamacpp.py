@@ -37,17 +37,22 @@ class LlamaCppBackend:
     """Runs one GGUF file with llama.cpp.
 
     Options (a deployment's ``options``): ``context_length`` (tokens the
-    instance keeps, default min(card, 4096)), ``threads``, ``batch_size``,
-    ``path`` (a GGUF file to use instead of resolving the card's source).
+    instance keeps, default min(card, 4096)), ``threads`` and
+    ``threads_batch`` (generation and prompt threads; the deployment divides
+    the cores among its instances), ``batch_size``, ``path`` (a GGUF file to
+    use instead of resolving the card's source).
     """
 
     max_concurrency = 1
 
     def __init__(self, card: Any, *, context_length: int | None = None, threads: int | None = None,
-                 batch_size: int = 512, path: str | None = None) -> None:
+                 threads_batch: int | None = None, batch_size: int = 512, path: str | None = None) -> None:
         self.card = card
         self.n_ctx = int(context_length or min(card.context_length, DEFAULT_CONTEXT))
         self.threads = threads or max(1, os.cpu_count() or 1)
+        # Prompt processing uses as many threads as generation: left to llama.cpp it takes every core,
+        # and instances sharing a machine then spin against each other on each prompt.
+        self.threads_batch = threads_batch or self.threads
         self.batch_size = batch_size
         self.path = path
         self.template = get_template(card.chat_template) if card.chat_template else None
@@ -63,7 +68,8 @@ class LlamaCppBackend:
 
         path = self.path or weights_path(self.card)
         log.info("loading %s from %s (n_ctx=%d, threads=%d)", self.card.id, path, self.n_ctx, self.threads)
-        self.llm = Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.threads, n_batch=self.batch_size,
+        self.llm = Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.threads, n_threads_batch=self.threads_batch,
+                         n_batch=self.batch_size,
                          logits_all=False, verbose=False)
         if self.template is None and not self.llm.metadata.get("tokenizer.chat_template"):
             log.warning("%s has no chat template in its card or its file: chat requests will be refused", self.card.id)

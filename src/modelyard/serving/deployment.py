@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import os
 import time
 from contextlib import aclosing
 from typing import Any, AsyncIterator
@@ -94,7 +95,12 @@ class Deployment:
 
     def _instance_spec(self) -> InstanceSpec:
         probe = self.spec.liveness_probe
-        return InstanceSpec(key=self.key, card=self.card, options=self.spec.options, env=self.spec.environment_variables,
+        options = dict(self.spec.options)
+        if self.card.format == "gguf" and "threads" not in options:
+            # llama.cpp threads busy-wait for each other: instances that together ask for more threads than
+            # there are cores slow each other down many times over (bench/instance_throughput.py).
+            options["threads"] = max(1, (os.cpu_count() or 1) // max(1, self.spec.instance_count))
+        return InstanceSpec(key=self.key, card=self.card, options=options, env=self.spec.environment_variables,
                             probe_period_s=probe.period, probe_timeout_s=probe.timeout,
                             failure_threshold=probe.failure_threshold)
 
