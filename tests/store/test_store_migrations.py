@@ -48,7 +48,7 @@ def test_sqlite_connections_use_wal_and_the_configured_pragmas(db):
 
         assert pragma("journal_mode") == "wal"
         assert pragma("synchronous") == 1  # NORMAL
-        assert pragma("busy_timeout") == 5000
+        assert pragma("busy_timeout") == 30000
         assert pragma("foreign_keys") == 1
 
 

@@ -47,9 +47,11 @@ MIGRATIONS_DIR = Path(__file__).resolve().parent / "migrations"
 
 #: PRAGMAs applied to every new SQLite connection, in order.
 SQLITE_PRAGMAS = (
+    # The busy timeout comes first: switching to WAL needs a lock, and without a timeout a process that
+    # opens the file while another migrates it fails at once with "database is locked".
+    "PRAGMA busy_timeout=30000",
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
-    "PRAGMA busy_timeout=5000",
     "PRAGMA foreign_keys=ON",
 )
 
