@@ -29,6 +29,14 @@ Two prompt-cache conditions are measured in every round:
 
 Decode tokens/s = (tokens - 1) / (time of last token text - time of first token text).
 
+Diagnostic sides (``--no-diagnostics`` drops them) split the difference: the gateway
+with a bare httpx stream instead of the openai client, and bare httpx straight to the
+instance process (its port from ``GET /api/status``).
+
+The machine may be shared: each request waits (``--wait-quiet``) until other processes
+use under ``--max-foreign`` cores, the CPU other processes used during each request is
+recorded, and rounds where it exceeded the threshold are left out of the medians.
+
 Run:  .venv/bin/python bench/local_generation.py [--rounds 10] [--max-tokens 128]
 Writes bench/results/local_generation.json.
 """
@@ -56,7 +64,8 @@ def load_baseline(path: str, threads: int) -> tuple[Any, float]:
     from llama_cpp import Llama
 
     t0 = time.perf_counter()
-    llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_batch=512, logits_all=False, verbose=False)
+    llm = Llama(model_path=path, n_ctx=4096, n_threads=threads, n_threads_batch=threads, n_batch=512, logits_all=False,
+                verbose=False)
     return llm, time.perf_counter() - t0
 
 
@@ -372,7 +381,8 @@ def main() -> int:
         "benchmark": "local_generation", "model": "gemma-3-270m", "model_path": model_path,
         "settings": {"n_ctx": 4096, "n_threads": threads, "n_batch": 512, "max_tokens": args.max_tokens,
                      "temperature": 0, "prompt": args.prompt, "rounds": args.rounds, "warmup": args.warmup,
-                     "baseline_api": args.baseline_api, "pause_s": args.pause},
+                     "baseline_api": args.baseline_api, "pause_s": args.pause, "max_foreign": args.max_foreign,
+                     "wait_quiet_s": args.wait_quiet},
         "environment": env, "baseline_load_s": load_s, "gateway_ready_s": ready_s,
         "interrupted": interrupted, "summary": summary, "requests": rows,
     })
