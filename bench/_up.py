@@ -305,6 +305,27 @@ class Gateway:
         except OSError:
             return ""
 
+    def logs_report(self, n: int = 25) -> str:
+        """The tail of the gateway's log and of every instance log, for a failure report."""
+        parts = [f"--- {self.log_path.name} (gateway) ---", self.log_tail(n)]
+        for log in sorted((self.home / "logs").glob("*.log")):
+            try:
+                lines = log.read_text(errors="replace").splitlines()[-n:]
+            except OSError:
+                continue
+            parts += [f"--- {log.name} ---", "\n".join(lines)]
+        return "\n".join(parts)
+
+    def save_logs(self, dest: Path) -> Path:
+        """Copy the gateway's and the instances' logs to `dest` (a folder), e.g. before the home is removed."""
+        import shutil
+
+        dest.mkdir(parents=True, exist_ok=True)
+        for log in [self.log_path, *sorted((self.home / "logs").glob("*.log"))]:
+            if log.exists():
+                shutil.copy2(log, dest / log.name)
+        return dest
+
     def cleanup_home(self) -> None:
         if self._tmp is not None:
             self._tmp.cleanup()

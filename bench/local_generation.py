@@ -254,6 +254,7 @@ def main() -> int:
 
     gw = _up.Gateway(log_name="local-generation")
     rows: list[dict[str, Any]] = []
+    errors: list[dict[str, Any]] = []
     interrupted = None
     try:
         gw.start()
@@ -279,14 +280,26 @@ def main() -> int:
                         if waited > args.pause + 0.5:
                             print(f"  (waited {waited:.0f}s for other processes to quieten)", flush=True)
                         meter = _up.CpuMeter()
-                        if side == "baseline":
-                            res = base_fn(llm, args.prompt, args.max_tokens, cold)
-                        elif side == "gateway":
-                            res = gateway_request(client, args.prompt, args.max_tokens, cold)
-                        elif side == "gateway_raw":
-                            res = raw_request(http, gw.url + "/v1", gw.admin_key, args.prompt, args.max_tokens, cold)
-                        else:
-                            res = raw_request(http, instance_url, None, args.prompt, args.max_tokens, cold, model="gemma-3-270m")
+                        try:
+                            if side == "baseline":
+                                res = base_fn(llm, args.prompt, args.max_tokens, cold)
+                            elif side == "gateway":
+                                res = gateway_request(client, args.prompt, args.max_tokens, cold)
+                            elif side == "gateway_raw":
+                                res = raw_request(http, gw.url + "/v1", gw.admin_key, args.prompt, args.max_tokens, cold)
+                            else:
+                                res = raw_request(http, instance_url, None, args.prompt, args.max_tokens, cold,
+                                                  model="gemma-3-270m")
+                        except Exception as exc:  # recorded and reported, never measured
+                            err = {"round": r, "cond": cond, "side": side, "error": f"{type(exc).__name__}: {exc}",
+                                   "cause": repr(exc.__cause__ or exc.__context__)[:300], "at": time.time(),
+                                   "gateway_alive": gw.alive()}
+                            errors.append(err)
+                            print(f"  round {r:>2} {cond:4} {side:12}  FAILED: {err['error']} (cause {err['cause']}); "
+                                  f"gateway alive: {err['gateway_alive']}", flush=True)
+                            if len(errors) >= 3 and all(e["round"] == r for e in errors[-3:]) or not gw.alive():
+                                raise RuntimeError("requests keep failing; stopping") from exc
+                            continue
                         res["foreign_cores"] = meter.read()["foreign_cores"]
                         res.update(round=r, side=side, cond=cond)
                         if r >= 0:
@@ -303,6 +316,9 @@ def main() -> int:
 
     finally:
         gw.stop()
+        if errors or sys.exc_info()[0] is not None:
+            saved = gw.save_logs(_up.RESULTS / "local_generation_logs")
+            print(f"logs of the failed run kept in {saved}; their tails:\n{gw.logs_report()}", flush=True)
         gw.cleanup_home()
         llm.close()
         if "http" in locals():
@@ -372,6 +388,9 @@ def main() -> int:
                      else "fewer than 3 clean rounds, so medians over all of them: NOISY, rerun on a quiet machine"))
     if interrupted:
         print(f"INTERRUPTED: {interrupted}")
+    if errors:
+        print(f"FAILED REQUESTS: {len(errors)} (not measured): "
+              + "; ".join(f"round {e['round']} {e['cond']} {e['side']}: {e['error']}" for e in errors))
     print(f"gemma-3-270m, {args.rounds} rounds, max_tokens={args.max_tokens}, baseline API: {args.baseline_api}, "
           f"medians; load average {env['loadavg_start']} -> {env['loadavg_end']}")
     print(_up.table(table_rows, ["metric", "in-process", "gateway", "gw raw*", "instance raw*", "gateway vs in-process", "target", "verdict"]))
@@ -384,7 +403,7 @@ def main() -> int:
                      "baseline_api": args.baseline_api, "pause_s": args.pause, "max_foreign": args.max_foreign,
                      "wait_quiet_s": args.wait_quiet},
         "environment": env, "baseline_load_s": load_s, "gateway_ready_s": ready_s,
-        "interrupted": interrupted, "summary": summary, "requests": rows,
+        "interrupted": interrupted, "failed_requests": errors, "summary": summary, "requests": rows,
     })
     print("* diagnostics, not the target: 'gw raw' = the gateway with a bare httpx stream instead of the openai client "
           "(gateway - gw raw = the openai client's own cost); 'instance raw' = bare httpx straight to the llama.cpp "

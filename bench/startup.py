@@ -112,14 +112,20 @@ def gateway_run(home: Path, label: str, idle_s: float, timeout: float, embed: bo
                     if "readyz" not in marks and _up.http("GET", gw.url + "/readyz", timeout=2)[0] == 200:
                         marks["readyz"] = time.monotonic()
                     if key and "chat" not in marks:
+                        sent = time.monotonic()
                         code, body = _up.http("POST", gw.url + "/v1/chat/completions", CHAT, key=key, timeout=60)
+                        out.setdefault("chat_attempts", []).append(
+                            [round(sent - gw.t_launch, 3), round(time.monotonic() - gw.t_launch, 3), code])
                         if code == 200 and body["choices"][0]["message"]["content"]:
                             marks["chat"] = time.monotonic()
                             out["chat_answer"] = body["choices"][0]["message"]["content"]
                         elif code not in (503, 409):
                             out.setdefault("chat_errors", []).append(code)
                     if key and embed and "embed" not in marks:
+                        sent = time.monotonic()
                         code, body = _up.http("POST", gw.url + "/v1/embeddings", EMBED, key=key, timeout=60)
+                        out.setdefault("embed_attempts", []).append(
+                            [round(sent - gw.t_launch, 3), round(time.monotonic() - gw.t_launch, 3), code])
                         if code == 200 and body["data"][0]["embedding"]:
                             marks["embed"] = time.monotonic()
                         elif code not in (503, 409):
@@ -154,8 +160,12 @@ def gateway_run(home: Path, label: str, idle_s: float, timeout: float, embed: bo
         out["instances"] = [{k: i.get(k) for k in ("endpoint", "model", "pid", "port", "state")} for i in instances]
         out["breakdown_s"] = log_breakdown(home, gw.log_path, wall0)
     finally:
+        failed = sys.exc_info()[0] is not None
         gw.stop()
         out["stop_s"] = gw.stop_s
+        if failed:
+            saved = gw.save_logs(_up.RESULTS / f"startup_logs_{label}")
+            print(f"logs of the failed start kept in {saved}; their tails:\n{gw.logs_report()}", flush=True)
     return out
 
 
