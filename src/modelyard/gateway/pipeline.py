@@ -37,6 +37,8 @@ class Call:
     api_key: str | None
     #: a deployment named by the client (header ``modelyard-deployment``), bypassing the split
     target: str | None = None
+    #: the client's HTTP request headers (read-only; ``cache-control``, ``x-modelyard-max-cost`` …)
+    request_headers: Any = None
     request_id: str = field(default_factory=lambda: new_id("req"))
     started: float = field(default_factory=time.perf_counter)
     key: Any = None  # KeyInfo once authenticated
@@ -54,6 +56,15 @@ class Call:
     ttft_s: float | None = None
     upstream_s: float = 0.0
     finished: float | None = None
+    #: the batch job this call belongs to (None for live traffic)
+    batch_id: str | None = None
+    #: a cached answer: what the original generation cost
+    saved_tokens: int = 0
+    saved_usd: float = 0.0
+    #: a routed call: each tier called, in order (see `UsageRecord.tiers`)
+    tiers: list[dict[str, Any]] | None = None
+    #: response headers a stage adds (``x-modelyard-cache``, ``x-modelyard-route`` …)
+    headers: dict[str, str] = field(default_factory=dict)
 
     @property
     def streaming(self) -> bool:

@@ -86,4 +86,8 @@ class Record:
             "error_code": call.error_code,
             "cache": call.cache,
             "route": call.route or None,
+            "batch_id": call.batch_id,
+            "saved_tokens": call.saved_tokens,
+            "saved_usd": call.saved_usd,
+            "tiers": call.tiers,
         })

@@ -52,6 +52,8 @@ def _headers(call: Call) -> dict[str, str]:
     }
     if call.stream is None:
         headers["x-modelyard-cost-usd"] = f"{call.cost_usd:.8f}"
+    if call.headers:
+        headers.update(call.headers)
     return headers
 
 
@@ -62,7 +64,7 @@ async def _handle(kind: str, request: Request) -> Response:
         raw = await read_body(request, gateway.settings.max_body_bytes)
         headers = request.headers
         target = headers.get("modelyard-deployment") or headers.get("azureml-model-deployment")
-        call = Call(kind, _validate(kind, raw), api_key(request), target=target or None)
+        call = Call(kind, _validate(kind, raw), api_key(request), target=target or None, request_headers=headers)
         await gateway.pipeline(call)
     except ModelyardError as err:
         return error_response(err, _headers(call) if call is not None else None)

@@ -168,6 +168,14 @@ class UsageRecord(Base):
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     cache: Mapped[str | None] = mapped_column(String(32), nullable=True)
     route: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    #: the batch job this request belongs to (None for live traffic)
+    batch_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    #: a cached answer: the tokens and USD the original generation cost, saved this time
+    saved_tokens: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    saved_usd: Mapped[float] = mapped_column(Float, nullable=False, default=0.0)
+    #: a routed answer: each tier that was called, in order
+    #: (``[{"deployment", "prompt_tokens", "completion_tokens", "cost_usd", "outcome"}]``)
+    tiers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
 
     def __repr__(self) -> str:
         return f"UsageRecord(id={self.id!r}, request_id={self.request_id!r}, endpoint={self.endpoint!r})"

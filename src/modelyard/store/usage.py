@@ -65,12 +65,16 @@ _DEFAULTS: dict[str, Any] = {
     "error_code": None,
     "cache": None,
     "route": None,
+    "batch_id": None,
+    "saved_tokens": 0,
+    "saved_usd": 0.0,
+    "tiers": None,
 }
 _COLUMN_SET = frozenset(USAGE_COLUMNS)
 #: Columns that may not be NULL: None given for one of them means "use the default".
 _NOT_NULL_DEFAULTS = tuple(name for name in _DEFAULTS if not _TABLE.c[name].nullable)
-_INTS = ("key_id", "prompt_tokens", "completion_tokens", "status")
-_FLOATS = ("cost_usd", "latency_ms", "ttft_ms")
+_INTS = ("key_id", "prompt_tokens", "completion_tokens", "status", "saved_tokens")
+_FLOATS = ("cost_usd", "latency_ms", "ttft_ms", "saved_usd")
 #: String columns and their widths: longer values are cut so Postgres never rejects a batch.
 _WIDTHS: dict[str, int] = {
     c.name: c.type.length for c in _TABLE.columns if isinstance(c.type, String) and c.type.length

