@@ -7,6 +7,9 @@ PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+# The web console's browser libraries (Chart.js, js-yaml) come from npm, pinned by the lock file.
+UI_DIR   := src/modelyard/server/ui
+UI_STAMP := $(UI_DIR)/node_modules/.installed
 
 # llama-cpp-python builds from source; do not tune the build to this CPU, so it runs elsewhere.
 export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
@@ -24,13 +27,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[local,test]'
 	touch $@
 
-install: $(STAMP)
+$(UI_STAMP): $(UI_DIR)/package.json $(UI_DIR)/package-lock.json
+	command -v npm >/dev/null || (apt-get update -qq && apt-get install -y -qq npm)
+	cd $(UI_DIR) && npm ci --no-audit --no-fund
+	touch $@
+
+install: $(STAMP) $(UI_STAMP)
 
 run: install
 	$(BIN)/modelyard catalog pull gemma-3-270m
 	$(BIN)/modelyard up
 
 test: install
+	# The console's browser tests drive Debian's Chromium (never a downloaded browser).
+	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	$(BIN)/python -m pytest -q
 
 bench: install

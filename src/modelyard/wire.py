@@ -234,3 +234,56 @@ def sse(chunk: dict[str, Any]) -> bytes:
     import orjson
 
     return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+
+def replay(kind: str, body: dict[str, Any], *, include_usage: bool = False) -> list[dict[str, Any]]:
+    """The chunks of a stream that carries a finished response body, the inverse of `gather`.
+
+    Used to answer a streaming client with an answer that is already whole
+    (a cascade tier's, a cached one): a role chunk, one content chunk per
+    choice, the finish chunk, and the usage chunk when the client asked.
+    """
+    obj = "chat.completion.chunk" if kind == "chat" else "text_completion"
+    base = {"id": body.get("id") or new_id("chatcmpl"), "object": obj, "created": body.get("created", now()),
+            "model": body.get("model")}
+    chunks: list[dict[str, Any]] = []
+    for choice in body.get("choices") or ():
+        index = choice.get("index", 0)
+        if kind == "chat":
+            message = choice.get("message") or {}
+            chunks.append({**base, "choices": [{"index": index, "delta": {"role": message.get("role", "assistant"), "content": ""},
+                                                "logprobs": None, "finish_reason": None}]})
+            chunks.append({**base, "choices": [{"index": index, "delta": {"content": message.get("content") or ""},
+                                                "logprobs": choice.get("logprobs"), "finish_reason": None}]})
+            chunks.append({**base, "choices": [{"index": index, "delta": {}, "logprobs": None,
+                                                "finish_reason": choice.get("finish_reason") or "stop"}]})
+        else:
+            chunks.append({**base, "choices": [{"index": index, "text": choice.get("text") or "",
+                                                "logprobs": choice.get("logprobs"), "finish_reason": None}]})
+            chunks.append({**base, "choices": [{"index": index, "text": "", "logprobs": None,
+                                                "finish_reason": choice.get("finish_reason") or "stop"}]})
+    if include_usage:
+        chunks.append({**base, "choices": [], "usage": body.get("usage") or usage(0, 0)})
+    return chunks
+
+
+def answer_text(kind: str, body: dict[str, Any]) -> str:
+    """The first choice's text of a whole response body."""
+    choices = body.get("choices") or [{}]
+    if kind == "chat":
+        return (choices[0].get("message") or {}).get("content") or ""
+    return choices[0].get("text") or ""
+
+
+def prompt_text(request: Any) -> str:
+    """The text a router or cache judges a request by: the last user message (chat) or the prompt."""
+    messages = getattr(request, "messages", None)
+    if messages is not None:
+        for message in reversed(messages):
+            if message.role == "user":
+                return message.text()
+        return messages[-1].text()
+    prompt = getattr(request, "prompt", "")
+    if isinstance(prompt, list):
+        return prompt[0] if prompt and isinstance(prompt[0], str) else ""
+    return prompt

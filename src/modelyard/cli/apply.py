@@ -15,12 +15,13 @@ import json
 from enum import Enum
 from pathlib import Path
 
+import httpx
 import typer
 from rich.markup import escape
 
 from .deployment import deployment_table
 from .endpoint import api_path, endpoint_table, out, print_new_keys
-from .remote import _api
+from .remote import _api, admin_key, server_url
 from .specfile import SpecDocument, dump_yaml, read_spec_files, spec_dict, spec_errors_exit, spec_from_description
 
 get_app = typer.Typer(name="get", help="Print an endpoint or deployment spec (yaml/json, for `apply -f`) or a summary.",
@@ -41,9 +42,15 @@ Output = typer.Option(OutputFormat.table, "--output", "-o",
                       help="yaml or json: the spec, which `apply -f` reads back; table: name and state")
 
 
-def apply_order(docs: list[SpecDocument]) -> list[SpecDocument]:
-    """Endpoints before deployments (a deployment needs its endpoint); file order otherwise."""
-    return [d for d in docs if d.kind == "endpoint"] + [d for d in docs if d.kind == "deployment"]
+def apply_order(docs: list[SpecDocument], exists=lambda name: False) -> list[SpecDocument]:
+    """Endpoints before deployments (a deployment needs its endpoint); file order otherwise.
+
+    A router endpoint that already exists is applied after the deployments:
+    its new tiers may be deployments this same file creates.
+    """
+    later = [d for d in docs if d.kind == "endpoint" and d.spec.policy == "router" and exists(d.spec.name)]
+    first = [d for d in docs if d.kind == "endpoint" and d not in later]
+    return first + [d for d in docs if d.kind == "deployment"] + later
 
 
 def apply(
@@ -56,7 +63,8 @@ def apply(
     before deployments; a deployment that starts instances is waited for.
     """
     with spec_errors_exit():
-        docs = apply_order(read_spec_files(file))
+        docs = read_spec_files(file)
+    docs = apply_order(docs, _endpoint_exists)
     console = out()
     for doc in docs:
         try:
@@ -106,3 +114,12 @@ def get_deployment(
         out().print(deployment_table(desc))
     else:
         _print_spec(desc, "deployment", output, endpoint)
+
+
+def _endpoint_exists(name: str) -> bool:
+    try:
+        r = httpx.get(server_url().rstrip("/") + api_path(name), headers={"Authorization": f"Bearer {admin_key()}"},
+                      timeout=30)
+    except httpx.HTTPError:
+        return False
+    return r.status_code == 200

@@ -3,25 +3,28 @@
 from __future__ import annotations
 
 from .auth import Auth
+from .budget import Budget
 from .dispatch import dispatch
 from .mirror import Mirror
 from .pipeline import Call, Pipeline
 from .policy import Policy
 from .record import Record
+from .router import Router
 
 
-def build_pipeline(*, keys, endpoints, split, writer, metrics) -> Pipeline:
+def build_pipeline(*, keys, endpoints, split, writer, metrics, router=None, budget=None) -> Pipeline:
     """The stages in the order a request meets them."""
-    record = Record(writer, metrics)
+    record = Record(writer, metrics, budget)
     # Mirrored copies skip auth and policy: they were decided on the live call.
     shadow = Pipeline([record, dispatch])
     return Pipeline([
         record,
         Auth(keys),
-        Policy(endpoints, split),
+        *([Budget(budget, endpoints)] if budget is not None else []),
+        Policy(endpoints, split, router),
         Mirror(shadow),
         dispatch,
     ])
 
 
-__all__ = ["Call", "Mirror", "Pipeline", "build_pipeline"]
+__all__ = ["Call", "Mirror", "Pipeline", "Router", "build_pipeline"]

@@ -16,13 +16,15 @@ from typing import Any, AsyncIterator
 import anyio
 
 from ..errors import ModelyardError
-from ..telemetry.cost import request_cost
+from ..routing.budget import check as check_budget
+from ..telemetry.cost import deployment_cost
 from ..wire import SSE_DONE, gather, sse
 from .pipeline import Call, Next
 
 
 async def dispatch(call: Call, call_next: Next) -> None:
     deployment = call.deployment
+    check_budget(call, deployment)  # 429 when the budget is spent and the deployment is paid
     t0 = time.perf_counter()
     if call.kind == "embedding":
         body = await deployment.embed(call.request)
@@ -124,4 +126,4 @@ def _account(call: Call, usage: dict[str, Any] | None) -> None:
     if usage:
         call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
         call.completion_tokens = int(usage.get("completion_tokens") or 0)
-    call.cost_usd = request_cost(call.deployment.card, call.prompt_tokens, call.completion_tokens, call.upstream_s)
+    call.cost_usd = deployment_cost(call.deployment, call.prompt_tokens, call.completion_tokens, call.upstream_s)

@@ -45,7 +45,8 @@ class Mirror:
             log.warning("mirror to %s skipped: %d copies already running", target.name, len(self._running))
             return
         copy = Call(kind=call.kind, request=call.request, api_key=call.api_key, key=call.key,
-                    endpoint=call.endpoint, deployment=target, route=f"mirror:{target.name}")
+                    endpoint=call.endpoint, deployment=target, route=f"mirror:{target.name}",
+                    budget=call.budget)
         task = asyncio.get_running_loop().create_task(self._run(copy))
         self._running.add(task)
         task.add_done_callback(self._running.discard)

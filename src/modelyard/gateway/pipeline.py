@@ -63,6 +63,8 @@ class Call:
     saved_usd: float = 0.0
     #: a routed call: each tier called, in order (see `UsageRecord.tiers`)
     tiers: list[dict[str, Any]] | None = None
+    #: the tightest spending limit left for this call (`routing.budget.BudgetState`; None: no budget)
+    budget: Any = None
     #: response headers a stage adds (``x-modelyard-cache``, ``x-modelyard-route`` …)
     headers: dict[str, str] = field(default_factory=dict)
 

@@ -4,8 +4,9 @@ The endpoint is the request's ``model`` field. A request that names a
 deployment (header ``modelyard-deployment``, or Azure's
 ``azureml-model-deployment``) goes to it even at 0% traffic — that is how a
 new deployment is tried before it gets any. Otherwise the endpoint's policy
-decides: here the traffic split (weights per deployment); the router policy
-of cost-aware tiers plugs in at this same place.
+decides: the traffic split (weights per deployment), or — for a ``router``
+endpoint — the router stage (gateway/router.py), which calls the endpoint's
+tiers itself, so mirror and dispatch are not run.
 """
 
 from __future__ import annotations
@@ -17,9 +18,10 @@ ROUTE_NAMES = {"chat": "chat completions", "completion": "completions", "embeddi
 
 
 class Policy:
-    def __init__(self, endpoints, split) -> None:
+    def __init__(self, endpoints, split, router=None) -> None:
         self.endpoints = endpoints
         self.split = split
+        self.router = router
 
     async def __call__(self, call: Call, call_next: Next) -> None:
         endpoint = self.endpoints.get(call.request.model)
@@ -31,6 +33,12 @@ class Policy:
                                      f"{', '.join(endpoint.deployments) or 'none'}.", status=404,
                                      param="modelyard-deployment", code="deployment_not_found")
             route = f"target:{deployment.name}"
+        elif endpoint.spec.policy == "router" and self.router is not None:
+            if call.kind == "embedding" and "embedding" not in endpoint.tasks:
+                raise invalid(f"endpoint '{endpoint.name}' routes between generation models, which do not answer "
+                              "embeddings", param="model", code="wrong_task")
+            await self.router(call)
+            return
         else:
             deployment = self.split.choose(endpoint)
             route = f"split:{deployment.name}"

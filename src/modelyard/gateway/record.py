@@ -22,9 +22,10 @@ CLIENT_CLOSED = 499
 
 
 class Record:
-    def __init__(self, writer, metrics) -> None:
+    def __init__(self, writer, metrics, budget=None) -> None:
         self.writer = writer
         self.metrics = metrics
+        self.budget = budget  # routing.budget.BudgetTracker: counts what each endpoint and key spent
 
     async def __call__(self, call: Call, call_next: Next) -> None:
         gauge = self.metrics.in_flight
@@ -69,6 +70,8 @@ class Record:
         # Metric labels only name endpoints that exist, so made-up model names cannot grow the label set.
         self.metrics.observe(call.endpoint.name if call.endpoint is not None else "", deployment, call.status, call.prompt_tokens, call.completion_tokens,
                              call.cost_usd, latency, call.ttft_s)
+        if self.budget is not None and call.endpoint is not None:
+            self.budget.add(call.endpoint.name, call.key.id if call.key is not None else None, call.cost_usd)
         self.writer.submit({
             "request_id": call.request_id,
             "endpoint": call.endpoint_name,
@@ -89,5 +92,5 @@ class Record:
             "batch_id": call.batch_id,
             "saved_tokens": call.saved_tokens,
             "saved_usd": call.saved_usd,
-            "tiers": call.tiers,
+            "tiers": list(call.tiers) if call.tiers is not None else None,
         })

@@ -20,7 +20,10 @@ from starlette.responses import Response
 
 from ..errors import ModelyardError, from_validation_error
 from ..settings import Settings
-from . import endpoint_routes, manage_routes, metrics_routes, openai_routes, rollout_routes
+from . import batch_routes, endpoint_routes, feedback_routes, manage_routes, metrics_routes, openai_routes, rollout_routes
+from . import router_routes
+from . import catalog_routes, spend_routes
+from .ui import install_console
 from .http import error_response, json_response
 from .state import Gateway
 
@@ -50,10 +53,16 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     app = FastAPI(title="modelyard", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     app.state.gateway = gateway
     app.router.routes.extend(openai_routes.routes)
+    app.router.routes.extend(feedback_routes.routes)
     app.include_router(manage_routes.router)
     app.include_router(metrics_routes.router)
     app.include_router(endpoint_routes.router)
     app.include_router(rollout_routes.router)
+    app.include_router(batch_routes.router)
+    app.include_router(catalog_routes.router)
+    app.include_router(spend_routes.router)
+    install_console(app)  # the web console at /ui (server/ui/)
+    app.include_router(router_routes.router)
 
     @app.exception_handler(ModelyardError)
     async def _modelyard_error(request: Request, exc: ModelyardError) -> Response:

@@ -28,6 +28,11 @@ class EndpointPatch(BaseModel):
     traffic: dict[str, int] | None = None
     mirror_traffic: dict[str, int] | None = None
     description: str | None = None
+    #: router endpoints (checked whole by EndpointSpec)
+    policy: str | None = None
+    tiers: list[str] | None = None
+    router: dict[str, Any] | None = None
+    budget: dict[str, Any] | None = None
 
 
 class DeploymentPatch(BaseModel):

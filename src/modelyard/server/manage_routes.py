@@ -18,6 +18,7 @@ from starlette.responses import Response
 from ..errors import ModelyardError, from_validation_error
 from ..store.usage import recent_usage, usage_summary
 from .http import api_key, json_response, parse_json, read_body
+from .ui.auth import console_session
 
 router = APIRouter(prefix="/api")
 
@@ -30,7 +31,10 @@ class KeyCreate(BaseModel):
 
 def _admin(request: Request):
     gateway = request.app.state.gateway
-    info = gateway.keys.verify(api_key(request) or "")
+    key = api_key(request)
+    if key is None and console_session(request):  # the web console's session cookie (server/ui/auth.py)
+        return gateway
+    info = gateway.keys.verify(key or "")
     if info is None:
         raise ModelyardError("The management API needs the admin key (MODELYARD_HOME/admin.key).", status=401,
                              code="invalid_api_key")

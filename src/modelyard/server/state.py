@@ -5,8 +5,14 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
+from ..batch import BatchRunner, open_batches
 from ..catalog.registry import Catalog
-from ..gateway import Mirror, Pipeline, build_pipeline
+from ..gateway import Mirror, Pipeline, Router, build_pipeline
+from ..routing import budget as budgets
+from ..routing.feedback import FeedbackService
+from ..routing.policy import Models
+from ..routing.responses import ResponseLog
+from ..store.responses import ResponseStore
 from ..runtime.local import LocalRuntime
 from ..serving.endpoints import Endpoints, TrafficSplit
 from ..serving.spec import DeploymentSpec, EndpointSpec
@@ -39,6 +45,10 @@ class Gateway:
     admin_key: str
     admin_key_created: bool
     rollouts: RolloutController | None = None
+    router: Router | None = None
+    feedback: FeedbackService | None = None
+    budget: budgets.BudgetTracker | None = None
+    batches: BatchRunner | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -53,10 +63,17 @@ class Gateway:
         endpoints = Endpoints(config, catalog, LocalRuntime(settings.logs_dir), keys)
         writer = UsageWriter(db, flush_interval=settings.usage_flush_s)
         metrics = GatewayMetrics()
-        pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics)
+        budget = budgets.BudgetTracker()
+        budget.load(db)  # what was spent today and this month, from the usage records
+        responses = ResponseStore(db)
+        # The router checks budgets itself (routing.budget.allows / refusal) before each paid tier.
+        router = Router(ResponseLog(responses), writer, metrics, models=Models(settings.home))
+        pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics,
+                                  router=router, budget=budget)
+        feedback = FeedbackService(router.responses, responses, endpoints, router, metrics)
         rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)
         return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created,
-                   rollouts=rollouts)
+                   rollouts=rollouts, router=router, feedback=feedback, budget=budget)
 
     def ensure_default_endpoints(self) -> None:
         """Create `default` (Gemma 3 270M) and `embed` (all-MiniLM-L6-v2) unless they exist."""
@@ -67,16 +84,27 @@ class Gateway:
 
     async def start(self, *, wait: bool = False) -> None:
         await self.writer.start()
+        if self.router is not None:
+            await self.router.responses.start()
         await self.endpoints.load(wait=wait)
         if self.rollouts is not None:
             await self.rollouts.resume_all()  # a rollout the last shutdown interrupted goes on, or is reverted
+        if self.batches is None:
+            self.batches = open_batches(self.db, self.settings.home, self.endpoints, self.keys,
+                                        budget=getattr(self, "budget", None))
+        await self.batches.start()  # batch jobs the last run left unfinished go on
 
     async def close(self) -> None:
+        if self.batches is not None:
+            await self.batches.close()  # finished lines are committed; the rest run after a restart
         if self.rollouts is not None:
             await self.rollouts.close()
         for stage in self.pipeline.stages:
             if isinstance(stage, Mirror):
                 await stage.close()
+        if self.router is not None:
+            await self.router.close()
+            await self.router.responses.close()
         await self.endpoints.close()
         await self.writer.close()  # flushes every queued usage record
         self.db.close()

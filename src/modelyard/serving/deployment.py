@@ -14,6 +14,14 @@ remote API with no instances. Either way the gateway calls
 - retries once on another instance when an instance died before answering
   (a crash costs one instance, not the request); a stream cut by a crash
   ends with an error event.
+
+It also lends idle capacity to background (batch) work. A call made inside
+`background(share)` waits, without a deadline, until a slot is free, no live
+request is waiting, and background calls hold fewer than ``share`` of the
+deployment's capacity, less the room recent live traffic used (its peak
+over the last ``LIVE_RESERVE_S`` seconds). A freed slot goes to a waiting
+live request first. Live requests never wait for a background call that has
+not started; at worst for one that has, when every slot was idle before.
 """
 
 from __future__ import annotations
@@ -22,8 +30,10 @@ import asyncio
 import logging
 import os
 import time
-from contextlib import aclosing
-from typing import Any, AsyncIterator
+from contextlib import aclosing, contextmanager
+from contextvars import ContextVar
+from dataclasses import dataclass
+from typing import Any, AsyncIterator, Iterator
 
 from ..backends.openai_compat import OpenAICompatBackend
 from ..catalog.card import ModelCard
@@ -38,6 +48,37 @@ CRASH_CODES = {"upstream_unavailable"}
 RETRY_AFTER_S = 1
 #: requests in flight to a hosted API per `instance_count`, unless request settings say otherwise
 HOSTED_CONCURRENCY = 64
+
+#: after its last live request a deployment keeps room for its recent live peak this long
+LIVE_RESERVE_S = 10.0
+#: how often a waiting background call looks again without being woken (the live reserve decays)
+BACKGROUND_POLL_S = 0.5
+
+
+@dataclass
+class BackgroundWork:
+    """Background calls of one task: the share of a deployment's capacity they may hold, and the
+    seconds they spent waiting for it (so that waiting is not billed as work)."""
+
+    share: float = 1.0
+    waited_s: float = 0.0
+
+
+#: set inside `background()`; None (the default) for live requests
+BACKGROUND: ContextVar[BackgroundWork | None] = ContextVar("modelyard_background", default=None)
+
+
+@contextmanager
+def background(share: float = 1.0) -> Iterator[BackgroundWork]:
+    """Deployment calls made inside this block (in this task and tasks it starts) are background work."""
+    if not 0 < share <= 1:
+        raise ValueError(f"share must be in (0, 1], not {share}")
+    work = BackgroundWork(share)
+    token = BACKGROUND.set(work)
+    try:
+        yield work
+    finally:
+        BACKGROUND.reset(token)
 
 
 class _HostedSlot:
@@ -64,6 +105,13 @@ class Deployment:
         self._slot = _HostedSlot(f"{spec.name}-hosted")
         self._changed = asyncio.Condition()
         self._cpu = CpuMeter()
+        #: background calls holding a slot, and waiting for one
+        self.bg_in_flight = 0
+        self.bg_waiting = 0
+        self._bg_wake = asyncio.Event()
+        self._live_in_flight = 0
+        self._live_peak = 0
+        self._live_seen = -LIVE_RESERVE_S
 
     @property
     def name(self) -> str:
@@ -76,6 +124,11 @@ class Deployment:
     @property
     def instances(self) -> list[Instance]:
         return self.runtime.instances(self.key)
+
+    @property
+    def capacity(self) -> int:
+        """Requests the deployment serves at once when every instance is up."""
+        return self._capacity_per_slot() * (1 if self.is_hosted else self.spec.instance_count)
 
     @property
     def in_flight(self) -> int:
@@ -91,7 +144,8 @@ class Deployment:
             instances.append(info)
         return {**self.spec.model_dump(mode="json", exclude={"endpoint_name"}),
                 "state": self.state, "error": self.error, "hosted": self.is_hosted,
-                "in_flight": self.in_flight, "queue_length": self.waiting, "instances": instances}
+                "in_flight": self.in_flight, "queue_length": self.waiting, "background_in_flight": self.bg_in_flight,
+                "instances": instances}
 
     def _instance_spec(self) -> InstanceSpec:
         probe = self.spec.liveness_probe
@@ -191,10 +245,13 @@ class Deployment:
             best = avoid  # a lone instance is retried on itself
         return best
 
-    async def _acquire(self, avoid: Any = None) -> Any:
+    async def _acquire(self, avoid: Any = None, background: BackgroundWork | None = None) -> Any:
+        if background is not None:
+            return await self._acquire_background(background, avoid)
         slot = self._free_slot(avoid)
         if slot is not None:
             slot.in_flight += 1
+            self._live_started()
             return slot
         settings = self.spec.request_settings
         queue_limit = settings.max_queue_size_per_instance * max(len(self._slots()), 1)
@@ -208,6 +265,7 @@ class Deployment:
                     slot = self._free_slot(avoid)
                     if slot is not None:
                         slot.in_flight += 1
+                        self._live_started()
                         return slot
                     remaining = deadline - time.monotonic()
                     if remaining <= 0 or self.state == "stopped":
@@ -222,16 +280,66 @@ class Deployment:
         finally:
             self.waiting -= 1
 
+    def _live_started(self) -> None:
+        self._live_in_flight += 1
+        now = time.monotonic()
+        if now - self._live_seen > LIVE_RESERVE_S:
+            self._live_peak = 0
+        self._live_seen = now
+        if self._live_in_flight > self._live_peak:
+            self._live_peak = self._live_in_flight
+
+    def _background_limit(self, share: float) -> int:
+        """How many slots background calls may hold now: their share, less the room live traffic keeps."""
+        capacity = self._capacity_per_slot() * sum(1 for s in self._slots() if s.ready)
+        if capacity == 0:
+            return 0
+        recent = self._live_in_flight or time.monotonic() - self._live_seen < LIVE_RESERVE_S
+        reserve = max(self._live_peak, self._live_in_flight) if recent else 0
+        # Background work keeps one slot even under live load, so a busy endpoint does not starve it.
+        return min(max(1, int(capacity * share)), max(1, capacity - reserve))
+
+    async def _acquire_background(self, work: BackgroundWork, avoid: Any) -> Any:
+        self.bg_waiting += 1
+        t0 = time.monotonic()
+        try:
+            while True:
+                if self.state in ("stopped", "failed"):
+                    raise ModelyardError(f"deployment {self.key} is {self.state}", status=503,
+                                         code="deployment_unavailable", headers={"retry-after": str(RETRY_AFTER_S)})
+                if not self.waiting and self.bg_in_flight < self._background_limit(work.share):
+                    slot = self._free_slot(avoid)
+                    if slot is not None:
+                        slot.in_flight += 1
+                        self.bg_in_flight += 1
+                        return slot
+                self._bg_wake.clear()
+                try:
+                    await asyncio.wait_for(self._bg_wake.wait(), BACKGROUND_POLL_S)
+                except asyncio.TimeoutError:
+                    pass
+        finally:
+            self.bg_waiting -= 1
+            work.waited_s += time.monotonic() - t0
+
     def _busy(self, why: str) -> ModelyardError:
         return ModelyardError(f"deployment {self.key} is at capacity ({why}); retry later", status=429,
                               code="deployment_at_capacity", headers={"retry-after": str(RETRY_AFTER_S)})
 
-    async def _release(self, slot: Any) -> None:
+    async def _release(self, slot: Any, background: bool = False) -> None:
         slot.in_flight -= 1
+        if background:
+            self.bg_in_flight -= 1
+        else:
+            self._live_in_flight -= 1
         if self.waiting:
             await self._notify()
+        elif self.bg_waiting:
+            self._bg_wake.set()
 
     async def _notify(self, all_waiters: bool = False) -> None:
+        if all_waiters:
+            self._bg_wake.set()
         async with self._changed:
             if all_waiters:
                 self._changed.notify_all()
@@ -249,8 +357,9 @@ class Deployment:
 
     async def generate(self, kind: str, request: Any) -> AsyncIterator[dict[str, Any]]:
         tried: Any = None
+        work = BACKGROUND.get()
         for attempt in range(2):
-            slot = await self._acquire(avoid=tried)
+            slot = await self._acquire(avoid=tried, background=work)
             yielded = False
             try:
                 # aclosing: a client that hangs up closes the instance's stream at once, which stops generation.
@@ -266,12 +375,13 @@ class Deployment:
                 slot.suspect()
                 tried = slot
             finally:
-                await self._release(slot)
+                await self._release(slot, work is not None)
 
     async def embed(self, request: Any) -> dict[str, Any]:
         tried: Any = None
+        work = BACKGROUND.get()
         for attempt in range(2):
-            slot = await self._acquire(avoid=tried)
+            slot = await self._acquire(avoid=tried, background=work)
             try:
                 return await self._client(slot).embed(request)
             except ModelyardError as err:
@@ -280,7 +390,7 @@ class Deployment:
                 slot.suspect()
                 tried = slot
             finally:
-                await self._release(slot)
+                await self._release(slot, work is not None)
         raise AssertionError("unreachable")
 
 

@@ -149,6 +149,8 @@ class Endpoints:
                 raise invalid(f"{field} names deployment(s) {', '.join(map(repr, unknown))} that endpoint "
                               f"'{spec.name}' does not have; it has: {', '.join(deployments) or 'none'}",
                               param=field, code="unknown_deployment")
+        if spec.policy == "router":
+            check_tiers(spec, deployments)
 
     async def create_endpoint(self, spec: EndpointSpec) -> tuple[Endpoint, dict[str, str]]:
         """Create an empty endpoint and its two keys; returns the plain keys (shown once)."""
@@ -222,7 +224,14 @@ class Endpoints:
             del endpoint.deployments[spec.name]
             raise ModelyardError(f"deployment {dep.key} failed to start: {dep.error}", status=500, code="deployment_failed")
         # Traffic moves only once the deployment is ready: never to instances still loading.
-        if all_traffic or not endpoint.spec.traffic:
+        # A router endpoint routes by its tiers instead.
+        if endpoint.spec.policy == "router":
+            try:
+                check_tiers(endpoint.spec, endpoint.deployments, require_all=False)
+            except ModelyardError:
+                await self.delete_deployment(endpoint.name, spec.name)
+                raise
+        elif all_traffic or not endpoint.spec.traffic:
             await self.update_endpoint(endpoint.name, traffic={spec.name: 100},
                                        mirror_traffic={k: v for k, v in endpoint.spec.mirror_traffic.items() if k != spec.name})
         return dep
@@ -291,6 +300,28 @@ class Endpoints:
         await asyncio.gather(*(d.stop() for e in self._endpoints.values() for d in e.deployments.values()),
                              return_exceptions=True)
         await self.runtime.close()
+
+
+def check_tiers(spec: EndpointSpec, deployments: dict[str, Any], *, require_all: bool = True) -> None:
+    """A router endpoint's tiers must be its deployments, all of one task.
+
+    An endpoint created before its deployments (``apply -f`` creates the
+    endpoint first) may name tiers not deployed yet: those answer 503 naming
+    the missing tier until they are. Once the endpoint has deployments, a
+    change that names a tier that is none of them is refused (``apply -f``
+    applies such a change after the file's deployments).
+    """
+    if deployments and require_all:
+        unknown = [t for t in spec.tiers if t not in deployments]
+        if unknown:
+            raise invalid(f"tiers name deployment(s) {', '.join(map(repr, unknown))} that endpoint '{spec.name}' "
+                          f"does not have; it has: {', '.join(deployments)}", param="tiers", code="unknown_tier")
+    kinds = {t: ("embedding" if deployments[t].card.task == "embedding" else "generation")
+             for t in spec.tiers if t in deployments}
+    if len(set(kinds.values())) > 1:
+        shown = ", ".join(f"{t} ({deployments[t].card.task})" for t in kinds)
+        raise invalid(f"tiers must all answer the same task; these differ: {shown}", param="tiers",
+                      code="tiers_differ_in_task")
 
 
 def _validated(model: Any, data: dict[str, Any]) -> Any:

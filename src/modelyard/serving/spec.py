@@ -25,6 +25,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..routing.spec import BudgetSpec, RouterSpec
+
 #: endpoint and deployment names: 3-32 characters, letters, digits and dashes, starting with a letter
 NAME = r"^[A-Za-z][A-Za-z0-9-]{2,31}$"
 MAX_MIRROR_PERCENT = 50
@@ -58,6 +60,16 @@ class RequestSettings(_Spec):
     max_retries: int = Field(default=2, ge=0, le=10)
 
 
+class DeploymentCost(_Spec):
+    """What one instance of a local deployment costs per hour (see `telemetry.cost`).
+
+    Hosted models are priced per token by their card; this is not used for them.
+    """
+
+    #: USD per instance-hour, overriding the card's ``price.per_instance_hour``
+    usd_per_instance_hour: float = Field(ge=0, allow_inf_nan=False)
+
+
 class Probe(_Spec):
     initial_delay: int = Field(default=0, ge=0)
     period: int = Field(default=10, ge=1)
@@ -77,17 +89,26 @@ class DeploymentSpec(_Spec):
     environment_variables: dict[str, str] = Field(default_factory=dict)
     #: backend options, e.g. {"context_length": 4096, "threads": 2} for llama.cpp
     options: dict[str, Any] = Field(default_factory=dict)
+    #: a local deployment's running cost, e.g. {usd_per_instance_hour: 0.05}; unset: the card's price
+    cost: DeploymentCost | None = None
 
 
 class EndpointSpec(_Spec):
     name: Name
     description: str = ""
     auth_mode: Literal["key"] = "key"
-    policy: Literal["split"] = "split"
+    #: ``split``: traffic weights (and a mirror); ``router``: cost-aware tiers (``tiers`` + ``router``)
+    policy: Literal["split", "router"] = "split"
     #: deployment name -> percent of live traffic (sums to 100 when any deployment has traffic)
     traffic: dict[str, int] = Field(default_factory=dict)
     #: deployment name -> percent of live traffic copied to it, response discarded
     mirror_traffic: dict[str, int] = Field(default_factory=dict)
+    #: router policy: the deployments that answer, cheapest first
+    tiers: list[str] = Field(default_factory=list)
+    #: router policy: the strategy and its settings
+    router: RouterSpec | None = None
+    #: spending limits (USD per day / month) for the endpoint and each of its keys
+    budget: BudgetSpec | None = None
 
     @field_validator("traffic")
     @classmethod
@@ -110,6 +131,29 @@ class EndpointSpec(_Spec):
             if not 0 < pct <= MAX_MIRROR_PERCENT:
                 raise ValueError(f"mirror traffic to {name!r} must be between 1 and {MAX_MIRROR_PERCENT} percent, not {pct}")
         return mirror
+
+    @model_validator(mode="after")
+    def _router_has_tiers_and_strategy(self) -> "EndpointSpec":
+        if self.policy != "router":
+            if self.router is not None or self.tiers:
+                raise ValueError("tiers and router settings need policy: router")
+            return self
+        if not self.tiers:
+            raise ValueError("policy router needs tiers: the deployments that answer, cheapest first")
+        if len(set(self.tiers)) != len(self.tiers):
+            raise ValueError(f"tiers must not repeat a deployment: {self.tiers}")
+        if self.router is None:
+            raise ValueError("policy router needs router settings, e.g. router: {strategy: cascade, threshold: -1.0}")
+        if self.router.strategy != "rules" and len(self.tiers) < 2:
+            raise ValueError(f"strategy {self.router.strategy} needs at least two tiers")
+        if self.router.strategy == "rules":
+            named = [r.tier for r in self.router.rules] + ([self.router.default] if self.router.default else [])
+            unknown = sorted({t for t in named if t not in self.tiers})
+            if unknown:
+                raise ValueError(f"rules name tier(s) {', '.join(map(repr, unknown))} that are not in tiers {self.tiers}")
+        if self.traffic and any(self.traffic.values()):
+            raise ValueError("a router endpoint routes by its tiers, not by traffic weights: leave traffic empty")
+        return self
 
     @model_validator(mode="after")
     def _mirror_target_has_no_live_traffic(self) -> "EndpointSpec":

@@ -7,6 +7,9 @@
 | ``api_keys`` | a key's sha256, display prefix, scope and revocation | `KeyStore` |
 | ``usage_records`` | one request: tokens, cost, latency, status, cache/route | `UsageWriter` |
 | ``rollouts`` | a gradual traffic shift to a deployment: steps, limits, state, history | `RolloutStore` |
+| ``batch_files`` | an uploaded batch input, or a job's output/error file (bytes on disk) | `BatchStore` |
+| ``batch_jobs`` | a batch job: status, settings, counts, timestamps, file ids | `BatchStore` |
+| ``batch_lines`` | one input line of a job: its request, state, attempts and result | `BatchStore` |
 
 The schema is created by the hand-written Alembic migrations in
 ``store/migrations/versions``; a test compares the migrated database with this
@@ -26,7 +29,7 @@ from __future__ import annotations
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import JSON, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint
+from sqlalchemy import JSON, BigInteger, Boolean, DateTime, Float, Index, Integer, MetaData, String, Text, UniqueConstraint
 from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column
 from sqlalchemy.types import TypeDecorator
@@ -219,5 +222,143 @@ class Rollout(Base):
                 f"state={self.state!r})")
 
 
+class RoutedResponse(Base):
+    """An answer of a router endpoint, kept so it can be rated and improved; written by `ResponseStore`.
+
+    ``tier`` answered first; ``status`` is ``answered``, ``checking`` /
+    ``confirmed`` / ``corrected`` (speculative check), ``improving`` /
+    ``improved`` (after negative feedback) or ``check_failed`` /
+    ``improve_failed``. ``latest_content`` and ``latest_tier`` hold the
+    answer that replaced the first one, if any.
+    """
+
+    __tablename__ = "routed_responses"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    request: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    prompt: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    tier: Mapped[str] = mapped_column(String(64), nullable=False)
+    tier_index: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    content: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    status: Mapped[str] = mapped_column(String(16), nullable=False, default="answered")
+    latest_tier: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    latest_content: Mapped[str | None] = mapped_column(Text, nullable=True)
+    similarity: Mapped[float | None] = mapped_column(Float, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow, index=True)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class Feedback(Base):
+    """A user's rating of a routed answer (-1 or 1), and the tier that gave it."""
+
+    __tablename__ = "feedback"
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    response_id: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    endpoint: Mapped[str] = mapped_column(String(64), nullable=False, index=True)
+    tier: Mapped[str] = mapped_column(String(64), nullable=False)
+    rating: Mapped[int] = mapped_column(Integer, nullable=False)
+    comment: Mapped[str | None] = mapped_column(Text, nullable=True)
+    key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
 #: Column names of ``usage_records`` that a submitted record may set.
 USAGE_COLUMNS: tuple[str, ...] = tuple(c.name for c in UsageRecord.__table__.columns if c.name != "id")
+
+
+class BatchFile(Base):
+    """A file uploaded for (or written by) a batch job; its bytes live under ``MODELYARD_HOME/files/<id>``.
+
+    ``purpose`` is ``batch`` (an input file) or ``batch_output`` (a job's
+    output or error file). ``owner_key_id`` is the key that uploaded it, or
+    that created the job that wrote it.
+    """
+
+    __tablename__ = "batch_files"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    filename: Mapped[str] = mapped_column(String(255), nullable=False)
+    purpose: Mapped[str] = mapped_column(String(32), nullable=False)
+    bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BatchJob(Base):
+    """One batch job: the OpenAI Batch object's fields plus the Azure-ML batch settings; see `store.batches`.
+
+    ``endpoint`` is the OpenAI route of every line (``/v1/chat/completions``);
+    ``model`` the modelyard endpoint that answers them when the job names one
+    (otherwise each line's body ``model`` does) and ``deployment`` the one
+    deployment it targets, if any. ``total``/``completed``/``failed`` count
+    lines; tokens and cost are in ``usage_records`` rows tagged with the id.
+    """
+
+    __tablename__ = "batch_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    endpoint: Mapped[str] = mapped_column(String(64), nullable=False)
+    model: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    deployment: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    input_file_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    output_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    error_file_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    completion_window: Mapped[str] = mapped_column(String(16), nullable=False)
+    status: Mapped[str] = mapped_column(String(16), nullable=False, index=True)
+    mini_batch_size: Mapped[int] = mapped_column(Integer, nullable=False)
+    max_retries: Mapped[int] = mapped_column(Integer, nullable=False)
+    error_threshold: Mapped[int] = mapped_column(Integer, nullable=False)
+    output_action: Mapped[str] = mapped_column(String(16), nullable=False)
+    max_share: Mapped[float | None] = mapped_column(Float, nullable=True)
+    meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
+    errors: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    total: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    completed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    in_progress_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finalizing_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    completed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    failed_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expired_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cancelling_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    cancelled_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class BatchLine(Base):
+    """One input line of a batch job and, once it ran, its result.
+
+    ``state`` is ``pending``, ``succeeded`` or ``failed``; a line's result is
+    written in the same transaction as its usage records, so a crash loses
+    only lines still pending, which run again on resume. ``response`` is the
+    JSON body answered (an OpenAI error body for a failed line).
+    """
+
+    __tablename__ = "batch_lines"
+    __table_args__ = (
+        UniqueConstraint("batch_id", "line"),
+        UniqueConstraint("batch_id", "custom_id"),
+        Index(None, "batch_id", "state", "line"),
+    )
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    batch_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    line: Mapped[int] = mapped_column(Integer, nullable=False)
+    custom_id: Mapped[str] = mapped_column(String(512), nullable=False)
+    kind: Mapped[str] = mapped_column(String(16), nullable=False)
+    body: Mapped[str] = mapped_column(Text, nullable=False)
+    state: Mapped[str] = mapped_column(String(16), nullable=False, default="pending")
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    status_code: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    request_id: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    response: Mapped[str | None] = mapped_column(Text, nullable=True)
+    error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

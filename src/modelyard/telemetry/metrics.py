@@ -27,6 +27,8 @@ class GatewayMetrics:
         self.latency = Histogram("modelyard_request_latency_seconds", "End-to-end request latency",
                                  labels, buckets=LATENCY_BUCKETS, registry=self.registry)
         self.in_flight = Gauge("modelyard_requests_in_flight", "Requests being answered", registry=self.registry)
+        self.ratings = Counter("modelyard_feedback", "Feedback ratings of routed answers, by the tier that answered",
+                               (*labels, "rating"), registry=self.registry)
 
         # The labelled series of each (endpoint, deployment, status), looked up once: `labels()` is
         # the costly part of an update, and this runs for every request.
@@ -59,6 +61,9 @@ class GatewayMetrics:
         latency.observe(latency_s)
         if ttft_s is not None:
             ttft.observe(ttft_s)
+
+    def feedback(self, endpoint: str, deployment: str, rating: int) -> None:
+        self.ratings.labels(endpoint, deployment, "up" if rating > 0 else "down").inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

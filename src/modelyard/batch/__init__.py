@@ -1,0 +1,43 @@
+"""Batch jobs: the OpenAI Batch API with Azure-ML batch settings, durable, on idle capacity.
+
+- `FileStore` (files.py) — uploaded inputs and written outputs under ``MODELYARD_HOME/files``.
+- `parse_input` (validate.py) — the checks an input file passes before anything runs.
+- `BatchCreate`, `BatchConfig`, `describe_job` (jobs.py) — settings, the create request, the Batch object.
+- `BatchRunner` (runner.py) — runs jobs inside the gateway: mini-batches, retries, error threshold,
+  cancel, resume after a crash, lower priority than live traffic.
+
+The gateway builds them with `open_batches()` and starts the runner with the server.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ..store.batches import BatchStore
+from .files import FileStore, describe_file
+from .jobs import BatchConfig, BatchCreate, describe_job
+from .runner import BatchRunner, visible
+from .validate import BATCH_URLS, parse_input
+
+
+def open_batches(db: Any, home: Any, endpoints: Any, keys: Any, *, budget: Any = None,
+                 config: BatchConfig | None = None) -> BatchRunner:
+    """The batch runner of a gateway whose state lives in ``home`` (files under ``home/files``)."""
+    config = config or BatchConfig.from_env()
+    store = BatchStore(db)
+    files = FileStore(store, home / "files", max_bytes=config.max_file_bytes)
+    return BatchRunner(store, files, endpoints, keys, config=config, budget=budget)
+
+
+__all__ = [
+    "BATCH_URLS",
+    "BatchConfig",
+    "BatchCreate",
+    "BatchRunner",
+    "FileStore",
+    "describe_file",
+    "describe_job",
+    "open_batches",
+    "parse_input",
+    "visible",
+]

@@ -1,0 +1,537 @@
+"""The batch runner: jobs run inside the gateway process, durably, on capacity live traffic leaves.
+
+A job moves through OpenAI's statuses::
+
+    validating ──▶ in_progress ──▶ finalizing ──▶ completed
+        │              ├──▶ cancelling ──▶ cancelled
+        └──▶ failed    ├──▶ failed   (more failed lines than error_threshold)
+                       └──▶ expired  (the 24 h completion window passed)
+
+**Validating** reads the input file (`validate.parse_input`); a bad file
+fails the job with every problem named by line, a good one becomes one
+``batch_lines`` row per request and the job is ``in_progress``.
+
+**Running.** Workers (as many as the target deployments serve at once, times
+the job's share) each take a *mini-batch* of pending lines in input order,
+run its lines one after the other, and commit the mini-batch's results, its
+usage records and the job's counters in one transaction
+(`BatchStore.commit_results`). Each line goes through a pipeline of the
+gateway's own stages — record ▶ policy (the endpoint's traffic split, or the
+job's deployment) ▶ dispatch — inside `serving.deployment.background()`, so
+it waits for capacity live requests leave and never holds more than the
+job's share of a deployment. A line is attempted up to ``max_retries``
+times on a retryable error (408, 429, 5xx), with a doubling back-off; a
+body the request models refuse fails at once.
+
+**Durable.** Only committed lines count. A line whose result was not
+committed when the gateway stopped (cleanly or killed) is still pending and
+runs again when the gateway starts (`BatchRunner.start` resumes every
+unfinished job), so the output has every input line exactly once, and so do
+the usage records of the lines that succeeded.
+
+**Finishing** writes the output file (lines that succeeded) and the error
+file (lines that failed, and — for a cancelled, failed or expired job — the
+lines that never ran), in input order, and moves the job to its final
+status in the same transaction that adds the files' rows.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import math
+import os
+import time
+from datetime import timedelta
+from typing import Any
+
+import orjson
+from pydantic import ValidationError
+
+from ..errors import ModelyardError, from_validation_error, invalid, not_found
+from ..gateway.dispatch import dispatch
+from ..gateway.pipeline import Call, Next, Pipeline
+from ..gateway.policy import Policy
+from ..gateway.record import Record
+from ..serving.deployment import BACKGROUND, background
+from ..serving.endpoints import TrafficSplit
+from ..store.batches import BatchStore, JobRecord, LineRecord, LineResult
+from ..store.models import utcnow
+from ..store.usage import normalize_record
+from ..telemetry.cost import deployment_cost
+from ..wire import KINDS
+from .files import FileStore
+from .jobs import COMPLETION_WINDOW_S, NOT_RUN, BatchConfig, BatchCreate, output_line
+from .validate import parse_input
+
+log = logging.getLogger(__name__)
+
+RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
+MAX_BACKOFF_S = 30.0
+#: how long a failing commit of results is retried before the job gives up
+COMMIT_RETRY_S = 60.0
+
+
+class _UsageCapture:
+    """Stands in for the `UsageWriter`: keeps each attempt's usage record until its line commits."""
+
+    def __init__(self) -> None:
+        self._records: dict[str, dict[str, Any]] = {}
+
+    def submit(self, record: dict[str, Any]) -> None:
+        row = normalize_record(record)
+        self._records[row["request_id"]] = row
+
+    def take(self, request_id: str) -> dict[str, Any] | None:
+        return self._records.pop(request_id, None)
+
+
+class _Quiet:
+    """Batch lines stay out of the Prometheus latency and in-flight series, which describe live traffic."""
+
+    class _Gauge:
+        def inc(self) -> None: ...
+        def dec(self) -> None: ...
+
+    in_flight = _Gauge()
+
+    def observe(self, *args: Any) -> None: ...
+
+
+async def _unbilled_wait(call: Call, call_next: Next) -> None:
+    """Time a line waited for a background slot is not time it used the deployment: cost excludes it."""
+    work = BACKGROUND.get()
+    before = work.waited_s if work is not None else 0.0
+    try:
+        await call_next(call)
+    finally:
+        waited = (work.waited_s - before) if work is not None else 0.0
+        if waited > 0 and call.deployment is not None:
+            call.upstream_s = max(call.upstream_s - waited, 0.0)
+            call.cost_usd = deployment_cost(call.deployment, call.prompt_tokens, call.completion_tokens,
+                                            call.upstream_s)
+
+
+class _Control:
+    """One running job: why it should stop, and the results not yet committed."""
+
+    def __init__(self, job_id: str) -> None:
+        self.id = job_id
+        self.task: asyncio.Task[None] | None = None
+        self.reason: str | None = None  # cancelled | failed | expired
+        self.shutdown = False
+        self.stopped = asyncio.Event()
+        self.uncommitted: list[list[LineResult]] = []
+        self.commits: set[asyncio.Task[JobRecord]] = set()
+        #: what broke a worker (a commit that kept failing, a bug): the job fails with it
+        self.error: Exception | None = None
+
+    def stop(self, reason: str | None) -> None:
+        if reason is not None and self.reason is None:
+            self.reason = reason
+        self.stopped.set()
+
+
+class _Feed:
+    """Hands out mini-batches of pending lines in input order, each once."""
+
+    def __init__(self, store: BatchStore, job: JobRecord) -> None:
+        self.store = store
+        self.job = job
+        self.after = 0
+        self.lock = asyncio.Lock()
+
+    async def next(self) -> list[LineRecord]:
+        async with self.lock:
+            lines = await asyncio.to_thread(self.store.pending_lines, self.job.id, after=self.after,
+                                            limit=self.job.mini_batch_size)
+            if lines:
+                self.after = lines[-1].line
+            return lines
+
+
+class BatchRunner:
+    """Creates, runs, resumes and cancels batch jobs; one per gateway."""
+
+    def __init__(self, store: BatchStore, files: FileStore, endpoints: Any, keys: Any, *,
+                 config: BatchConfig, budget: Any = None) -> None:
+        self.store = store
+        self.files = files
+        self.endpoints = endpoints
+        self.keys = keys
+        self.config = config
+        self._usage = _UsageCapture()
+        self.pipeline = Pipeline([Record(self._usage, _Quiet(), budget), Policy(endpoints, TrafficSplit()),
+                                  _unbilled_wait, dispatch])
+        self._jobs: dict[str, _Control] = {}
+        self._closing = False
+
+    # --- lifecycle --------------------------------------------------------------------
+
+    async def start(self) -> None:
+        """Remove files a crash left half-written and resume every unfinished job."""
+        await asyncio.to_thread(self.files.sweep)
+        for job in await asyncio.to_thread(self.store.unfinished_jobs):
+            log.info("batch %s: resuming (%s, %d/%d lines done)", job.id, job.status, job.completed + job.failed,
+                     job.total)
+            self._launch(job.id)
+
+    async def close(self) -> None:
+        """Stop every job; finished lines are committed, unfinished ones run again after a restart."""
+        self._closing = True
+        controls = list(self._jobs.values())
+        for ctl in controls:
+            ctl.shutdown = True
+            ctl.stop(None)
+        await asyncio.gather(*(c.task for c in controls if c.task is not None), return_exceptions=True)
+
+    def _launch(self, job_id: str) -> None:
+        if self._closing or job_id in self._jobs:
+            return
+        ctl = _Control(job_id)
+        self._jobs[job_id] = ctl
+        ctl.task = asyncio.get_running_loop().create_task(self._run(ctl), name=f"batch-{job_id}")
+
+    # --- the API ----------------------------------------------------------------------
+
+    async def create(self, req: BatchCreate, key: Any) -> JobRecord:
+        """Check a create request against the file and the endpoints, store the job and start it."""
+        try:
+            source = await asyncio.to_thread(self.files.get, req.input_file_id)
+        except ModelyardError:
+            source = None
+        if source is None or not visible(source, key):
+            raise not_found(f"No such File object: {req.input_file_id}", param="input_file_id", code="file_not_found")
+        if source.purpose != "batch":
+            raise invalid(f"File {source.id} was uploaded with purpose '{source.purpose}'; a batch reads a file "
+                          "uploaded with purpose 'batch'.", param="input_file_id", code="invalid_file")
+        if req.model is not None:
+            self.endpoints.get(req.model)  # 404 model_not_found
+            if key is not None and not key.allows(req.model):
+                raise ModelyardError(f"This key may not call endpoint '{req.model}'.", status=403, param="model",
+                                     code="endpoint_not_allowed")
+            if req.deployment is not None:
+                self.endpoints.deployment(req.model, req.deployment)  # 404 deployment_not_found
+        now = utcnow()
+        job = JobRecord(id="batch_" + os.urandom(12).hex(), endpoint=req.endpoint, input_file_id=source.id,
+                        completion_window=req.completion_window, model=req.model, deployment=req.deployment,
+                        mini_batch_size=req.mini_batch_size, max_retries=req.max_retries,
+                        error_threshold=req.error_threshold, output_action=req.output_action,
+                        max_share=req.max_share, meta=req.metadata, owner_key_id=key.id if key is not None else None,
+                        created_at=now, expires_at=now + timedelta(seconds=COMPLETION_WINDOW_S))
+        await asyncio.to_thread(self.store.create_job, job)
+        self._launch(job.id)
+        return job
+
+    async def get(self, job_id: str, key: Any) -> JobRecord:
+        job = await asyncio.to_thread(self.store.get_job, job_id)
+        if job is None or not visible(job, key):
+            raise not_found(f"No such batch: {job_id}", param="batch_id", code="batch_not_found")
+        return job
+
+    async def cancel(self, job_id: str, key: Any) -> JobRecord:
+        """Ask a job to stop: ``cancelling`` now, ``cancelled`` once its finished lines are committed."""
+        job = await self.get(job_id, key)
+        if job.final:
+            raise ModelyardError(f"Batch {job_id} is already {job.status}; only a validating or in-progress batch "
+                                 "can be cancelled.", status=409, param="batch_id", code="batch_not_cancellable")
+        job = await asyncio.to_thread(self.store.request_cancel, job_id)
+        ctl = self._jobs.get(job_id)
+        if ctl is not None:
+            ctl.stop("cancelled")
+        elif job is not None and job.status == "cancelling":
+            self._launch(job_id)
+        return job
+
+    # --- one job ----------------------------------------------------------------------
+
+    async def _run(self, ctl: _Control) -> None:
+        try:
+            job = await asyncio.to_thread(self.store.get_job, ctl.id)
+            if job is None or job.final:
+                return
+            if job.status == "validating":
+                job = await self._validate(job)
+            if job.status == "in_progress":
+                outcome = await self._process(job, ctl)
+                if outcome is not None:
+                    await self._finish(job.id, outcome)
+            elif job.status == "finalizing":
+                await self._finish(job.id, "completed")
+            elif job.status == "cancelling":
+                await self._finish(job.id, "cancelled")
+        except asyncio.CancelledError:
+            raise
+        except Exception as exc:
+            log.exception("batch %s failed", ctl.id)
+            try:
+                error = {"code": "internal_error", "line": None, "param": None,
+                         "message": f"The batch stopped on an unexpected error: {type(exc).__name__}: {exc}"}
+                await asyncio.to_thread(self.store.set_status, ctl.id, "failed", errors=[error],
+                                        when=("validating", "in_progress", "finalizing", "cancelling"))
+            except Exception:
+                log.exception("batch %s: could not record the failure", ctl.id)
+        finally:
+            self._jobs.pop(ctl.id, None)
+
+    async def _validate(self, job: JobRecord) -> JobRecord:
+        path = self.files.path(job.input_file_id)
+        owner = await asyncio.to_thread(self.keys.get, job.owner_key_id) if job.owner_key_id is not None else None
+
+        def check_model(name: str, kind: str) -> tuple[str, str] | None:
+            try:
+                endpoint = self.endpoints.get(name)
+            except ModelyardError:
+                return "model_not_found", f"endpoint '{name}' does not exist."
+            if owner is not None and not owner.allows(name):
+                return "endpoint_not_allowed", f"the batch's key may not call endpoint '{name}'."
+            if kind not in endpoint.tasks:
+                return "wrong_task", f"endpoint '{name}' does not answer {kind} requests."
+            if job.deployment is not None and job.deployment not in endpoint.deployments:
+                return "deployment_not_found", f"endpoint '{name}' has no deployment '{job.deployment}'."
+            return None
+
+        if not path.exists():
+            parsed_errors = [{"code": "file_not_found", "line": None, "param": "input_file_id",
+                              "message": f"The input file {job.input_file_id} no longer exists."}]
+        else:
+            parsed = await asyncio.to_thread(parse_input, path, url=job.endpoint, model=job.model,
+                                             max_lines=self.config.max_lines, check_model=check_model)
+            parsed_errors = parsed.errors
+        if parsed_errors:
+            log.info("batch %s: input file %s is invalid (%d problems)", job.id, job.input_file_id, len(parsed_errors))
+            return await asyncio.to_thread(self.store.set_status, job.id, "failed", errors=parsed_errors,
+                                           when=("validating",))
+        model = job.model or (next(iter(parsed.models)) if len(parsed.models) == 1 else None)
+        job = await asyncio.to_thread(self.store.start_job, job.id, parsed.lines, model=model)
+        log.info("batch %s: %d requests to run (%s)", job.id, job.total, job.model or "several endpoints")
+        return job
+
+    def _verdict(self, job: JobRecord) -> str | None:
+        """Why a running job must stop now, if it must."""
+        if job.status == "cancelling":
+            return "cancelled"
+        if 0 <= job.error_threshold < job.failed:
+            return "failed"
+        if job.expires_at is not None and utcnow() >= job.expires_at:
+            return "expired"
+        return None
+
+    def _worker_count(self, job: JobRecord, share: float) -> int:
+        """As many workers as the job's deployments serve requests at once (its share of them)."""
+        capacity = 0
+        names = [job.model] if job.model else [e.name for e in self.endpoints.all()]
+        for name in names:
+            try:
+                endpoint = self.endpoints.get(name)
+            except ModelyardError:
+                continue
+            for dep in endpoint.deployments.values():
+                if job.deployment is None or dep.name == job.deployment:
+                    capacity += dep.capacity
+        return max(1, min(self.config.max_workers, math.ceil(capacity * share)))
+
+    async def _process(self, job: JobRecord, ctl: _Control) -> str | None:
+        """Run the pending lines; the job's final status, or None when the gateway is stopping."""
+        verdict = self._verdict(job)
+        if verdict is not None:
+            return verdict
+        owner = await asyncio.to_thread(self.keys.get, job.owner_key_id) if job.owner_key_id is not None else None
+        share = job.max_share or self.config.max_share
+        feed = _Feed(self.store, job)
+        workers = [asyncio.create_task(self._worker(job, owner, feed, ctl, share))
+                   for _ in range(self._worker_count(job, share))]
+        everything = asyncio.gather(*workers, return_exceptions=True)
+        stop = asyncio.create_task(ctl.stopped.wait())
+        expires_in = (job.expires_at - utcnow()).total_seconds() if job.expires_at else None
+        try:
+            done, _ = await asyncio.wait({everything, stop}, timeout=expires_in, return_when=asyncio.FIRST_COMPLETED)
+            if not done:
+                ctl.stop("expired")
+        finally:
+            stop.cancel()
+            for w in workers:
+                if not w.done():
+                    w.cancel()
+            await asyncio.gather(everything, return_exceptions=True)
+            await self._drain(ctl)
+        if ctl.error is not None:
+            raise ctl.error
+        if ctl.shutdown:
+            return None
+        if ctl.reason is not None:
+            return ctl.reason
+        job = await asyncio.to_thread(self.store.get_job, job.id)
+        return self._verdict(job) or "completed"
+
+    async def _worker(self, job: JobRecord, owner: Any, feed: _Feed, ctl: _Control, share: float) -> None:
+        try:
+            await self._work(job, owner, feed, ctl, share)
+        except Exception as exc:
+            ctl.error = ctl.error or exc
+            ctl.stop(None)
+
+    async def _work(self, job: JobRecord, owner: Any, feed: _Feed, ctl: _Control, share: float) -> None:
+        with background(share):
+            while not ctl.stopped.is_set():
+                lines = await feed.next()
+                if not lines:
+                    return
+                results: list[LineResult] = []
+                ctl.uncommitted.append(results)
+                for line in lines:
+                    results.append(await self._run_line(job, owner, line))
+                ctl.uncommitted.remove(results)
+                after = await self._commit(ctl, results)
+                verdict = self._verdict(after)
+                if verdict is not None:
+                    ctl.stop(verdict)
+
+    async def _commit(self, ctl: _Control, results: list[LineResult]) -> JobRecord:
+        # The commit finishes even if the worker is cancelled meanwhile; `_drain` waits for it.
+        task = asyncio.get_running_loop().create_task(asyncio.to_thread(self._commit_blocking, ctl.id, results))
+        ctl.commits.add(task)
+        task.add_done_callback(ctl.commits.discard)
+        return await asyncio.shield(task)
+
+    def _commit_blocking(self, job_id: str, results: list[LineResult]) -> JobRecord:
+        deadline = time.monotonic() + COMMIT_RETRY_S
+        delay = 0.2
+        while True:
+            try:
+                return self.store.commit_results(job_id, results)
+            except Exception as exc:
+                if time.monotonic() > deadline:
+                    raise
+                log.warning("batch %s: could not commit %d results (%s); retrying", job_id, len(results), exc)
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+
+    async def _drain(self, ctl: _Control) -> None:
+        """Wait for commits in flight, then commit the lines that finished in interrupted mini-batches."""
+        if ctl.commits:
+            await asyncio.gather(*list(ctl.commits), return_exceptions=True)
+        leftovers = [r for results in ctl.uncommitted for r in results]
+        ctl.uncommitted.clear()
+        if leftovers:
+            await asyncio.to_thread(self._commit_blocking, ctl.id, leftovers)
+
+    # --- one line ---------------------------------------------------------------------
+
+    async def _run_line(self, job: JobRecord, owner: Any, line: LineRecord) -> LineResult:
+        """Attempt one line up to ``max_retries`` times; its result and every attempt's usage."""
+        body = orjson.loads(line.body)
+        if job.model is not None:
+            body["model"] = job.model
+        try:
+            if body.get("stream"):
+                raise invalid("stream is not supported in a batch request: each line gets one whole response",
+                              param="stream")
+            request = KINDS[line.kind].model_validate(body)
+        except ValidationError as exc:
+            return _failed(line, 1, None, from_validation_error(exc), [])
+        except ModelyardError as err:
+            return _failed(line, 1, None, err, [])
+        usage: list[dict[str, Any]] = []
+        delay = self.config.retry_backoff_s
+        for attempt in range(1, job.max_retries + 1):
+            call = Call(line.kind, request, None, target=job.deployment, batch_id=job.id)
+            call.key = owner
+            try:
+                await self.pipeline(call)
+                error = None
+            except ModelyardError as err:
+                error = err
+            except Exception as exc:  # a bug or an unexpected upstream failure: counted, retried
+                log.exception("batch %s line %d: unexpected error", job.id, line.line)
+                error = ModelyardError(f"The gateway failed on this request: {type(exc).__name__}", status=500,
+                                       code="internal_error")
+            finally:
+                record = self._usage.take(call.request_id)
+                if record is not None:
+                    usage.append(record)
+            if error is None:
+                return LineResult(line_id=line.id, state="succeeded", attempts=attempt, status_code=200,
+                                  request_id=call.request_id, response=orjson.dumps(call.body).decode()
+                                  if job.output_action == "append_row" else None, usage=usage)
+            if error.status not in RETRYABLE or attempt == job.max_retries:
+                return _failed(line, attempt, call.request_id, error, usage)
+            wait = _retry_after(error) or delay
+            log.info("batch %s line %d: attempt %d failed (%s %s); retrying in %.1fs", job.id, line.line, attempt,
+                     error.status, error.code, wait)
+            await asyncio.sleep(wait)
+            delay = min(delay * 2, MAX_BACKOFF_S)
+        raise AssertionError("unreachable")
+
+    # --- finishing --------------------------------------------------------------------
+
+    async def _finish(self, job_id: str, outcome: str) -> JobRecord:
+        """Write the output and error files and move the job to its final status."""
+        active = ("in_progress", "finalizing", "cancelling")
+        if outcome == "completed":
+            job = await asyncio.to_thread(self.store.set_status, job_id, "finalizing", when=("in_progress",))
+            if job.status == "cancelling":
+                outcome = "cancelled"
+        job = await asyncio.to_thread(self.store.get_job, job_id)
+        errors = job.errors
+        if outcome == "failed" and 0 <= job.error_threshold < job.failed:
+            errors = [await asyncio.to_thread(self._threshold_error, job)]
+        files = await asyncio.to_thread(self._write_outputs, job, outcome)
+        final = await asyncio.to_thread(
+            self.store.set_status, job_id, outcome, when=active, files=tuple(f for f in files.values() if f),
+            output_file_id=files["output"].id if files["output"] else None,
+            error_file_id=files["error"].id if files["error"] else None, errors=errors)
+        log.info("batch %s %s: %d succeeded, %d failed of %d", job_id, final.status, final.completed, final.failed,
+                 final.total)
+        return final
+
+    def _threshold_error(self, job: JobRecord) -> dict[str, Any]:
+        shown = []
+        for line in self.store.first_failures(job.id):
+            try:
+                message = orjson.loads(line.response or "{}")["error"]["message"]
+            except Exception:
+                message = line.error_code or "failed"
+            shown.append(f"line {line.line} ({line.custom_id}): {message}")
+        return {"code": "error_threshold_exceeded", "line": None, "param": "error_threshold",
+                "message": f"{job.failed} requests failed, more than error_threshold={job.error_threshold}; the "
+                           f"batch stopped with {job.total - job.completed - job.failed} requests not run. First "
+                           f"failures: {'; '.join(shown)}"}
+
+    def _write_outputs(self, job: JobRecord, outcome: str) -> dict[str, Any]:
+        """The output file (lines that succeeded) and error file (the others), in input order."""
+        out: dict[str, Any] = {"output": None, "error": None}
+        if job.output_action == "summary_only":
+            return out
+        not_run = NOT_RUN.get(outcome)
+        pending = job.total - job.completed - job.failed
+        if job.completed:
+            out["output"] = self.files.write(
+                (output_line(job.id, line) for line in self.store.lines(job.id) if line.state == "succeeded"),
+                filename=f"{job.id}_output.jsonl", owner_key_id=job.owner_key_id)
+        if job.failed or (pending and not_run):
+            out["error"] = self.files.write(
+                (output_line(job.id, line, not_run) for line in self.store.lines(job.id)
+                 if line.state == "failed" or (line.state == "pending" and not_run)),
+                filename=f"{job.id}_error.jsonl", owner_key_id=job.owner_key_id)
+        return out
+
+
+def visible(record: Any, key: Any) -> bool:
+    """A key sees what it created; an admin key (or none, inside the gateway) sees everything."""
+    return key is None or key.is_admin or record.owner_key_id == key.id
+
+
+def _failed(line: LineRecord, attempts: int, request_id: str | None, err: ModelyardError,
+            usage: list[dict[str, Any]]) -> LineResult:
+    return LineResult(line_id=line.id, state="failed", attempts=attempts, status_code=err.status,
+                      request_id=request_id, response=orjson.dumps(err.body()).decode(), error_code=err.code,
+                      usage=usage)
+
+
+def _retry_after(err: ModelyardError) -> float | None:
+    value = (err.headers or {}).get("retry-after")
+    try:
+        return min(float(value), MAX_BACKOFF_S) if value is not None else None
+    except ValueError:
+        return None

@@ -1,0 +1,244 @@
+"""`ResponseCache`: every endpoint's store, opened on first use, and the rule
+that the cache never fails a request.
+
+The gateway's cache stage asks three things of it — `lookup`, `save` and,
+for the management API, `stats`/`clear` — and it answers from the store the
+endpoint's ``cache`` spec names (`LocalStore` or `RedisStore`), opening it
+the first time and reopening it when the spec changes.
+
+When a store fails (Redis unreachable, a disk error) the failure is logged
+once, counted (``modelyard_cache_errors_total``) and the gauge
+``modelyard_cache_backend_up`` drops to 0; for the next `RETRY_S` seconds
+the endpoint is answered without its cache (header ``x-modelyard-cache:
+unavailable``), then the store is tried again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .embed import AsyncEmbedder
+from .entry import Entry
+from .keys import CacheKeys
+from .spec import CacheSpec
+
+log = logging.getLogger(__name__)
+
+#: seconds an endpoint goes without its cache after the store failed
+RETRY_S = 5.0
+
+
+@dataclass(slots=True)
+class Lookup:
+    """What a look-up found: ``hit``, ``semantic-hit``, ``miss`` or ``unavailable``."""
+
+    result: str
+    entry: Entry | None = None
+    similarity: float | None = None
+    #: the query's embedding (semantic mode), kept to store the answer under
+    vector: np.ndarray | None = None
+
+
+class _Slot:
+    __slots__ = ("spec", "store", "opening", "down_until", "error")
+
+    def __init__(self, spec: CacheSpec) -> None:
+        self.spec = spec
+        self.store: Any = None
+        self.opening: asyncio.Task | None = None
+        self.down_until = 0.0
+        self.error: str | None = None
+
+
+class ResponseCache:
+    """The response caches of one gateway, one per endpoint."""
+
+    def __init__(self, metrics: Any = None, *, root: Path | None = None, embedder: AsyncEmbedder | None = None) -> None:
+        self.metrics = metrics
+        self._root = root
+        self._embedder = embedder
+        self._slots: dict[str, _Slot] = {}
+
+    @property
+    def root(self) -> Path:
+        if self._root is None:
+            from ..settings import Settings
+
+            self._root = Settings.from_env().home / "cache"
+        return self._root
+
+    @property
+    def embedder(self) -> AsyncEmbedder:
+        if self._embedder is None:
+            self._embedder = AsyncEmbedder()
+        return self._embedder
+
+    # --- stores ---------------------------------------------------------------------------
+
+    def _make_store(self, endpoint: str, spec: CacheSpec) -> Any:
+        on_corrupt = (lambda n: self.metrics.corrupt.labels(endpoint).inc(n)) if self.metrics else (lambda n: None)
+        if spec.is_redis:
+            from .redis_store import RedisStore
+
+            return RedisStore(spec.backend, endpoint, ttl_s=spec.ttl_s, max_entries=spec.max_entries, on_corrupt=on_corrupt)
+        from .local import LocalStore
+
+        return LocalStore(self.root / f"{endpoint}.db", ttl_s=spec.ttl_s, max_entries=spec.max_entries, on_corrupt=on_corrupt)
+
+    async def store(self, endpoint: str, spec: CacheSpec) -> Any:
+        """The endpoint's open store, or None while it is unavailable. Raises nothing."""
+        slot = self._slots.get(endpoint)
+        if slot is None or (slot.spec is not spec and slot.spec != spec):
+            slot = await self._reconfigure(endpoint, slot, spec)
+        if slot.down_until and time.monotonic() < slot.down_until:
+            return None
+        if slot.store is not None and slot.opening is None:
+            if slot.error is not None:
+                self._up(endpoint, slot)  # tried again after a failure; the next failure takes it down again
+            return slot.store
+        if slot.opening is None:
+            slot.store = self._make_store(endpoint, spec)
+            slot.opening = asyncio.get_running_loop().create_task(slot.store.open())
+        try:
+            await asyncio.shield(slot.opening)
+        except Exception as exc:
+            slot.opening = None
+            store, slot.store = slot.store, None
+            self.failed(endpoint, exc)
+            await _quietly_close(store)
+            return None
+        slot.opening = None
+        self._up(endpoint, slot)
+        return slot.store
+
+    async def _reconfigure(self, endpoint: str, slot: _Slot | None, spec: CacheSpec) -> _Slot:
+        if slot is not None and slot.store is not None and slot.opening is None \
+                and (slot.spec.backend, slot.spec.mode) == (spec.backend, spec.mode):
+            slot.store.configure(ttl_s=spec.ttl_s, max_entries=spec.max_entries)
+            slot.spec = spec
+            return slot
+        if slot is not None and slot.store is not None:
+            await _quietly_close(slot.store)
+        slot = self._slots[endpoint] = _Slot(spec)
+        if spec.mode == "semantic":
+            self.embedder.warm()
+        return slot
+
+    def failed(self, endpoint: str, exc: BaseException) -> None:
+        """A store operation failed: go without this endpoint's cache for a while, and say so."""
+        slot = self._slots.get(endpoint)
+        first = slot is None or slot.error is None
+        if slot is not None:
+            slot.down_until = time.monotonic() + RETRY_S
+            slot.error = f"{type(exc).__name__}: {exc}"
+            if slot.spec.is_redis and slot.store is not None:
+                # Reconnect and reload the vectors when the store is next tried.
+                store, slot.store = slot.store, None
+                asyncio.get_running_loop().create_task(_quietly_close(store))
+        if first:
+            log.warning("cache of endpoint %s unavailable, answering without it for now: %s", endpoint, exc)
+        else:
+            log.debug("cache of endpoint %s still unavailable: %s", endpoint, exc)
+        if self.metrics is not None:
+            self.metrics.errors.labels(endpoint).inc()
+            self.metrics.backend_up.labels(endpoint).set(0)
+
+    def _up(self, endpoint: str, slot: _Slot) -> None:
+        if slot.error is not None:
+            log.warning("cache of endpoint %s is available again", endpoint)
+        slot.error = None
+        if self.metrics is not None:
+            self.metrics.backend_up.labels(endpoint).set(1)
+
+    # --- the request path -----------------------------------------------------------------
+
+    async def lookup(self, endpoint: str, spec: CacheSpec, keys: CacheKeys) -> Lookup:
+        """Exact first (no embedding needed), then — in semantic mode — the nearest paraphrase."""
+        store = await self.store(endpoint, spec)
+        if store is None:
+            return Lookup("unavailable")
+        try:
+            entry = await store.get(keys.exact) if keys.lookup else None
+            if entry is not None:
+                return Lookup("hit", entry, 1.0)
+            if spec.mode != "semantic":
+                return Lookup("miss")
+            vector = await self.embedder.embed(keys.query)
+            if not keys.lookup:
+                return Lookup("miss", vector=vector)
+            entry, similarity = await store.nearest(keys.partition, vector, spec.similarity)
+        except Exception as exc:
+            self.failed(endpoint, exc)
+            return Lookup("unavailable")
+        if entry is not None:
+            return Lookup("semantic-hit", entry, similarity, vector)
+        return Lookup("miss", similarity=similarity or None, vector=vector)
+
+    async def save(self, endpoint: str, spec: CacheSpec, keys: CacheKeys, kind: str, body: dict[str, Any],
+                   prompt_tokens: int, completion_tokens: int, cost_usd: float, vector: np.ndarray | None) -> bool:
+        """Store an answer; False (and logged) when the store is unavailable."""
+        store = await self.store(endpoint, spec)
+        if store is None:
+            return False
+        now = time.time()
+        entry = Entry(keys.exact, keys.partition, kind, keys.query, body, prompt_tokens, completion_tokens, cost_usd,
+                      now, now + spec.ttl_s, vector)
+        try:
+            if spec.mode == "semantic" and vector is None:
+                entry.vector = await self.embedder.embed(keys.query)
+            await store.put(entry)
+        except Exception as exc:
+            self.failed(endpoint, exc)
+            return False
+        return True
+
+    # --- management -----------------------------------------------------------------------
+
+    async def stats(self, endpoint: str, spec: CacheSpec) -> dict[str, Any]:
+        out: dict[str, Any] = {"mode": spec.mode, "backend": spec.backend if not spec.is_redis else "redis",
+                               "available": True, "similarity": spec.similarity, "ttl": spec.ttl,
+                               "max_entries": spec.max_entries, "scope": spec.scope}
+        if not spec.enabled:
+            return {**out, "entries": 0, "memory_bytes": 0}
+        store = await self.store(endpoint, spec)
+        slot = self._slots.get(endpoint)
+        if store is None:
+            return {**out, "available": False, "error": slot.error if slot else None, "entries": None, "memory_bytes": None}
+        try:
+            return {**out, **await store.stats()}
+        except Exception as exc:
+            self.failed(endpoint, exc)
+            return {**out, "available": False, "error": f"{type(exc).__name__}: {exc}", "entries": None,
+                    "memory_bytes": None}
+
+    async def clear(self, endpoint: str, spec: CacheSpec, older_than_s: float | None = None) -> int:
+        """Delete the endpoint's entries (or those older than `older_than_s`); raises when the store is down."""
+        store = await self.store(endpoint, spec)
+        if store is None:
+            slot = self._slots.get(endpoint)
+            raise RuntimeError(slot.error if slot and slot.error else "the cache store is unavailable")
+        return await store.clear(older_than_s)
+
+    async def close(self) -> None:
+        for slot in self._slots.values():
+            if slot.opening is not None:
+                await asyncio.gather(slot.opening, return_exceptions=True)
+            if slot.store is not None:
+                await _quietly_close(slot.store)
+        self._slots.clear()
+        if self._embedder is not None:
+            self._embedder.close()
+
+
+async def _quietly_close(store: Any) -> None:
+    try:
+        await store.close()
+    except Exception as exc:  # closing a store that already failed
+        log.debug("closing a cache store failed: %s", exc)

@@ -1,0 +1,107 @@
+"""An endpoint's ``cache`` settings, as a user writes them in its spec::
+
+    name: assistant
+    cache:
+      mode: semantic          # off | exact | semantic
+      similarity: 0.92        # cosine; a semantic hit needs at least this
+      ttl: 1d                 # 30s, 15m, 1h, 1d, 7d …
+      max_entries: 100000     # least recently used entries go first
+      scope: endpoint         # endpoint | key
+      backend: local          # local | redis://host:port/db
+
+``scope: endpoint`` shares answers between the endpoint's keys; ``scope:
+key`` keeps each key's answers to itself. ``backend: local`` keeps the cache
+in this gateway (persisted under ``MODELYARD_HOME/cache``); a Redis URL
+shares it between gateways.
+"""
+
+from __future__ import annotations
+
+import re
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+#: the default similarity threshold (why this value: see `modelyard.cache.semantic`)
+DEFAULT_SIMILARITY = 0.92
+
+_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
+_TTL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
+
+
+def parse_duration(text: str | int | float, *, what: str = "ttl") -> float:
+    """Seconds in a duration such as ``30s``, ``15m``, ``1h``, ``1d`` or ``7d`` (a bare number is seconds).
+
+    >>> parse_duration("1h")
+    3600.0
+    """
+    if isinstance(text, bool):
+        raise ValueError(f"{what} must be a duration such as 30s, 15m, 1h, 1d or 7d, not {text!r}")
+    if isinstance(text, (int, float)):
+        seconds = float(text)
+    else:
+        match = _TTL.match(str(text))
+        if not match:
+            raise ValueError(f"{what} must be a duration such as 30s, 15m, 1h, 1d or 7d, not {text!r}")
+        number, unit = match.groups()
+        unit = unit.lower() or "s"
+        if unit not in _TTL_UNITS:
+            raise ValueError(f"{what} {text!r} has an unknown unit {unit!r}; use s, m, h, d or w (30s, 15m, 1h, 1d, 7d)")
+        seconds = float(number) * _TTL_UNITS[unit]
+    if seconds <= 0:
+        raise ValueError(f"{what} must be longer than zero, not {text!r}")
+    return seconds
+
+
+class CacheSpec(BaseModel):
+    """How one endpoint caches its answers (off unless its spec says otherwise)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    mode: Literal["off", "exact", "semantic"] = "off"
+    #: cosine similarity a semantic hit needs, in (0, 1]
+    similarity: float = DEFAULT_SIMILARITY
+    #: how long an answer may be served, from when it was stored
+    ttl: str = "1d"
+    max_entries: int = Field(default=100_000, ge=1, le=10_000_000)
+    scope: Literal["endpoint", "key"] = "endpoint"
+    #: ``local`` or a Redis URL (``redis://``, ``rediss://``, ``unix://``)
+    backend: str = "local"
+
+    @field_validator("mode", "scope", mode="before")
+    @classmethod
+    def _lower(cls, value: object) -> object:
+        return value.lower() if isinstance(value, str) else value
+
+    @field_validator("similarity")
+    @classmethod
+    def _similarity_in_range(cls, value: float) -> float:
+        if not 0 < value <= 1:
+            raise ValueError(f"similarity is a cosine similarity threshold in (0, 1], not {value}")
+        return value
+
+    @field_validator("ttl", mode="before")
+    @classmethod
+    def _ttl_is_a_duration(cls, value: object) -> str:
+        parse_duration(value)  # type: ignore[arg-type]
+        return str(value).strip() if not isinstance(value, (int, float)) else f"{value}s"
+
+    @field_validator("backend")
+    @classmethod
+    def _known_backend(cls, value: str) -> str:
+        value = value.strip()
+        if value == "local" or re.match(r"^(redis|rediss|unix)://\S+$", value):
+            return value
+        raise ValueError(f"backend must be 'local' or a Redis URL such as redis://127.0.0.1:6379/0, not {value!r}")
+
+    @property
+    def enabled(self) -> bool:
+        return self.mode != "off"
+
+    @property
+    def ttl_s(self) -> float:
+        return parse_duration(self.ttl)
+
+    @property
+    def is_redis(self) -> bool:
+        return self.backend != "local"

@@ -1,0 +1,111 @@
+"""Feedback: ``POST /v1/feedback {response_id, rating: -1|1, comment?}``.
+
+A rating is kept with the tier that answered (ratings per tier are in the
+metrics and the router report). A negative rating of an answer that a
+cheaper tier gave asks the next tier in the background; its answer replaces
+the first one at ``GET /v1/responses/{id}`` (status ``improving``, then
+``improved``). Every rated answer is a training row for the learned router
+(``modelyard router train ENDPOINT --from-feedback``).
+
+A key may rate only answers of endpoints it may call; any other id is
+answered 404, as if it did not exist, so ids of other endpoints cannot be
+probed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..errors import ModelyardError
+from ..telemetry.cost import deployment_cost
+from ..wire import KINDS, answer_text, gather
+
+log = logging.getLogger(__name__)
+
+
+class FeedbackRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    response_id: str = Field(min_length=1, max_length=64)
+    rating: Literal[-1, 1]
+    comment: str | None = Field(default=None, max_length=4000)
+
+
+def not_found(response_id: str) -> ModelyardError:
+    return ModelyardError(f"No response with id '{response_id}' for this key.", status=404, param="response_id",
+                          code="response_not_found")
+
+
+class FeedbackService:
+    def __init__(self, log_: Any, store: Any, endpoints: Any, router: Any, metrics: Any = None) -> None:
+        self.responses = log_
+        self.store = store
+        self.endpoints = endpoints
+        self.router = router
+        self.metrics = metrics
+
+    async def response(self, response_id: str, key: Any) -> dict[str, Any]:
+        row = await self.responses.get(response_id)
+        if row is None or not key.allows(row["endpoint"]):
+            raise not_found(response_id)
+        return row
+
+    async def submit(self, fb: FeedbackRequest, key: Any) -> dict[str, Any]:
+        row = await self.response(fb.response_id, key)
+        await self.responses.flush()  # the rated answer is in the database before its rating
+        rated_tier = row["latest_tier"] or row["tier"]
+        saved = await asyncio.to_thread(self.store.add_feedback, response_id=row["id"], endpoint=row["endpoint"],
+                                        tier=rated_tier, rating=fb.rating, comment=fb.comment,
+                                        key_id=getattr(key, "id", None))
+        if self.metrics is not None and hasattr(self.metrics, "feedback"):
+            self.metrics.feedback(row["endpoint"], rated_tier, fb.rating)
+        escalate_to = self._next_tier(row) if fb.rating < 0 and row["status"] not in ("improving",) else None
+        if escalate_to is not None:
+            await self.responses.change(row["id"], status="improving")
+            self.router.background(self._improve(row, escalate_to, key))
+        return {"id": f"fb-{saved['id']}", "object": "modelyard.feedback", "response_id": row["id"],
+                "rating": fb.rating, "tier": rated_tier, "escalated_to": escalate_to.name if escalate_to else None,
+                "status": "improving" if escalate_to else row["status"]}
+
+    def _next_tier(self, row: dict[str, Any]) -> Any:
+        try:
+            endpoint = self.endpoints.get(row["endpoint"])
+        except ModelyardError:
+            return None
+        tiers = endpoint.spec.tiers
+        rated = row["latest_tier"] or row["tier"]
+        if rated not in tiers:
+            return None
+        i = tiers.index(rated)
+        if i + 1 >= len(tiers):
+            return None  # the top tier answered: nothing stronger to ask
+        return endpoint.deployments.get(tiers[i + 1])
+
+    async def _improve(self, row: dict[str, Any], tier: Any, key: Any) -> None:
+        kind = row["kind"]
+        request = KINDS[kind].model_validate({**row["request"], "stream": False, "stream_options": None})
+        t0 = time.perf_counter()
+        try:
+            body = gather(kind, [c async for c in tier.generate(kind, request)])
+        except ModelyardError as err:
+            log.warning("feedback escalation of %s to %s failed: %s", row["id"], tier.name, err.message)
+            await self.responses.change(row["id"], status="improve_failed")
+            return
+        elapsed = time.perf_counter() - t0
+        usage = body.get("usage") or {}
+        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
+        cost = deployment_cost(tier, p, c, elapsed)
+        self.router.writer.submit({
+            "endpoint": row["endpoint"], "deployment": tier.name, "model": tier.card.id, "key_id": row["key_id"],
+            "kind": kind, "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost, "status": 200,
+            "latency_ms": elapsed * 1000, "route": f"feedback:{tier.name}",
+            "tiers": [{"deployment": tier.name, "model": tier.card.id, "prompt_tokens": p, "completion_tokens": c,
+                       "cost_usd": cost, "outcome": "answered"}],
+        })
+        await self.responses.change(row["id"], status="improved", latest_tier=tier.name,
+                                    latest_content=answer_text(kind, body))

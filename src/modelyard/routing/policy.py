@@ -1,0 +1,219 @@
+"""Router strategies: each is a `RouterPolicy` with one method, ``answer(ctx)``.
+
+The gateway's router stage (gateway/router.py) builds the endpoint's
+strategy and hands it a context holding the call and the endpoint's tiers,
+cheapest first. A strategy calls tiers through the context
+(``ctx.complete(tier)``, ``ctx.stream(tier)``), answers (``ctx.answer``),
+and sets ``ctx.route`` to say why — the ``x-modelyard-route`` header and the
+usage record's ``route`` carry it.
+
+- ``rules``: the first rule whose conditions hold picks the tier (this file);
+- ``learned``: a trained model scores the prompt; above the threshold goes
+  to the strongest tier (this file);
+- ``cascade``: cheapest first, escalate while the answer scores low
+  (cascade.py);
+- ``speculative``: stream the cheapest, check with the strongest, correct
+  (speculative.py).
+
+While the budget runs low (``ctx.budget_low``) every strategy leans to
+cheaper tiers; a paid tier the budget no longer allows is refused with 429
+(``ctx.refuse_for_budget``) — local tiers keep answering.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import os
+import re
+from pathlib import Path
+from typing import Any, Protocol
+
+from ..errors import ModelyardError, invalid
+from ..wire import prompt_text
+from .spec import CascadeRouter, LearnedRouter, RulesRouter, SpeculativeRouter
+
+log = logging.getLogger(__name__)
+
+MAX_COST_HEADER = "x-modelyard-max-cost"
+
+
+class RouterPolicy(Protocol):
+    async def answer(self, ctx: Any) -> None:
+        """Answer the call in `ctx` through its tiers."""
+
+
+async def respond(ctx: Any, tier: Any) -> None:
+    """Let one tier answer, streaming when the client streams."""
+    if not ctx.allows(tier):
+        raise ctx.refuse_for_budget(tier)
+    if ctx.streaming and ctx.kind != "embedding":
+        await ctx.stream(tier)
+    else:
+        body, _ = await ctx.complete(tier)
+        ctx.answer(tier, body)
+
+
+# --- rules ------------------------------------------------------------------------------
+
+
+def estimate_tokens(request: Any) -> int:
+    """Prompt tokens, estimated as characters / 4 (English averages about 4 characters a token)."""
+    messages = getattr(request, "messages", None)
+    if messages is not None:
+        chars = sum(len(m.text()) for m in messages)
+    else:
+        prompt = getattr(request, "prompt", "")
+        chars = len(prompt) if isinstance(prompt, str) else sum(len(p) if isinstance(p, str) else 4 for p in prompt)
+    return (chars + 3) // 4
+
+
+def max_cost(headers: Any) -> float | None:
+    value = headers.get(MAX_COST_HEADER) if headers is not None else None
+    if value is None:
+        return None
+    try:
+        cost = float(value)
+    except ValueError:
+        cost = -1.0
+    if not cost >= 0:
+        raise invalid(f"header {MAX_COST_HEADER} must be a non-negative number of USD, not {value!r}",
+                      param=MAX_COST_HEADER, code="invalid_header")
+    return cost
+
+
+class RulesPolicy:
+    """The first rule whose conditions all hold picks the tier; none: the default tier."""
+
+    def __init__(self, spec: RulesRouter) -> None:
+        self.spec = spec
+        self._regex = [re.compile(r.when.regex, re.IGNORECASE) if r.when.regex else None for r in spec.rules]
+        self._keywords = [[k.lower() for k in r.when.keywords] if r.when.keywords else None for r in spec.rules]
+
+    def choose(self, request: Any, headers: Any) -> tuple[str, str]:
+        """The tier's name and the name of the rule that chose it."""
+        text = prompt_text(request)
+        lowered = text.lower()
+        tokens = estimate_tokens(request)
+        n_messages = len(getattr(request, "messages", None) or [1])
+        tags = getattr(request, "metadata", None) or {}
+        cost = max_cost(headers)
+        for i, rule in enumerate(self.spec.rules):
+            w = rule.when
+            if w.min_prompt_tokens is not None and tokens < w.min_prompt_tokens:
+                continue
+            if w.max_prompt_tokens is not None and tokens > w.max_prompt_tokens:
+                continue
+            if w.min_messages is not None and n_messages < w.min_messages:
+                continue
+            if w.max_messages is not None and n_messages > w.max_messages:
+                continue
+            if self._regex[i] is not None and not self._regex[i].search(text):
+                continue
+            if self._keywords[i] is not None and not any(k in lowered for k in self._keywords[i]):
+                continue
+            if w.metadata and not all(_tag_matches(tags.get(k), v) for k, v in w.metadata.items()):
+                continue
+            if w.max_cost_below is not None and (cost is None or cost >= w.max_cost_below):
+                continue
+            return rule.tier, rule.name or f"rule{i + 1}"
+        return self.spec.default or "", "default"
+
+    async def answer(self, ctx: Any) -> None:
+        name, rule = self.choose(ctx.request, ctx.call.request_headers)
+        tier = next((t for t in ctx.tiers if t.name == name), ctx.tiers[0])
+        ctx.route = f"rules:{rule}>{tier.name}"
+        await respond(ctx, tier)
+
+
+def _tag_matches(value: str | None, wanted: str | list[str]) -> bool:
+    if value is None:
+        return False
+    return value in wanted if isinstance(wanted, list) else value == wanted
+
+
+# --- learned ----------------------------------------------------------------------------
+
+
+class LearnedPolicy:
+    """A trained model scores the prompt; at or above the threshold the strongest tier answers.
+
+    The cheapest and the strongest tier are the two choices (tiers between
+    them are for the cascade); while the budget runs low the threshold moves
+    halfway to 1, so fewer prompts go to the paid tier.
+    """
+
+    def __init__(self, spec: LearnedRouter, models: "Models", endpoint: str) -> None:
+        self.spec = spec
+        self.models = models
+        self.endpoint = endpoint
+
+    async def answer(self, ctx: Any) -> None:
+        model = self.models.router(self.endpoint)
+        score = float((await asyncio.to_thread(model.score, [prompt_text(ctx.request)]))[0])
+        threshold = self.spec.threshold
+        if ctx.budget_low:
+            threshold += (1 - threshold) / 2
+        strong = score >= threshold
+        tier = ctx.tiers[-1] if strong else ctx.tiers[0]
+        ctx.route = f"learned:{score:.2f}>{tier.name}"
+        await respond(ctx, tier)
+
+
+class Models:
+    """Trained router models, loaded on first use and again when their file changes; and the embedder."""
+
+    def __init__(self, home: Path | None = None) -> None:
+        self.home = home
+        self._routers: dict[str, tuple[float, Any]] = {}
+        self._embedder: Any = None
+
+    def path(self, endpoint: str) -> Path:
+        from .learned import router_path
+
+        return router_path(self.home, endpoint)
+
+    def has_router(self, endpoint: str) -> bool:
+        return self.path(endpoint).exists()
+
+    def router(self, endpoint: str) -> Any:
+        from .learned import LearnedRouter
+
+        path = self.path(endpoint)
+        try:
+            mtime = os.stat(path).st_mtime
+        except FileNotFoundError:
+            raise ModelyardError(f"endpoint '{endpoint}' routes with a learned model, but none is trained yet: run "
+                                 f"`modelyard router train {endpoint} --data outcomes.csv`", status=503,
+                                 code="router_not_trained") from None
+        cached = self._routers.get(endpoint)
+        if cached is None or cached[0] != mtime:
+            model = LearnedRouter.load(path)
+            if self._embedder is None:
+                self._embedder = getattr(model, "embedder", None)
+            self._routers[endpoint] = cached = (mtime, model)
+        return cached[1]
+
+    def embed(self, texts: list[str]) -> Any:
+        """Unit-length sentence embeddings (all-MiniLM-L6-v2, in-process, loaded once)."""
+        if self._embedder is None:
+            from .features import MiniLMEmbedder
+
+            self._embedder = MiniLMEmbedder()
+        return self._embedder(texts)
+
+
+def build(spec: Any, models: Models, endpoint: str) -> RouterPolicy:
+    """The strategy object for a router spec."""
+    from .cascade import CascadePolicy
+    from .speculative import SpeculativePolicy
+
+    if isinstance(spec, RulesRouter):
+        return RulesPolicy(spec)
+    if isinstance(spec, LearnedRouter):
+        return LearnedPolicy(spec, models, endpoint)
+    if isinstance(spec, CascadeRouter):
+        return CascadePolicy(spec, models, endpoint)
+    if isinstance(spec, SpeculativeRouter):
+        return SpeculativePolicy(spec, models)
+    raise ValueError(f"unknown router strategy {spec!r}")

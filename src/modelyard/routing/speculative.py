@@ -1,0 +1,111 @@
+"""Fast local first: answer from the cheapest tier at once, check with the strongest, correct.
+
+The cheapest tier answers (streaming as it generates, so the time to the
+first token is the cheap tier's) while the strongest tier is asked the same
+question in parallel. When both are done, the two answers are compared by
+the cosine similarity of their sentence embeddings; under ``similarity``
+the strong answer is a correction:
+
+- a streaming client still connected gets, before ``data: [DONE]``, one
+  extra event::
+
+      event: modelyard.correction
+      data: {"id": ..., "object": "chat.completion.chunk", "choices": [],
+             "modelyard_correction": {"content": ..., "tier": ..., "similarity": 0.41}}
+
+  (``choices`` is empty, like OpenAI's usage chunk, so clients that read
+  ``chunk.choices`` skip it; the official ``openai`` client yields it with
+  the ``modelyard_correction`` field). The stream waits for the strong
+  answer at most ``grace_ms`` after the fast one ends;
+- everyone can read the latest answer, and whether it was corrected, at
+  ``GET /v1/responses/{id}`` — also when the strong answer came after the
+  stream closed, or for a non-streaming client, who gets the fast answer
+  at once.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import numpy as np
+import orjson
+
+from ..errors import ModelyardError
+from ..wire import answer_text
+from .policy import Models, respond
+from .spec import SpeculativeRouter
+
+log = logging.getLogger(__name__)
+
+
+class SpeculativePolicy:
+    def __init__(self, spec: SpeculativeRouter, models: Models) -> None:
+        self.spec = spec
+        self.models = models
+
+    async def answer(self, ctx: Any) -> None:
+        fast, strong = ctx.tiers[0], ctx.tiers[-1]
+        check_strong = ctx.allows(strong) and not ctx.budget_low
+        ctx.route = f"speculative:{fast.name}" + (f"+{strong.name}" if check_strong else "")
+        if not check_strong:  # nothing to check with: the fast answer stands
+            await respond(ctx, fast)
+            return
+        started = time.perf_counter()
+        pending = asyncio.ensure_future(ctx.complete(strong, attach=False))
+        try:
+            if ctx.streaming and ctx.kind != "embedding":
+                await ctx.stream(fast, tail=lambda text: self._tail(ctx, pending, text, started))
+            else:
+                body, _ = await ctx.complete(fast)
+                ctx.answer(fast, body)
+                ctx.background(self._check_later(ctx, pending, answer_text(ctx.kind, body), in_call=False))
+        except BaseException:
+            pending.cancel()
+            raise
+
+    async def _tail(self, ctx: Any, pending: asyncio.Future, fast_text: str, started: float) -> bytes | None:
+        """Runs when the fast stream has ended: wait for the strong answer within the grace period."""
+        remaining = self.spec.grace_ms / 1000 - (time.perf_counter() - started)
+        try:
+            await asyncio.wait_for(asyncio.shield(pending), timeout=max(remaining, 0.0))
+        except asyncio.TimeoutError:
+            ctx.background(self._check_later(ctx, pending, fast_text, in_call=False))
+            return None
+        except ModelyardError:
+            pass  # the check records the failure
+        correction = await self._check_later(ctx, pending, fast_text, in_call=True)
+        if correction is None:
+            return None
+        event = {"id": ctx.response_id, "object": "chat.completion.chunk" if ctx.kind == "chat" else "text_completion",
+                 "choices": [], "modelyard_correction": correction}
+        return b"event: modelyard.correction\ndata: " + orjson.dumps(event) + b"\n\n"
+
+    async def _check_later(self, ctx: Any, pending: asyncio.Future, fast_text: str, *, in_call: bool) -> dict | None:
+        """Compare the strong answer with the fast one; store the verdict. Returns the correction, if any."""
+        strong = ctx.tiers[-1]
+        try:
+            body, entry = await pending
+        except ModelyardError as err:
+            log.warning("speculative check of %s by %s failed: %s", ctx.call.endpoint_name, strong.name, err.message)
+            entry = {"deployment": strong.name, "model": strong.card.id, "prompt_tokens": 0, "completion_tokens": 0,
+                     "cost_usd": 0.0, "outcome": "error"}
+            ctx.attach(entry) if in_call else ctx.record_extra(strong, entry, f"speculative-check:{strong.name}")
+            await ctx.router.responses.checked(ctx.response_id, None, None, None, failed=err.message)
+            return None
+        strong_text = answer_text(ctx.kind, body)
+        vectors = await asyncio.to_thread(self.models.embed, [fast_text, strong_text])
+        similarity = float(np.dot(vectors[0], vectors[1]))
+        corrected = similarity < self.spec.similarity
+        entry["outcome"] = "corrected" if corrected else "checked"
+        entry["similarity"] = round(similarity, 4)
+        if in_call:
+            ctx.attach(entry)
+        else:  # the call's usage record is written already: the check gets one of its own
+            ctx.record_extra(strong, entry, f"speculative-check:{strong.name}")
+        await ctx.router.responses.checked(ctx.response_id, strong, strong_text if corrected else None, similarity)
+        if not corrected:
+            return None
+        return {"content": strong_text, "tier": strong.name, "similarity": round(similarity, 4)}

@@ -1,0 +1,209 @@
+"""The OpenAI Files and Batch routes: thin, over `modelyard.batch`.
+
+::
+
+    POST   /v1/files                     multipart: file, purpose=batch      → File
+    GET    /v1/files?purpose=&limit=&order=&after=                           → list of File
+    GET    /v1/files/{id}                                                    → File
+    GET    /v1/files/{id}/content                                            → the bytes
+    DELETE /v1/files/{id}                                                    → {"id", "object": "file", "deleted"}
+    POST   /v1/batches                   {"input_file_id", "endpoint", "completion_window", ...} → Batch
+    GET    /v1/batches?limit=&after=                                         → list of Batch, newest first
+    GET    /v1/batches/{id}                                                  → Batch
+    POST   /v1/batches/{id}/cancel                                           → Batch (cancelling)
+
+Any valid key may call them, as for the OpenAI routes: an endpoint's key
+sees the files and batches it created (and its batches may only call its
+endpoint), the admin key sees everything. These are ordinary FastAPI routes:
+`FastPath` only short-cuts the live inference routes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+from fastapi import APIRouter, Request
+from starlette.responses import FileResponse, Response
+
+from ..batch import BatchCreate, BatchRunner, describe_file, describe_job, visible
+from ..batch.files import UPLOAD_PURPOSES
+from ..errors import ModelyardError, invalid, not_found
+from .http import api_key, json_response, parse_json, read_body
+
+router = APIRouter(prefix="/v1")
+
+#: a create-batch body is a few fields; anything bigger is not one
+MAX_CREATE_BYTES = 64 * 1024
+#: multipart framing around an uploaded file
+UPLOAD_OVERHEAD_BYTES = 64 * 1024
+
+
+def _key(request: Request) -> Any:
+    key = api_key(request)
+    if not key:
+        raise ModelyardError("You didn't provide an API key.", status=401, code="missing_api_key")
+    info = request.app.state.gateway.keys.verify(key)
+    if info is None:
+        raise ModelyardError("Incorrect API key provided.", status=401, code="invalid_api_key")
+    return info
+
+
+def _batches(request: Request) -> BatchRunner:
+    runner = getattr(request.app.state.gateway, "batches", None)
+    if runner is None:
+        raise ModelyardError("This gateway does not run batch jobs.", status=501, code="not_implemented")
+    return runner
+
+
+def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
+    raw = request.query_params.get(name)
+    if raw is None:
+        return default
+    try:
+        value = int(raw)
+    except ValueError:
+        raise invalid(f"Invalid value for '{name}': {raw!r} is not an integer.", param=name) from None
+    if not low <= value <= high:
+        raise invalid(f"Invalid value for '{name}': must be between {low} and {high}, not {value}.", param=name)
+    return value
+
+
+def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
+    return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
+            "last_id": items[-1]["id"] if items else None, "has_more": has_more}
+
+
+# --- files ------------------------------------------------------------------------------
+
+
+@router.post("/files")
+async def upload_file(request: Request) -> Response:
+    """Store an uploaded file (streamed to disk; 413 past MODELYARD_BATCH_MAX_FILE_BYTES)."""
+    key = _key(request)
+    files = _batches(request).files
+    declared = request.headers.get("content-length")
+    if declared and declared.isdigit() and int(declared) > files.max_bytes + UPLOAD_OVERHEAD_BYTES:
+        raise ModelyardError(f"The file is larger than the limit of {files.max_bytes} bytes "
+                             "(MODELYARD_BATCH_MAX_FILE_BYTES).", status=413, param="file", code="file_too_large")
+    upload = await files.receive(request.headers.get("content-type", ""), request.stream())
+    try:
+        purpose = upload.fields.get("purpose")
+        if upload.path is None:
+            raise invalid("Missing required parameter: 'file'.", param="file", code="missing_required_parameter")
+        if purpose is None:
+            raise invalid("Missing required parameter: 'purpose'.", param="purpose", code="missing_required_parameter")
+        if purpose not in UPLOAD_PURPOSES:
+            raise invalid(f"Invalid value for 'purpose': {purpose!r}; this gateway takes files for "
+                          f"{', '.join(map(repr, UPLOAD_PURPOSES))}.", param="purpose")
+        if upload.size == 0:
+            raise invalid("The file is empty; a batch input has one JSON request per line.", param="file",
+                          code="empty_file")
+        expires = _expires_after(upload.fields)
+        record = await asyncio.to_thread(files.accept, upload, purpose=purpose, owner_key_id=key.id,
+                                         expires_after_s=expires)
+    finally:
+        if upload.path is not None:
+            upload.path.unlink(missing_ok=True)  # gone already once accepted
+    return json_response(describe_file(record))
+
+
+def _expires_after(fields: dict[str, str]) -> int | None:
+    seconds = fields.get("expires_after[seconds]")
+    if seconds is None:
+        return None
+    if fields.get("expires_after[anchor]", "created_at") != "created_at":
+        raise invalid("expires_after.anchor must be 'created_at'.", param="expires_after.anchor")
+    if not seconds.isdigit() or not 3600 <= int(seconds) <= 2_592_000:
+        raise invalid("expires_after.seconds must be between 3600 (1 hour) and 2592000 (30 days).",
+                      param="expires_after.seconds")
+    return int(seconds)
+
+
+async def _visible_file(request: Request, file_id: str) -> Any:
+    key = _key(request)
+    record = await asyncio.to_thread(_batches(request).files.get, file_id)
+    if not visible(record, key):
+        raise not_found(f"No such File object: {file_id}", param="file_id", code="file_not_found")
+    return record
+
+
+@router.get("/files")
+async def list_files(request: Request) -> Response:
+    key = _key(request)
+    order = request.query_params.get("order", "desc")
+    if order not in ("asc", "desc"):
+        raise invalid(f"Invalid value for 'order': {order!r}; use 'asc' or 'desc'.", param="order")
+    limit = _int(request, "limit", 10_000, 1, 10_000)
+    store = _batches(request).store
+    rows, more = await asyncio.to_thread(
+        store.list_files, purpose=request.query_params.get("purpose"),
+        owner_key_id=None if key.is_admin else key.id, order=order, limit=limit,
+        after=request.query_params.get("after"))
+    return json_response(_page([describe_file(r) for r in rows], more))
+
+
+@router.get("/files/{file_id}")
+async def get_file(request: Request, file_id: str) -> Response:
+    return json_response(describe_file(await _visible_file(request, file_id)))
+
+
+@router.get("/files/{file_id}/content")
+async def file_content(request: Request, file_id: str) -> Response:
+    record = await _visible_file(request, file_id)
+    path = _batches(request).files.path(record.id)
+    if not path.exists():
+        raise not_found(f"The content of file {file_id} is gone.", param="file_id", code="file_not_found")
+    return FileResponse(path, media_type="application/octet-stream", filename=record.filename)
+
+
+@router.delete("/files/{file_id}")
+async def delete_file(request: Request, file_id: str) -> Response:
+    record = await _visible_file(request, file_id)
+    runner = _batches(request)
+    using = await asyncio.to_thread(runner.store.jobs_using, record.id)
+    if using:
+        raise ModelyardError(f"File {file_id} is the input of batch {using[0]}, which has not finished; cancel it "
+                             "first.", status=409, param="file_id", code="file_in_use")
+    await asyncio.to_thread(runner.files.delete, record.id)
+    return json_response({"id": record.id, "object": "file", "deleted": True})
+
+
+# --- batches ----------------------------------------------------------------------------
+
+
+async def _describe(runner: BatchRunner, job: Any) -> dict[str, Any]:
+    return describe_job(job, await asyncio.to_thread(runner.store.usage, job.id))
+
+
+@router.post("/batches")
+async def create_batch(request: Request) -> Response:
+    """Create a batch job from an uploaded input file; it starts (``validating``) at once."""
+    key = _key(request)
+    runner = _batches(request)
+    req = BatchCreate.parse(parse_json(await read_body(request, MAX_CREATE_BYTES)))
+    job = await runner.create(req, key)
+    return json_response(await _describe(runner, job))
+
+
+@router.get("/batches")
+async def list_batches(request: Request) -> Response:
+    key = _key(request)
+    runner = _batches(request)
+    limit = _int(request, "limit", 20, 1, 100)
+    rows, more = await asyncio.to_thread(runner.store.list_jobs, owner_key_id=None if key.is_admin else key.id,
+                                         limit=limit, after=request.query_params.get("after"))
+    return json_response(_page([await _describe(runner, job) for job in rows], more))
+
+
+@router.get("/batches/{batch_id}")
+async def get_batch(request: Request, batch_id: str) -> Response:
+    runner = _batches(request)
+    return json_response(await _describe(runner, await runner.get(batch_id, _key(request))))
+
+
+@router.post("/batches/{batch_id}/cancel")
+async def cancel_batch(request: Request, batch_id: str) -> Response:
+    """Stop a batch: finished lines are kept; ``cancelling`` until they are committed, then ``cancelled``."""
+    runner = _batches(request)
+    return json_response(await _describe(runner, await runner.cancel(batch_id, _key(request))))

@@ -1,0 +1,35 @@
+"""Fixtures for the batch tests: the scripted stub and a gateway whose deployments call it
+(see batch_helpers.py)."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from batch_helpers import GATEWAY_ENV, ScriptedStub, make_endpoint, serve_in_thread, stub_catalog  # noqa: E402
+from live_gateway import Server, start_server  # noqa: E402
+
+
+@pytest.fixture(scope="module")
+def stub():
+    app = ScriptedStub()
+    root, stop = serve_in_thread(app)
+    app.root = root
+    yield app
+    stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, stub) -> Server:
+    """A gateway without default endpoints: `chat` (stub-chat, 4 at a time) and `embed` (stub-embed)."""
+    home = tmp_path_factory.mktemp("batch") / "home"
+    stub_catalog(home, stub.root)
+    srv = start_server(home, "--no-defaults", extra_env=GATEWAY_ENV)
+    make_endpoint(srv, "chat", ("blue", "stub-chat"), ("green", "stub-chat"), concurrency=4,
+                  traffic={"blue": 100})
+    make_endpoint(srv, "embed", ("minilm", "stub-embed"))
+    yield srv
+    srv.stop()

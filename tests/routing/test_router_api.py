@@ -1,0 +1,368 @@
+"""Router endpoints end to end: a real gateway, the official openai client, hosted tiers on a local stand-in.
+
+The tiers are hosted cards pointing at `tier_stub.TierStub`, reached through
+the same OpenAI-compatible client a real provider is; each test scripts what
+the cheap (`small`) and the strong (`large`) tier answer.
+"""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+import time
+from pathlib import Path
+
+import httpx
+import pytest
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from live_gateway import start_server  # noqa: E402
+from tier_stub import Script, TierStub, tier_cards  # noqa: E402
+
+ASK = [{"role": "user", "content": "What is the capital of France?"}]
+PRICES = {"small": (0.1, 0.2), "large": (10.0, 30.0), "mid": (1.0, 2.0)}
+
+
+@pytest.fixture(scope="module")
+def stub():
+    s = TierStub().start()
+    yield s
+    s.stop()
+
+
+@pytest.fixture(scope="module")
+def gw(tmp_path_factory, stub):
+    home = tmp_path_factory.mktemp("router") / "home"
+    (home / "catalog").mkdir(parents=True)
+    cards = tier_cards(stub, PRICES) + """- id: tier-embed
+  family: stub
+  task: embedding
+  format: hosted
+  license: none
+  context_length: 512
+  source: {type: hosted, provider: openai-compatible, base_url: "http://127.0.0.1:9/v1"}
+"""
+    (home / "catalog" / "tiers.yaml").write_text(cards)
+    srv = start_server(home, "--no-defaults")
+    yield srv
+    srv.stop()
+
+
+@pytest.fixture(autouse=True)
+def fresh_scripts(stub):
+    stub.tiers.clear()
+    stub.calls.clear()
+
+
+def router_endpoint(gw, name: str, router: dict, tiers=("small", "large"), **extra) -> dict:
+    """A router endpoint with hosted deployments `small`, `large` (and `mid` when named) on the stub."""
+    r = gw.api("POST", "/api/endpoints", json={"name": name})
+    assert r.status_code == 201, r.text
+    keys = r.json()["keys"]
+    for tier in tiers:
+        r = gw.api("POST", f"/api/endpoints/{name}/deployments", json={"name": tier, "model": f"tier-{tier}"})
+        assert r.status_code == 201, r.text
+    spec = {"name": name, "policy": "router", "tiers": list(tiers), "router": router, **extra}
+    r = gw.api("POST", "/api/apply", json={"kind": "endpoint", "spec": spec})
+    assert r.status_code == 200, r.text
+    return keys
+
+
+def usage_rows(gw, endpoint: str) -> list[dict]:
+    gw.api("GET", "/api/usage")  # flushes the usage writer
+    with sqlite3.connect(gw.home / "modelyard.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("select * from usage_records where endpoint = ? order by id", (endpoint,))]
+
+
+def error(r: httpx.Response) -> dict:
+    assert r.status_code >= 400, r.text
+    return r.json()["error"]
+
+
+# --- rules --------------------------------------------------------------------------------
+
+
+def test_rules_pick_the_tier_by_length_keywords_metadata_and_max_cost(gw, stub):
+    router_endpoint(gw, "ruled", {"strategy": "rules", "rules": [
+        {"name": "cheap-client", "when": {"max_cost_below": 0.001}, "tier": "small"},
+        {"name": "premium", "when": {"metadata": {"user_tier": ["premium", "gold"]}}, "tier": "large"},
+        {"name": "proofs", "when": {"keywords": ["prove", "derive"]}, "tier": "large"},
+        {"name": "long", "when": {"min_prompt_tokens": 50}, "tier": "large"},
+    ]})
+    client = gw.openai()
+
+    def route(messages, **kw):
+        raw = client.chat.completions.with_raw_response.create(model="ruled", messages=messages, **kw)
+        return raw.headers["x-modelyard-deployment"], raw.headers["x-modelyard-route"]
+
+    assert route(ASK) == ("small", "rules:default>small")
+    assert route([{"role": "user", "content": "Please prove that sqrt(2) is irrational."}]) == ("large", "rules:proofs>large")
+    assert route(ASK, metadata={"user_tier": "gold"}) == ("large", "rules:premium>large")
+    assert route(ASK, metadata={"user_tier": "free"})[0] == "small"
+    assert route([{"role": "user", "content": "word " * 60}])[0] == "large"
+    # The client caps what it pays: the first rule wins even for a proof.
+    assert route([{"role": "user", "content": "prove it"}], extra_headers={"x-modelyard-max-cost": "0.0001"})[0] == "small"
+    assert stub.calls == {"small": 3, "large": 3}
+
+    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "ruled", "messages": ASK},
+                   headers={"Authorization": f"Bearer {gw.admin_key}", "x-modelyard-max-cost": "cheap"})
+    err = error(r)
+    assert r.status_code == 400 and err["param"] == "x-modelyard-max-cost"
+
+
+# --- cascade ------------------------------------------------------------------------------
+
+
+def test_cascade_keeps_a_confident_cheap_answer_and_escalates_an_unsure_one(gw, stub):
+    router_endpoint(gw, "cascade", {"strategy": "cascade", "scorer": "mean_logprob", "threshold": -1.0})
+    stub.tiers["small"] = Script(answers={"capital": "Paris."}, answer="Maybe it is forty two.", logprob=-0.2)
+    stub.tiers["large"] = Script(answer="It is 42.", logprob=-0.01)
+    client = gw.openai()
+
+    raw = client.chat.completions.with_raw_response.create(model="cascade", messages=ASK)
+    body = raw.parse()
+    assert body.choices[0].message.content == "Paris."
+    assert body.choices[0].logprobs is None  # asked of the tier for scoring, not shown to a client who did not ask
+    assert raw.headers["x-modelyard-route"] == "cascade:small"
+    assert stub.calls == {"small": 1}
+
+    stub.tiers["small"] = Script(answer="Maybe it is forty two.", logprob=-2.5)
+    raw = client.chat.completions.with_raw_response.create(model="cascade", messages=[{"role": "user", "content": "6 x 7?"}])
+    assert raw.parse().choices[0].message.content == "It is 42."
+    assert raw.headers["x-modelyard-route"] == "cascade:small>large"
+    assert raw.headers["x-modelyard-deployment"] == "large"
+    assert stub.calls == {"small": 2, "large": 1}
+
+    rows = usage_rows(gw, "cascade")
+    assert [r["route"] for r in rows] == ["cascade:small", "cascade:small>large"]
+    import json
+    tiers = json.loads(rows[1]["tiers"])
+    assert [(t["deployment"], t["outcome"]) for t in tiers] == [("small", "escalated"), ("large", "answered")]
+    # The record carries every tier's tokens and the sum of their costs, at each card's price.
+    assert rows[1]["completion_tokens"] == sum(t["completion_tokens"] for t in tiers)
+    assert rows[1]["cost_usd"] == pytest.approx(sum(t["cost_usd"] for t in tiers))
+    small, large = tiers
+    assert small["cost_usd"] == pytest.approx((small["prompt_tokens"] * 0.1 + small["completion_tokens"] * 0.2) / 1e6)
+    assert large["cost_usd"] == pytest.approx((large["prompt_tokens"] * 10 + large["completion_tokens"] * 30) / 1e6)
+
+
+def test_cascade_streams_the_final_answer_whichever_tier_gave_it(gw, stub):
+    router_endpoint(gw, "cascade-stream", {"strategy": "cascade", "scorer": "refusal", "threshold": 0.5})
+    stub.tiers["small"] = Script(answers={"capital": "Paris, of course."}, answer="I don't know, sorry.")
+    stub.tiers["large"] = Script(answer="The answer is 42 and here is why.", chunk_delay_s=0.01)
+    client = gw.openai()
+
+    kept = client.chat.completions.create(model="cascade-stream", messages=ASK, stream=True,
+                                          stream_options={"include_usage": True})
+    chunks = list(kept)
+    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == "Paris, of course."
+    assert chunks[-1].usage is not None and chunks[-1].usage.completion_tokens > 0
+
+    escalated = client.chat.completions.create(model="cascade-stream", stream=True,
+                                               messages=[{"role": "user", "content": "What is 6 x 7?"}])
+    text = "".join(c.choices[0].delta.content or "" for c in escalated if c.choices)
+    assert text == "The answer is 42 and here is why."
+    assert stub.calls == {"small": 2, "large": 1}
+
+
+def test_a_failing_strong_tier_is_an_openai_error_and_is_recorded(gw, stub):
+    router_endpoint(gw, "cascade-fail", {"strategy": "cascade", "scorer": "refusal", "threshold": 0.5})
+    stub.tiers["small"] = Script(answer="I don't know.")
+    stub.tiers["large"] = Script(status=500)
+    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "cascade-fail", "messages": ASK},
+                   headers={"Authorization": f"Bearer {gw.admin_key}"}, timeout=60)
+    assert r.status_code >= 500
+    assert r.json()["error"]["message"]
+    rows = usage_rows(gw, "cascade-fail")
+    assert rows[-1]["status"] == r.status_code
+
+
+# --- feedback -----------------------------------------------------------------------------
+
+
+def test_negative_feedback_asks_the_next_tier_and_the_better_answer_is_served(gw, stub):
+    keys = router_endpoint(gw, "rated", {"strategy": "rules", "rules": [{"when": {"keywords": ["never"]}, "tier": "large"}]})
+    stub.tiers["small"] = Script(answer="Lyon.")
+    stub.tiers["large"] = Script(answer="Paris.")
+    client = gw.openai(keys["primary"])
+    answer = client.chat.completions.create(model="rated", messages=ASK)
+    assert answer.choices[0].message.content == "Lyon."
+
+    api = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {keys['primary']}"}, timeout=30)
+    r = api.post("/v1/feedback", json={"response_id": answer.id, "rating": -1, "comment": "wrong city"})
+    assert r.status_code == 201, r.text
+    assert r.json()["escalated_to"] == "large"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        latest = api.get(f"/v1/responses/{answer.id}").json()
+        if latest["status"] == "improved":
+            break
+        time.sleep(0.2)
+    assert latest["status"] == "improved" and latest["corrected"] is True
+    assert latest["content"] == "Paris." and latest["tier"] == "large"
+    assert latest["original"] == {"tier": "small", "content": "Lyon."}
+    assert any(row["route"] == "feedback:large" and row["cost_usd"] > 0 for row in usage_rows(gw, "rated"))
+
+    # Ratings per tier are in the metrics.
+    metrics = httpx.get(gw.url + "/metrics").text
+    assert 'modelyard_feedback_total{deployment="small",endpoint="rated",rating="down"} 1.0' in metrics
+
+    # A positive rating of the top tier's answer asks nobody.
+    r = api.post("/v1/feedback", json={"response_id": answer.id, "rating": 1})
+    assert r.status_code == 201 and r.json()["escalated_to"] is None
+
+
+def test_feedback_for_unknown_or_foreign_answers_is_404_and_bad_ratings_are_400(gw, stub):
+    keys_a = router_endpoint(gw, "rated-a", {"strategy": "rules", "rules": [{"when": {"keywords": ["x"]}, "tier": "large"}]})
+    keys_b = router_endpoint(gw, "rated-b", {"strategy": "rules", "rules": [{"when": {"keywords": ["x"]}, "tier": "large"}]})
+    answer = gw.openai(keys_a["primary"]).chat.completions.create(model="rated-a", messages=ASK)
+    other = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {keys_b['primary']}"})
+    for r in (other.post("/v1/feedback", json={"response_id": answer.id, "rating": -1}),
+              other.get(f"/v1/responses/{answer.id}"),
+              other.post("/v1/feedback", json={"response_id": "chatcmpl-nope", "rating": 1})):
+        assert r.status_code == 404 and error(r)["code"] == "response_not_found"
+    own = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {keys_a['primary']}"})
+    r = own.post("/v1/feedback", json={"response_id": answer.id, "rating": 0})
+    assert r.status_code == 400 and error(r)["param"] == "rating"
+    r = own.post("/v1/feedback", json={"response_id": answer.id})
+    assert r.status_code == 400 and error(r)["param"] == "rating"
+    assert httpx.post(gw.url + "/v1/feedback", json={"response_id": answer.id, "rating": 1}).status_code == 401
+    assert own.get(f"/v1/responses/{answer.id}").json()["status"] == "answered"
+
+
+# --- bad specs ----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("router, tiers, param, words", [
+    ({"strategy": "cascade"}, ["small", "large"], "spec.router.cascade.threshold", "required"),
+    ({"strategy": "cascade", "scorer": "refusal", "threshold": 3}, ["small", "large"], "spec.router.cascade", "between 0 and 1"),
+    ({"strategy": "learned", "threshold": 1.5}, ["small", "large"], "spec.router.learned.threshold", "1"),
+    ({"strategy": "speculative", "similarity": 0}, ["small", "large"], "spec.router.speculative.similarity", "0"),
+    ({"strategy": "magic"}, ["small", "large"], "spec.router", "magic"),
+    ({"strategy": "cascade", "threshold": -1}, ["small"], "spec", "at least two tiers"),
+    ({"strategy": "rules", "rules": [{"tier": "huge"}]}, ["small", "large"], "spec", "huge"),
+])
+def test_bad_router_settings_are_refused_and_change_nothing(gw, stub, router, tiers, param, words):
+    r = gw.api("POST", "/api/apply", json={"kind": "endpoint", "spec": {
+        "name": "bad-router", "policy": "router", "tiers": tiers, "router": router}})
+    err = error(r)
+    assert r.status_code == 400 and err["param"].startswith(param), err
+    assert words in err["message"]
+    assert gw.api("GET", "/api/endpoints/bad-router").status_code == 404
+
+
+def test_unknown_tiers_and_tiers_of_different_tasks_are_refused(gw, stub):
+    router_endpoint(gw, "tiered", {"strategy": "cascade", "threshold": -1})
+    before = gw.api("GET", "/api/endpoints/tiered").json()
+    r = gw.api("PATCH", "/api/endpoints/tiered", json={"tiers": ["small", "giant"]})
+    assert r.status_code == 400 and error(r)["code"] == "unknown_tier" and "giant" in error(r)["message"]
+    assert gw.api("POST", "/api/endpoints/tiered/deployments", json={"name": "vectors", "model": "tier-embed"}).status_code == 201
+    r = gw.api("PATCH", "/api/endpoints/tiered", json={"tiers": ["small", "vectors"]})
+    assert r.status_code == 400 and error(r)["code"] == "tiers_differ_in_task", r.text
+    assert "vectors (embedding)" in error(r)["message"]
+    after = gw.api("GET", "/api/endpoints/tiered").json()
+    assert after["tiers"] == before["tiers"] == ["small", "large"]
+
+
+# --- speculative --------------------------------------------------------------------------
+
+
+def _events(gw, endpoint: str, content: str) -> list[tuple[str | None, str]]:
+    """The raw server-sent events of a streamed chat answer: (event name, data)."""
+    out, name = [], None
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {gw.admin_key}"},
+                      json={"model": endpoint, "stream": True, "messages": [{"role": "user", "content": content}]}) as r:
+        assert r.status_code == 200
+        for line in r.iter_lines():
+            if line.startswith("event: "):
+                name = line[7:]
+            elif line.startswith("data: "):
+                out.append((name, line[6:]))
+                name = None
+    return out
+
+
+@pytest.mark.model  # compares answers with the packaged all-MiniLM-L6-v2, in the gateway
+def test_speculative_streams_the_fast_answer_and_corrects_it_when_the_strong_one_disagrees(gw, stub):
+    import json
+
+    router_endpoint(gw, "spec", {"strategy": "speculative", "similarity": 0.8, "grace_ms": 30000})
+    stub.tiers["small"] = Script(answers={"capital": "The capital of France is Paris."},
+                                 answer="Bananas are yellow because of their skin.", chunk_delay_s=0.01)
+    stub.tiers["large"] = Script(answers={"capital": "Paris is the capital of France."},
+                                 answer="Photosynthesis turns light into chemical energy in plants.", delay_s=0.5)
+
+    events = _events(gw, "spec", "How do plants use light?")
+    assert events[-1] == (None, "[DONE]")
+    chunks = [json.loads(d) for name, d in events[:-1] if name is None]
+    assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == \
+        "Bananas are yellow because of their skin."
+    corrections = [json.loads(d) for name, d in events if name == "modelyard.correction"]
+    assert len(corrections) == 1
+    fix = corrections[0]["modelyard_correction"]
+    assert fix["content"] == "Photosynthesis turns light into chemical energy in plants." and fix["tier"] == "large"
+    assert fix["similarity"] < 0.8
+    latest = httpx.get(f"{gw.url}/v1/responses/{chunks[0]['id']}", headers={"Authorization": f"Bearer {gw.admin_key}"}).json()
+    assert latest["corrected"] is True and latest["status"] == "corrected" and latest["tier"] == "large"
+
+    # Answers that agree are not corrected; the official client reads the stream as usual.
+    stream = gw.openai().chat.completions.create(model="spec", messages=ASK, stream=True)
+    pieces = list(stream)
+    assert "".join(p.choices[0].delta.content or "" for p in pieces if p.choices) == "The capital of France is Paris."
+    assert not any(getattr(p, "modelyard_correction", None) for p in pieces)
+    rows = usage_rows(gw, "spec")
+    assert [json.loads(r["tiers"])[-1]["outcome"] for r in rows] == ["corrected", "checked"]
+
+
+@pytest.mark.model
+def test_speculative_non_streaming_answers_at_once_and_corrects_later(gw, stub):
+    router_endpoint(gw, "spec-later", {"strategy": "speculative", "similarity": 0.8})
+    stub.tiers["small"] = Script(answer="Bananas are yellow because of their skin.")
+    stub.tiers["large"] = Script(answer="Photosynthesis turns light into chemical energy in plants.", delay_s=2.0)
+    client = gw.openai()
+    t0 = time.monotonic()
+    answer = client.chat.completions.create(model="spec-later", messages=[{"role": "user", "content": "Plants and light?"}])
+    assert time.monotonic() - t0 < 2.0  # did not wait for the strong tier's 2 s
+    assert answer.choices[0].message.content == "Bananas are yellow because of their skin."
+    api = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {gw.admin_key}"})
+    deadline = time.monotonic() + 60
+    while time.monotonic() < deadline:
+        latest = api.get(f"/v1/responses/{answer.id}").json()
+        if latest["status"] != "checking":
+            break
+        time.sleep(0.2)
+    assert latest["status"] == "corrected"
+    assert latest["content"] == "Photosynthesis turns light into chemical energy in plants."
+    time.sleep(0.5)
+    routes = [r["route"] for r in usage_rows(gw, "spec-later")]
+    assert routes == ["speculative:small+large", "speculative-check:large"]
+
+
+# --- budget -------------------------------------------------------------------------------
+
+
+@pytest.mark.model  # the local tier is the packaged Gemma
+def test_a_spent_budget_refuses_the_paid_tier_while_the_local_tier_keeps_answering(gw, stub):
+    r = gw.api("POST", "/api/endpoints", json={"name": "thrifty"})
+    assert r.status_code == 201
+    for name, model in (("local", "gemma-3-270m"), ("large", "tier-large")):
+        r = gw.api("POST", "/api/endpoints/thrifty/deployments", json={"name": name, "model": model})
+        assert r.status_code == 201, r.text
+    r = gw.api("POST", "/api/apply", json={"kind": "endpoint", "spec": {
+        "name": "thrifty", "policy": "router", "tiers": ["local", "large"], "budget": {"usd_per_day": 0.0001},
+        "router": {"strategy": "rules", "rules": [{"when": {"keywords": ["essay"]}, "tier": "large"}]}}})
+    assert r.status_code == 200, r.text
+    stub.tiers["large"] = Script(answer="word " * 200)  # 200 tokens at $30/1M = $0.006: over the limit at once
+    client = gw.openai()
+    essay = [{"role": "user", "content": "Write an essay."}]
+    assert client.chat.completions.create(model="thrifty", messages=essay).choices[0].message.content.startswith("word")
+
+    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "thrifty", "messages": essay},
+                   headers={"Authorization": f"Bearer {gw.admin_key}"}, timeout=60)
+    assert r.status_code == 429 and r.json()["error"]["code"] == "budget_exhausted"
+    assert "budget" in r.json()["error"]["message"].lower() and int(r.headers["retry-after"]) > 0
+    local = client.chat.completions.with_raw_response.create(model="thrifty", messages=ASK, max_tokens=8)
+    assert local.headers["x-modelyard-deployment"] == "local" and local.parse().choices[0].message.content
+    assert stub.calls == {"large": 1}
