@@ -41,6 +41,8 @@ run: install
 test: install
 	# The console's browser tests drive Debian's Chromium (never a downloaded browser).
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
+	# The cache's tests start throw-away redis-servers (Debian's package).
+	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(BIN)/python -m pytest -q
 
 bench: install

@@ -267,3 +267,18 @@ def test_upload_errors_are_openai_shaped(gw, tmp_path):
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_content_type"
     r = httpx.post(gw.base_url + "/batches", headers=headers, content=b"{not json")
     assert r.status_code == 400 and r.json()["error"]["code"] == "invalid_json"
+
+
+def test_file_expiry_and_a_file_in_use_cannot_be_deleted(gw, tmp_path):
+    client = gw.openai()
+    path = write_jsonl(tmp_path / "e.jsonl", [chat_line(f"e{i}", user="stub:delay_ms=200") for i in range(8)])
+    with open(path, "rb") as f:
+        uploaded = client.files.create(file=f, purpose="batch", expires_after={"anchor": "created_at", "seconds": 3600})
+    assert uploaded.expires_at == uploaded.created_at + 3600
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  extra_body={"max_share": 0.25})
+    with pytest.raises(openai.ConflictError) as exc:
+        client.files.delete(uploaded.id)
+    assert exc.value.body["code"] == "file_in_use" and batch.id in exc.value.body["message"]
+    assert wait_batch(client, batch.id).status == "completed"
+    assert client.files.delete(uploaded.id).deleted

@@ -43,7 +43,7 @@ def _restart_after(stop: str, stub, tmp_path) -> None:
             first.process.send_signal(signal.SIGKILL)
             assert first.process.wait(10) == -signal.SIGKILL
         else:
-            assert first.stop() == 0
+            assert first.stop() in (0, -signal.SIGTERM)  # uvicorn re-raises SIGTERM after a clean shutdown
         with sqlite3.connect(home / "modelyard.db") as db:
             status, done_before = db.execute("SELECT status, completed FROM batch_jobs WHERE id = ?",
                                              (batch.id,)).fetchone()

@@ -46,7 +46,7 @@ from openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread  
 
 def _load(name: str, path: Path):
     spec = importlib.util.spec_from_file_location(name, path)
-    module = importlib.util.module_from_spec(spec)
+    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
     spec.loader.exec_module(module)
     return module
 

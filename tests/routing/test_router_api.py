@@ -143,6 +143,11 @@ def test_cascade_keeps_a_confident_cheap_answer_and_escalates_an_unsure_one(gw, 
     assert rows[1]["completion_tokens"] == sum(t["completion_tokens"] for t in tiers)
     assert rows[1]["cost_usd"] == pytest.approx(sum(t["cost_usd"] for t in tiers))
     small, large = tiers
+    # Kept at the cheap tier: it saved what the top tier would have cost for the same tokens.
+    kept = json.loads(rows[0]["tiers"])[0]
+    assert rows[0]["saved_usd"] == pytest.approx((kept["prompt_tokens"] * 10 + kept["completion_tokens"] * 30) / 1e6
+                                                 - rows[0]["cost_usd"])
+    assert rows[1]["saved_usd"] == 0
     assert small["cost_usd"] == pytest.approx((small["prompt_tokens"] * 0.1 + small["completion_tokens"] * 0.2) / 1e6)
     assert large["cost_usd"] == pytest.approx((large["prompt_tokens"] * 10 + large["completion_tokens"] * 30) / 1e6)
 
@@ -366,3 +371,68 @@ def test_a_spent_budget_refuses_the_paid_tier_while_the_local_tier_keeps_answeri
     local = client.chat.completions.with_raw_response.create(model="thrifty", messages=ASK, max_tokens=8)
     assert local.headers["x-modelyard-deployment"] == "local" and local.parse().choices[0].message.content
     assert stub.calls == {"large": 1}
+
+
+# --- learned ------------------------------------------------------------------------------
+
+EASY = ["What is the capital of {}?", "Translate '{}' into French.", "Spell the word {}.", "What colour is a {}?"]
+HARD = ["Prove that there are infinitely many primes of the form {}.", "Derive the gradient of {} step by step.",
+        "Show rigorously that the series {} converges.", "Prove the theorem about {} by induction."]
+WORDS = ["apple", "river", "x^2 + 1", "4k + 3", "tree", "a sum of squares", "cloud", "log(1 + x)", "stone", "matrix norms"]
+
+
+@pytest.mark.model  # embeds prompts with the packaged all-MiniLM-L6-v2
+def test_learned_router_sends_prompts_it_scores_high_to_the_strong_tier_and_calibrates(gw, stub):
+    from modelyard.routing.learned import LearnedRouter, router_path
+
+    class _Home:
+        home = gw.home
+
+    easy = [t.format(w) for t in EASY for w in WORDS]
+    hard = [t.format(w) for t in HARD for w in WORDS]
+    LearnedRouter().fit(easy + hard, [1] * len(easy) + [0] * len(hard), [1] * (len(easy) + len(hard))) \
+        .save(router_path(_Home, "smart"))
+
+    router_endpoint(gw, "smart", {"strategy": "learned", "threshold": 0.5})
+    client = gw.openai()
+
+    def tier(prompt: str) -> str:
+        raw = client.chat.completions.with_raw_response.create(model="smart", messages=[{"role": "user", "content": prompt}])
+        assert raw.headers["x-modelyard-route"].startswith("learned:")
+        return raw.headers["x-modelyard-deployment"]
+
+    assert tier("Prove that the square root of 3 is irrational.") == "large"
+    assert tier("What is the capital of Spain?") == "small"
+
+    r = gw.api("POST", "/api/endpoints/smart/router/calibrate", json={"strong_share": 0.5})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "too_little_traffic"
+    for prompt in easy[:15] + hard[:15]:
+        tier(prompt)
+    r = gw.api("POST", "/api/endpoints/smart/router/calibrate", json={"strong_share": 0.2})
+    assert r.status_code == 200, r.text
+    result = r.json()
+    assert abs(result["strong_share"] - 0.2) <= 0.1
+    assert gw.api("GET", "/api/endpoints/smart").json()["router"]["threshold"] == pytest.approx(result["threshold"])
+    r = gw.api("POST", "/api/endpoints/smart/router/calibrate", json={"strong_share": 1.5})
+    assert r.status_code == 400 and r.json()["error"]["param"] == "strong_share"
+
+
+def test_a_learned_endpoint_without_a_trained_model_says_how_to_train_one(gw, stub):
+    router_endpoint(gw, "untrained", {"strategy": "learned"})
+    r = httpx.post(gw.url + "/v1/chat/completions", json={"model": "untrained", "messages": ASK},
+                   headers={"Authorization": f"Bearer {gw.admin_key}"}, timeout=60)
+    assert r.status_code == 503 and r.json()["error"]["code"] == "router_not_trained"
+    assert "modelyard router train untrained" in r.json()["error"]["message"]
+
+
+def test_applying_a_spec_without_a_budget_removes_the_budget(gw, stub):
+    router_endpoint(gw, "budgeted", {"strategy": "cascade", "threshold": -1}, budget={"usd_per_day": 1})
+    assert gw.api("GET", "/api/endpoints/budgeted").json()["budget"]["usd_per_day"] == 1
+    spec = {"name": "budgeted", "policy": "router", "tiers": ["small", "large"],
+            "router": {"strategy": "cascade", "threshold": -1}}
+    r = gw.api("POST", "/api/apply", json={"kind": "endpoint", "spec": spec})
+    assert r.status_code == 200 and r.json()["action"] == "updated"
+    assert gw.api("GET", "/api/endpoints/budgeted").json()["budget"] is None
+    spec["policy"], spec["tiers"], spec["router"] = "split", [], None
+    assert gw.api("POST", "/api/apply", json={"kind": "endpoint", "spec": spec}).status_code == 200
+    assert gw.api("GET", "/api/endpoints/budgeted").json()["policy"] == "split"

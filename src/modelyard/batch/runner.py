@@ -11,11 +11,12 @@ A job moves through OpenAI's statuses::
 fails the job with every problem named by line, a good one becomes one
 ``batch_lines`` row per request and the job is ``in_progress``.
 
-**Running.** Workers (as many as the target deployments serve at once, times
-the job's share) each take a *mini-batch* of pending lines in input order,
-run its lines one after the other, and commit the mini-batch's results, its
-usage records and the job's counters in one transaction
-(`BatchStore.commit_results`). Each line goes through a pipeline of the
+**Running.** Pending lines are read in input order a *mini-batch* at a
+time. Workers (as many as the target deployments serve at once, times the
+job's share) take them one line at a time, and once every line of a
+mini-batch has finished, its results, their usage records and the job's
+counters are committed in one transaction (`BatchStore.commit_results`);
+the error threshold is checked after each commit. Each line goes through a pipeline of the
 gateway's own stages — record ▶ policy (the endpoint's traffic split, or the
 job's deployment) ▶ dispatch — inside `serving.deployment.background()`, so
 it waits for capacity live requests leave and never holds more than the
@@ -121,7 +122,8 @@ class _Control:
         self.reason: str | None = None  # cancelled | failed | expired
         self.shutdown = False
         self.stopped = asyncio.Event()
-        self.uncommitted: list[list[LineResult]] = []
+        #: mini-batches handed out and not yet committed
+        self.open: list[_MiniBatch] = []
         self.commits: set[asyncio.Task[JobRecord]] = set()
         #: what broke a worker (a commit that kept failing, a bug): the job fails with it
         self.error: Exception | None = None
@@ -132,22 +134,46 @@ class _Control:
         self.stopped.set()
 
 
-class _Feed:
-    """Hands out mini-batches of pending lines in input order, each once."""
+class _MiniBatch:
+    """Lines read, and committed, together; their results as they finish."""
 
-    def __init__(self, store: BatchStore, job: JobRecord) -> None:
+    def __init__(self, lines: list[LineRecord]) -> None:
+        self.lines = lines
+        self.results: list[LineResult | None] = [None] * len(lines)
+        self.left = len(lines)
+
+    def finished(self) -> list[LineResult]:
+        return [r for r in self.results if r is not None]
+
+
+class _Feed:
+    """Hands out pending lines in input order, each once, reading them a mini-batch at a time.
+
+    Workers take single lines, so a slow line holds up no other and every worker stays busy to the
+    end of the job; a mini-batch is committed by whichever worker finishes its last line.
+    """
+
+    def __init__(self, store: BatchStore, job: JobRecord, ctl: _Control) -> None:
         self.store = store
         self.job = job
+        self.ctl = ctl
         self.after = 0
+        self.current: _MiniBatch | None = None
+        self.pos = 0
         self.lock = asyncio.Lock()
 
-    async def next(self) -> list[LineRecord]:
+    async def next(self) -> tuple[_MiniBatch, int] | None:
         async with self.lock:
-            lines = await asyncio.to_thread(self.store.pending_lines, self.job.id, after=self.after,
-                                            limit=self.job.mini_batch_size)
-            if lines:
+            if self.current is None or self.pos == len(self.current.lines):
+                lines = await asyncio.to_thread(self.store.pending_lines, self.job.id, after=self.after,
+                                                limit=self.job.mini_batch_size)
+                if not lines:
+                    return None
                 self.after = lines[-1].line
-            return lines
+                self.current, self.pos = _MiniBatch(lines), 0
+                self.ctl.open.append(self.current)
+            self.pos += 1
+            return self.current, self.pos - 1
 
 
 class BatchRunner:
@@ -289,6 +315,9 @@ class BatchRunner:
                 return "wrong_task", f"endpoint '{name}' does not answer {kind} requests."
             if job.deployment is not None and job.deployment not in endpoint.deployments:
                 return "deployment_not_found", f"endpoint '{name}' has no deployment '{job.deployment}'."
+            if job.deployment is None and getattr(endpoint.spec, "policy", "split") == "router":
+                return "router_endpoint", (f"endpoint '{name}' routes each request between tiers; a batch goes "
+                                           "to one of its deployments: name it (deployment).")
             return None
 
         if not path.exists():
@@ -338,7 +367,7 @@ class BatchRunner:
             return verdict
         owner = await asyncio.to_thread(self.keys.get, job.owner_key_id) if job.owner_key_id is not None else None
         share = job.max_share or self.config.max_share
-        feed = _Feed(self.store, job)
+        feed = _Feed(self.store, job, ctl)
         workers = [asyncio.create_task(self._worker(job, owner, feed, ctl, share))
                    for _ in range(self._worker_count(job, share))]
         everything = asyncio.gather(*workers, return_exceptions=True)
@@ -374,15 +403,16 @@ class BatchRunner:
     async def _work(self, job: JobRecord, owner: Any, feed: _Feed, ctl: _Control, share: float) -> None:
         with background(share):
             while not ctl.stopped.is_set():
-                lines = await feed.next()
-                if not lines:
+                item = await feed.next()
+                if item is None:
                     return
-                results: list[LineResult] = []
-                ctl.uncommitted.append(results)
-                for line in lines:
-                    results.append(await self._run_line(job, owner, line))
-                ctl.uncommitted.remove(results)
-                after = await self._commit(ctl, results)
+                batch, i = item
+                batch.results[i] = await self._run_line(job, owner, batch.lines[i])
+                batch.left -= 1
+                if batch.left:
+                    continue
+                ctl.open.remove(batch)
+                after = await self._commit(ctl, batch.results)
                 verdict = self._verdict(after)
                 if verdict is not None:
                     ctl.stop(verdict)
@@ -411,8 +441,8 @@ class BatchRunner:
         """Wait for commits in flight, then commit the lines that finished in interrupted mini-batches."""
         if ctl.commits:
             await asyncio.gather(*list(ctl.commits), return_exceptions=True)
-        leftovers = [r for results in ctl.uncommitted for r in results]
-        ctl.uncommitted.clear()
+        leftovers = [r for batch in ctl.open for r in batch.finished()]
+        ctl.open.clear()
         if leftovers:
             await asyncio.to_thread(self._commit_blocking, ctl.id, leftovers)
 

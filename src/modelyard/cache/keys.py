@@ -102,7 +102,8 @@ def request_keys(kind: str, request: ChatCompletionRequest | CompletionRequest, 
     """The keys of a chat or completion request, or None when it has nothing to key on.
 
     `models` are the catalog ids of the models behind the endpoint (a new
-    model starts a fresh cache); `scope` is ``"*"`` or the API key's id.
+    model starts a fresh cache); `scope` is ``"*"`` or names the API key
+    (it is only ever stored hashed, inside the partition digest).
     """
     params = request.model_dump(exclude=_NOT_IN_KEY, exclude_none=True)
     params["max_tokens"] = request.token_limit

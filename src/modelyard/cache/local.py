@@ -77,6 +77,7 @@ class LocalStore:
         self._lru: OrderedDict[str, tuple[float, float]] = OrderedDict()  # id -> (created_at, expires_at)
         self._expiry: deque[tuple[float, str]] = deque()
         self._touched: dict[str, float] = {}
+        self._unwritten: dict[str, Entry] = {}  # stored, and on its way to the disk
         self._touch_task: asyncio.Task | None = None
         self._writer = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"cache-{self.path.stem}")
         self._pending: set[asyncio.Future] = set()
@@ -106,19 +107,23 @@ class LocalStore:
         now = self.clock()
         expired = self._write.execute("DELETE FROM entries WHERE expires_at <= ?", (now,)).rowcount
         bad: list[str] = []
+        ids: list[str] = []
+        partitions: list[str] = []
+        vectors: list[np.ndarray] = []
         rows = self._write.execute(
             "SELECT id, partition, vector, created_at, expires_at FROM entries ORDER BY last_used_at")
         for entry_id, partition, blob, created_at, expires_at in rows:
             if blob is not None:
-                if len(blob) != DIM * 4:
+                vector = np.frombuffer(blob, dtype=np.float32) if len(blob) == DIM * 4 else None
+                if vector is None or not np.isfinite(vector).all():
                     bad.append(entry_id)
                     continue
-                vector = np.frombuffer(blob, dtype=np.float32)
-                if not np.isfinite(vector).all():
-                    bad.append(entry_id)
-                    continue
-                self.index.add(entry_id, partition, vector)
+                ids.append(entry_id)
+                partitions.append(partition)
+                vectors.append(vector)
             self._lru[entry_id] = (created_at, expires_at)
+        if ids:
+            self.index.add_many(ids, partitions, np.stack(vectors))
         for entry_id in sorted(self._lru, key=lambda i: self._lru[i][1]):
             self._expiry.append((self._lru[entry_id][1], entry_id))
         if bad:
@@ -156,6 +161,10 @@ class LocalStore:
         if meta[1] <= now:
             self._forget([entry_id])
             return None
+        pending = self._unwritten.get(entry_id)
+        if pending is not None:
+            self._lru.move_to_end(entry_id)
+            return pending
         row = self._read.execute(  # type: ignore[union-attr]
             "SELECT partition, kind, query, body, prompt_tokens, completion_tokens, cost_usd FROM entries WHERE id = ?",
             (entry_id,)).fetchone()
@@ -206,7 +215,11 @@ class LocalStore:
         blob = None if entry.vector is None else np.asarray(entry.vector, dtype=np.float32).tobytes()
         row = (entry.id, entry.partition, entry.kind, entry.query, blob, encode_body(entry.body), entry.prompt_tokens,
                entry.completion_tokens, entry.cost_usd, entry.created_at, now, entry.expires_at)
-        self._submit(self._write_entry, row, evicted)
+        self._unwritten[entry.id] = entry
+        for old in evicted:
+            self._unwritten.pop(old, None)
+        future = self._submit(self._write_entry, row, evicted)
+        future.add_done_callback(lambda _f, e=entry: self._unwritten.pop(e.id, None) if self._unwritten.get(e.id) is e else None)
 
     def _write_entry(self, row: tuple[Any, ...], evicted: list[str]) -> None:
         conn = self._write
@@ -237,6 +250,7 @@ class LocalStore:
         for entry_id in ids:
             self._lru.pop(entry_id, None)
             self._touched.pop(entry_id, None)
+            self._unwritten.pop(entry_id, None)
             self.index.remove(entry_id)
         if ids and write:
             self._submit(self._delete, ids)
@@ -273,10 +287,11 @@ class LocalStore:
     def _write_touches(self, rows: list[tuple[float, str]]) -> None:
         self._write.executemany("UPDATE entries SET last_used_at = ?, hits = hits + 1 WHERE id = ?", rows)  # type: ignore[union-attr]
 
-    def _submit(self, fn: Callable[..., None], *args: Any) -> None:
+    def _submit(self, fn: Callable[..., None], *args: Any) -> asyncio.Future:
         future = asyncio.get_running_loop().run_in_executor(self._writer, fn, *args)
         self._pending.add(future)
         future.add_done_callback(self._written)
+        return future
 
     def _written(self, future: asyncio.Future) -> None:
         self._pending.discard(future)
@@ -290,8 +305,12 @@ class LocalStore:
 
     # --- reporting ------------------------------------------------------------------------
 
+    def memory_bytes(self) -> int:
+        """The vector index plus about 200 bytes of bookkeeping per entry (bodies stay on disk)."""
+        return self.index.memory_bytes() + 200 * len(self._lru)
+
     async def stats(self) -> dict[str, Any]:
         size = sum(p.stat().st_size for p in self.path.parent.glob(self.path.name + "*") if p.is_file())
         return {"backend": "local", "entries": len(self._lru), "partitions": self.index.partitions,
-                "memory_bytes": self.index.memory_bytes() + 200 * len(self._lru), "disk_bytes": size,
+                "memory_bytes": self.memory_bytes(), "disk_bytes": size,
                 "corrupt_dropped": self.corrupt_dropped, "path": str(self.path)}

@@ -29,6 +29,7 @@ into "cache unavailable" and the gateway answers without it.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import time
 from typing import Any, Callable
@@ -92,8 +93,10 @@ class RedisStore:
         """Read every entry's vector back from Redis; events after the stream's current end are read later."""
         last = await self.redis.xrevrange(self._log, count=1)
         cursor = _text(last[0][0]) if last else "0-0"
-        self.index.clear()
         ids = [_text(i) for i in await self.redis.zrange(self._lru, 0, -1)]
+        found: list[str] = []
+        partitions: list[str] = []
+        vectors: list[np.ndarray] = []
         for start in range(0, len(ids), 1000):
             batch = ids[start:start + 1000]
             pipe = self.redis.pipeline(transaction=False)
@@ -101,7 +104,13 @@ class RedisStore:
                 pipe.hmget(self._key(entry_id), "partition", "vector")
             for entry_id, (partition, vector) in zip(batch, await pipe.execute()):
                 if partition is not None and vector is not None and len(vector) == DIM * 4:
-                    self.index.add(entry_id, _text(partition), np.frombuffer(vector, dtype=np.float32))
+                    found.append(entry_id)
+                    partitions.append(_text(partition))
+                    vectors.append(np.frombuffer(vector, dtype=np.float32))
+        index = VectorIndex(DIM)
+        if found:  # a large graph is built off the event loop
+            await asyncio.to_thread(index.add_many, found, partitions, np.stack(vectors))
+        self.index = index
         self._cursor = cursor
         log.info("cache %s: %d vectors loaded from %s", self.ns, len(self.index), self.url)
 
@@ -245,6 +254,13 @@ class RedisStore:
         self.on_corrupt(count)
 
     # --- reporting ------------------------------------------------------------------------
+
+    def __len__(self) -> int:
+        """Entries this gateway holds vectors for (semantic mode); `stats` counts the ones in Redis."""
+        return len(self.index)
+
+    def memory_bytes(self) -> int:
+        return self.index.memory_bytes()
 
     async def stats(self) -> dict[str, Any]:
         pipe = self.redis.pipeline(transaction=False)

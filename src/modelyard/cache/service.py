@@ -33,11 +33,15 @@ log = logging.getLogger(__name__)
 
 #: seconds an endpoint goes without its cache after the store failed
 RETRY_S = 5.0
+#: how long a request waits for a store that is still opening (loading its index) before going without it
+OPEN_WAIT_S = 1.0
+#: what `ResponseCache.store` returns while a store is still opening
+WARMING = object()
 
 
 @dataclass(slots=True)
 class Lookup:
-    """What a look-up found: ``hit``, ``semantic-hit``, ``miss`` or ``unavailable``."""
+    """What a look-up found: ``hit``, ``semantic-hit``, ``miss``, ``unavailable`` or ``warming``."""
 
     result: str
     entry: Entry | None = None
@@ -92,8 +96,9 @@ class ResponseCache:
 
         return LocalStore(self.root / f"{endpoint}.db", ttl_s=spec.ttl_s, max_entries=spec.max_entries, on_corrupt=on_corrupt)
 
-    async def store(self, endpoint: str, spec: CacheSpec) -> Any:
-        """The endpoint's open store, or None while it is unavailable. Raises nothing."""
+    async def store(self, endpoint: str, spec: CacheSpec, *, wait_s: float | None = OPEN_WAIT_S) -> Any:
+        """The endpoint's open store; None while it is unavailable; `WARMING` while it is still
+        opening after `wait_s` seconds (None: wait until it is open). Raises nothing."""
         slot = self._slots.get(endpoint)
         if slot is None or (slot.spec is not spec and slot.spec != spec):
             slot = await self._reconfigure(endpoint, slot, spec)
@@ -104,19 +109,31 @@ class ResponseCache:
                 self._up(endpoint, slot)  # tried again after a failure; the next failure takes it down again
             return slot.store
         if slot.opening is None:
-            slot.store = self._make_store(endpoint, spec)
-            slot.opening = asyncio.get_running_loop().create_task(slot.store.open())
+            slot.opening = asyncio.get_running_loop().create_task(self._open(endpoint, slot))
         try:
-            await asyncio.shield(slot.opening)
+            await asyncio.wait_for(asyncio.shield(slot.opening), wait_s)
+        except asyncio.TimeoutError:
+            return WARMING
+        return slot.store
+
+    async def _open(self, endpoint: str, slot: _Slot) -> None:
+        store = self._make_store(endpoint, slot.spec)
+        try:
+            await store.open()
         except Exception as exc:
             slot.opening = None
-            store, slot.store = slot.store, None
             self.failed(endpoint, exc)
             await _quietly_close(store)
-            return None
+            return
         slot.opening = None
+        if self._slots.get(endpoint) is not slot:  # the spec changed while this store was opening
+            await _quietly_close(store)
+            return
+        slot.store = store
         self._up(endpoint, slot)
-        return slot.store
+        if self.metrics is not None:
+            self.metrics.entries.labels(endpoint).set_function(lambda: len(store))
+            self.metrics.memory.labels(endpoint).set_function(store.memory_bytes)
 
     async def _reconfigure(self, endpoint: str, slot: _Slot | None, spec: CacheSpec) -> _Slot:
         if slot is not None and slot.store is not None and slot.opening is None \
@@ -164,6 +181,8 @@ class ResponseCache:
         store = await self.store(endpoint, spec)
         if store is None:
             return Lookup("unavailable")
+        if store is WARMING:
+            return Lookup("warming")
         try:
             entry = await store.get(keys.exact) if keys.lookup else None
             if entry is not None:
@@ -185,7 +204,7 @@ class ResponseCache:
                    prompt_tokens: int, completion_tokens: int, cost_usd: float, vector: np.ndarray | None) -> bool:
         """Store an answer; False (and logged) when the store is unavailable."""
         store = await self.store(endpoint, spec)
-        if store is None:
+        if store is None or store is WARMING:
             return False
         now = time.time()
         entry = Entry(keys.exact, keys.partition, kind, keys.query, body, prompt_tokens, completion_tokens, cost_usd,
@@ -209,6 +228,8 @@ class ResponseCache:
             return {**out, "entries": 0, "memory_bytes": 0}
         store = await self.store(endpoint, spec)
         slot = self._slots.get(endpoint)
+        if store is WARMING:
+            return {**out, "warming": True, "entries": None, "memory_bytes": None}
         if store is None:
             return {**out, "available": False, "error": slot.error if slot else None, "entries": None, "memory_bytes": None}
         try:
@@ -220,7 +241,7 @@ class ResponseCache:
 
     async def clear(self, endpoint: str, spec: CacheSpec, older_than_s: float | None = None) -> int:
         """Delete the endpoint's entries (or those older than `older_than_s`); raises when the store is down."""
-        store = await self.store(endpoint, spec)
+        store = await self.store(endpoint, spec, wait_s=None)
         if store is None:
             slot = self._slots.get(endpoint)
             raise RuntimeError(slot.error if slot and slot.error else "the cache store is unavailable")

@@ -29,6 +29,14 @@ def _register() -> None:
     app.add_typer(deployment.app, name="deployment")
     deployment.app.command("rollout")(rollout.rollout)
     app.add_typer(rollout.app, name="rollout")
+    from . import batch
+    app.add_typer(batch.app, name="batch")
+    from . import cache
+    app.add_typer(cache.app, name="cache")
+    from . import router
+    app.add_typer(router.app, name="router")
+    from . import router_report
+    router.app.command("report")(router_report.report)
 
 
 _register()

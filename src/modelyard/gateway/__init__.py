@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .auth import Auth
 from .budget import Budget
+from .cache import Cache
 from .dispatch import dispatch
 from .mirror import Mirror
 from .pipeline import Call, Pipeline
@@ -21,6 +22,7 @@ def build_pipeline(*, keys, endpoints, split, writer, metrics, router=None, budg
         record,
         Auth(keys),
         *([Budget(budget, endpoints)] if budget is not None else []),
+        Cache(endpoints, metrics),
         Policy(endpoints, split, router),
         Mirror(shadow),
         dispatch,

@@ -91,6 +91,23 @@ class TierContext:
         call.prompt_tokens += entry["prompt_tokens"]
         call.completion_tokens += entry["completion_tokens"]
         call.cost_usd += entry["cost_usd"]
+        self._savings()
+
+    def _savings(self) -> None:
+        """``saved_usd``: what the answer would have cost from the top tier, less what it did cost.
+
+        Counted only when the top tier is priced per token (a hosted model);
+        the answering tier's token counts stand in for the top tier's.
+        """
+        top = self.tiers[-1].card
+        if not (top.price.input_per_1m or top.price.output_per_1m):
+            return
+        answered = [e for e in self.call.tiers if e["outcome"] == "answered"]
+        if not answered:
+            return
+        a = answered[-1]
+        counterfactual = top.price.token_cost(a["prompt_tokens"], a["completion_tokens"])
+        self.call.saved_usd = max(counterfactual - self.call.cost_usd, 0.0)
 
     async def complete(self, tier: Any, *, attach: bool = True, **overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
         """Call `tier` for a whole answer; returns the body and the tier's entry.
@@ -216,8 +233,10 @@ async def _single(data: bytes) -> AsyncIterator[bytes]:
 class Router:
     """Runs a router endpoint's strategy for each call; owns the work left running after answers."""
 
-    def __init__(self, responses: ResponseLog, writer: Any, metrics: Any, *, models: Any = None) -> None:
+    def __init__(self, responses: ResponseLog, writer: Any, metrics: Any, *, models: Any = None,
+                 budget: Any = None) -> None:
         self.responses = responses
+        self.budget = budget  # routing.budget.BudgetTracker
         self.writer = writer
         self.metrics = metrics
         self.models = models or router_policy.Models()
@@ -251,8 +270,14 @@ class Router:
         if not task.cancelled() and task.exception() is not None:
             log.error("router background work failed", exc_info=task.exception())
 
+    def submit_usage(self, record: dict[str, Any]) -> None:
+        """A usage record for work outside the pipeline's record stage; counted against budgets too."""
+        self.writer.submit(record)
+        if self.budget is not None:
+            self.budget.count(record)
+
     def record_extra(self, call: Call, tier: Any, entry: dict[str, Any], route: str) -> None:
-        self.writer.submit({
+        self.submit_usage({
             "request_id": call.request_id,
             "endpoint": call.endpoint_name,
             "deployment": tier.name,

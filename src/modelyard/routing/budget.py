@@ -161,7 +161,7 @@ class BudgetTracker:
 
     def _roll(self, now: datetime) -> None:
         """A new day (and maybe a new month) began: its sums start from zero."""
-        new_month = now >= self.month_end or now < self.month_start
+        new_month = now >= self.month_end
         self._set_periods(now)
         self._day = {}
         if new_month:
@@ -169,8 +169,9 @@ class BudgetTracker:
         log.info("budget counters reset for %s (%s)", self.day_start.date(), "new month" if new_month else "new day")
 
     def _current(self) -> datetime:
+        # Only forward: a clock set back a little (NTP) keeps counting into the current day.
         now = self._clock()
-        if now >= self.day_end or now < self.day_start:
+        if now >= self.day_end:
             self._roll(now)
         return now
 

@@ -235,6 +235,9 @@ def subject_split(data: OutcomeData, seed: int = 0) -> list[tuple[str, np.ndarra
     With two or more groups the split is by group (subject); with one group
     (a single file) it is by row.
     """
+    if len(data) < 2:
+        raise invalid(f"{data.source or 'the outcome data'}: {len(data)} row(s); a 50/50 split needs at least 2",
+                      param="data", code="too_few_rows")
     groups = sorted(data.group_names)
     rng = np.random.default_rng(seed)
     if len(groups) >= 2:

@@ -34,7 +34,7 @@ DEFAULT_EMBEDDING_MODEL = "all-minilm-l6-v2"
 
 _WORD = re.compile(r"[^\W\d_]+(?:'[^\W\d_]+)?")
 _NUMBER = re.compile(r"\d+(?:[.,]\d+)*")
-_MATH_CHARS = set("=+*/^<>%|±×÷√∞∑∏∫∂≤≥≠≈πθλμσΔΩ∈∩∪→")
+_MATH_CHARS = frozenset("=+*/^<>%|±×÷√∞∑∏∫∂≤≥≠≈πθλμσΔΩ∈∩∪→")
 _LATEX = re.compile(r"\\[a-zA-Z]+|\$[^$]+\$")
 _CODE = re.compile(r"[{};]|\b(?:def|return|class|import|function|var|let|const|for|while|int|void|printf|print)\b|==|!=|->|=>|\[\]")
 _LIST_ITEM = re.compile(r"^\s*(?:\(?[A-Za-z0-9]{1,2}[.):]|[-*•])\s+", re.MULTILINE)
@@ -58,8 +58,11 @@ def prompt_features(text: str) -> np.ndarray:
     n_words = len(words)
     lines = [ln for ln in text.splitlines() if ln.strip()]
     numbers = _NUMBER.findall(text)
-    digits = sum(c.isdigit() for c in text)
-    math_chars = sum(c in _MATH_CHARS for c in text)
+    # map() over builtins keeps these counts in C: prompts can be pages long
+    digits = sum(map(str.isdigit, text))
+    math_chars = sum(map(_MATH_CHARS.__contains__, text))
+    alnum = sum(map(str.isalnum, text))
+    spaces = sum(map(str.isspace, text))
     items = list(_LIST_ITEM.finditer(text))
     item_lines = [ln for ln in lines if _LIST_ITEM.match(ln)]
     item_words = sum(len(_WORD.findall(ln)) for ln in item_lines)
@@ -80,9 +83,9 @@ def prompt_features(text: str) -> np.ndarray:
         math_chars / n,
         math.log1p(len(_LATEX.findall(text))),
         len(_CODE.findall(text)) / max(n_words, 1),
-        sum(c.isupper() for c in text) / n,
-        sum((not c.isalnum()) and (not c.isspace()) for c in text) / n,
-        sum(ord(c) > 127 for c in text) / n,
+        sum(map(str.isupper, text)) / n,
+        (len(text) - alnum - spaces) / n,
+        (len(text) - len(text.encode("ascii", "ignore"))) / n,
         math.log1p(text.count("?")),
         math.log1p(len(items)),
         math.log1p(item_words / len(item_lines)) if item_lines else 0.0,
@@ -160,16 +163,49 @@ class MiniLMEmbedder:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         model = self._model()
+        texts = list(texts)
         with self._lock:
-            vectors = model.encode(list(texts), batch_size=self.batch_size, normalize_embeddings=True,
+            if len(texts) <= 4:  # the per-request path: skip encode()'s batching machinery
+                fast = self._forward(model, texts)
+                if fast is not None:
+                    return fast
+            vectors = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
                                    convert_to_numpy=True, show_progress_bar=False)
         return np.asarray(vectors, dtype=np.float32)
+
+    @staticmethod
+    def _forward(model: Any, texts: list[str]) -> np.ndarray | None:
+        """Tokenise, run the transformer, mean-pool, normalise: what encode() does for this model, minus overhead.
+
+        Returns None when the model is not a plain transformer + mean pooling
+        (then encode() runs instead).
+        """
+        import torch
+
+        try:
+            transformer, pooling = model[0], model[1]
+            mode = getattr(pooling, "pooling_mode", None)
+            mean = mode == "mean" if mode is not None else getattr(pooling, "pooling_mode_mean_tokens", False)
+            if not mean or len(model) > 3 or (len(model) == 3 and type(model[2]).__name__ != "Normalize"):
+                return None
+            auto = transformer.auto_model
+            tokenizer = transformer.tokenizer
+        except (AttributeError, IndexError, TypeError):
+            return None
+        with torch.inference_mode():
+            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
+                              max_length=model.max_seq_length)
+            hidden = auto(**batch).last_hidden_state
+            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
+            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
+        return pooled.float().numpy()
 
 
 class CachedEmbedder:
     """Wraps an embedder with an on-disk cache keyed by sha256(text) and the model name.
 
-    Vectors live in ``DIR/<model>/shard-*.npz`` files (``keys``: digests,
+    Vectors live in ``DIR/<model>/shard-*.npz`` files (``keys``: hex digests,
     ``vectors``: float32 rows). Each call that embeds anything new writes one
     new shard atomically (temp file + rename), so a crash loses at most that
     call's vectors and never corrupts the cache; many small shards are merged
@@ -209,7 +245,7 @@ class CachedEmbedder:
 
     def __call__(self, texts: list[str]) -> np.ndarray:
         index = self._load_index()
-        keys = [hashlib.sha256(t.encode("utf-8")).digest() for t in texts]
+        keys = [hashlib.sha256(t.encode("utf-8")).hexdigest().encode() for t in texts]
         missing = list(dict.fromkeys(k for k in keys if k not in index))
         self.hits += len(keys) - len(missing)
         self.misses += len(missing)
@@ -233,7 +269,7 @@ class CachedEmbedder:
             name = self.dir / f"shard-{time.time_ns()}-{os.getpid()}.npz"
             fd, tmp = tempfile.mkstemp(dir=self.dir, suffix=".tmp")
             with os.fdopen(fd, "wb") as fh:
-                np.savez(fh, keys=np.array(keys, dtype="S32"), vectors=vectors.astype(np.float32))
+                np.savez(fh, keys=np.array(keys, dtype="S64"), vectors=vectors.astype(np.float32))
             os.replace(tmp, name)
             if len(shards) >= self.max_shards:
                 for old in shards:

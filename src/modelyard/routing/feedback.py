@@ -100,7 +100,7 @@ class FeedbackService:
         usage = body.get("usage") or {}
         p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
         cost = deployment_cost(tier, p, c, elapsed)
-        self.router.writer.submit({
+        self.router.submit_usage({
             "endpoint": row["endpoint"], "deployment": tier.name, "model": tier.card.id, "key_id": row["key_id"],
             "kind": kind, "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost, "status": 200,
             "latency_ms": elapsed * 1000, "route": f"feedback:{tier.name}",

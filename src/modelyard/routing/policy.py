@@ -161,20 +161,25 @@ class LearnedPolicy:
 
 
 class Models:
-    """Trained router models, loaded on first use and again when their file changes; and the embedder."""
+    """Trained router models, loaded on first use and again when their file changes; and the embedder
+    (one all-MiniLM-L6-v2 for every endpoint, loaded in-process on first use)."""
 
-    def __init__(self, home: Path | None = None) -> None:
-        self.home = home
+    def __init__(self, settings: Any = None) -> None:
+        self.settings = settings
         self._routers: dict[str, tuple[float, Any]] = {}
         self._embedder: Any = None
 
     def path(self, endpoint: str) -> Path:
         from .learned import router_path
 
-        return router_path(self.home, endpoint)
+        return router_path(self.settings, endpoint)
 
-    def has_router(self, endpoint: str) -> bool:
-        return self.path(endpoint).exists()
+    def embedder(self) -> Any:
+        if self._embedder is None:
+            from .features import MiniLMEmbedder
+
+            self._embedder = MiniLMEmbedder()
+        return self._embedder
 
     def router(self, endpoint: str) -> Any:
         from .learned import LearnedRouter
@@ -188,19 +193,12 @@ class Models:
                                  code="router_not_trained") from None
         cached = self._routers.get(endpoint)
         if cached is None or cached[0] != mtime:
-            model = LearnedRouter.load(path)
-            if self._embedder is None:
-                self._embedder = getattr(model, "embedder", None)
-            self._routers[endpoint] = cached = (mtime, model)
+            self._routers[endpoint] = cached = (mtime, LearnedRouter.load(path, embedder=self.embedder()))
         return cached[1]
 
     def embed(self, texts: list[str]) -> Any:
-        """Unit-length sentence embeddings (all-MiniLM-L6-v2, in-process, loaded once)."""
-        if self._embedder is None:
-            from .features import MiniLMEmbedder
-
-            self._embedder = MiniLMEmbedder()
-        return self._embedder(texts)
+        """Unit-length sentence embeddings of `texts`."""
+        return self.embedder()(texts)
 
 
 def build(spec: Any, models: Models, endpoint: str) -> RouterPolicy:

@@ -23,6 +23,7 @@ from ..settings import Settings
 from . import batch_routes, endpoint_routes, feedback_routes, manage_routes, metrics_routes, openai_routes, rollout_routes
 from . import router_routes
 from . import catalog_routes, spend_routes
+from . import cache_routes
 from .ui import install_console
 from .http import error_response, json_response
 from .state import Gateway
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     app.include_router(spend_routes.router)
     install_console(app)  # the web console at /ui (server/ui/)
     app.include_router(router_routes.router)
+    app.include_router(cache_routes.router)
 
     @app.exception_handler(ModelyardError)
     async def _modelyard_error(request: Request, exc: ModelyardError) -> Response:

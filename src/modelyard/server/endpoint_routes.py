@@ -33,6 +33,8 @@ class EndpointPatch(BaseModel):
     tiers: list[str] | None = None
     router: dict[str, Any] | None = None
     budget: dict[str, Any] | None = None
+    #: response cache settings, merged into the current ones (checked by CacheSpec)
+    cache: dict[str, Any] | None = None
 
 
 class DeploymentPatch(BaseModel):
@@ -73,7 +75,10 @@ async def get_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> 
 @router.patch("/endpoints/{name}")
 async def update_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
     patch = await _json_model(request, EndpointPatch)
-    endpoint = await gateway.endpoints.update_endpoint(name, **patch.model_dump(exclude_none=True))
+    changes = patch.model_dump(exclude_none=True)
+    if "cache" in changes:  # a partial cache object changes only the settings it names
+        changes["cache"] = {**gateway.endpoints.get(name).spec.cache.model_dump(), **changes["cache"]}
+    endpoint = await gateway.endpoints.update_endpoint(name, **changes)
     return json_response(endpoint.describe())
 
 

@@ -71,3 +71,15 @@ async def calibrate(request: Request, name: str, gateway=Depends(_admin)) -> Res
 class CalibrateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strong_share: float = Field(ge=0, le=1)
+
+
+@router.get("/endpoints/{name}/router/outcomes")
+async def outcomes(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+    """Training rows from the endpoint's feedback (``prompt``, ``weak_correct``, ``strong_correct``),
+    and the ratings per tier."""
+    gateway.endpoints.get(name)
+    await gateway.router.responses.flush()
+    store = gateway.router.responses.store
+    rows = await asyncio.to_thread(store.outcomes, name)
+    ratings = await asyncio.to_thread(store.ratings, name)
+    return json_response({"endpoint": name, "object": "list", "data": rows, "ratings": ratings})

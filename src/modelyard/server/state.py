@@ -8,6 +8,7 @@ from dataclasses import dataclass
 from ..batch import BatchRunner, open_batches
 from ..catalog.registry import Catalog
 from ..gateway import Mirror, Pipeline, Router, build_pipeline
+from ..gateway.cache import Cache
 from ..routing import budget as budgets
 from ..routing.feedback import FeedbackService
 from ..routing.policy import Models
@@ -67,7 +68,7 @@ class Gateway:
         budget.load(db)  # what was spent today and this month, from the usage records
         responses = ResponseStore(db)
         # The router checks budgets itself (routing.budget.allows / refusal) before each paid tier.
-        router = Router(ResponseLog(responses), writer, metrics, models=Models(settings.home))
+        router = Router(ResponseLog(responses), writer, metrics, models=Models(settings), budget=budget)
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics,
                                   router=router, budget=budget)
         feedback = FeedbackService(router.responses, responses, endpoints, router, metrics)
@@ -87,6 +88,9 @@ class Gateway:
         if self.router is not None:
             await self.router.responses.start()
         await self.endpoints.load(wait=wait)
+        for stage in self.pipeline.stages:
+            if isinstance(stage, Cache):
+                stage.warm()  # opens the endpoints' caches (and the embedding model) in the background
         if self.rollouts is not None:
             await self.rollouts.resume_all()  # a rollout the last shutdown interrupted goes on, or is reverted
         if self.batches is None:
@@ -100,7 +104,7 @@ class Gateway:
         if self.rollouts is not None:
             await self.rollouts.close()
         for stage in self.pipeline.stages:
-            if isinstance(stage, Mirror):
+            if isinstance(stage, (Mirror, Cache)):
                 await stage.close()
         if self.router is not None:
             await self.router.close()

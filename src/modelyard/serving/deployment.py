@@ -18,10 +18,11 @@ remote API with no instances. Either way the gateway calls
 It also lends idle capacity to background (batch) work. A call made inside
 `background(share)` waits, without a deadline, until a slot is free, no live
 request is waiting, and background calls hold fewer than ``share`` of the
-deployment's capacity, less the room recent live traffic used (its peak
-over the last ``LIVE_RESERVE_S`` seconds). A freed slot goes to a waiting
-live request first. Live requests never wait for a background call that has
-not started; at worst for one that has, when every slot was idle before.
+deployment's capacity less the room recent live traffic needed (its peak in
+flight over the last ``LIVE_RESERVE_S`` seconds); when that leaves no room,
+one slot may still do background work while no live request is in flight.
+A freed slot goes to a waiting live request first. Live requests never wait
+for a background call that has not started; at worst for one that has.
 """
 
 from __future__ import annotations
@@ -296,8 +297,10 @@ class Deployment:
             return 0
         recent = self._live_in_flight or time.monotonic() - self._live_seen < LIVE_RESERVE_S
         reserve = max(self._live_peak, self._live_in_flight) if recent else 0
-        # Background work keeps one slot even under live load, so a busy endpoint does not starve it.
-        return min(max(1, int(capacity * share)), max(1, capacity - reserve))
+        room = capacity - reserve
+        if room < 1 and not self._live_in_flight:
+            room = 1  # live traffic is between requests: one slot may do background work meanwhile
+        return min(max(1, int(capacity * share)), room)
 
     async def _acquire_background(self, work: BackgroundWork, avoid: Any) -> Any:
         self.bg_waiting += 1

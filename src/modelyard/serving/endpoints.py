@@ -274,7 +274,11 @@ class Endpoints:
         endpoint = self.get(spec.name)
         if endpoint.spec == spec:
             return "unchanged", endpoint, {}
-        await self.update_endpoint(spec.name, **spec.model_dump(exclude={"name"}))
+        # The file is the whole truth: what it leaves out (a budget, a mirror) is removed, not kept.
+        self._check_routes(spec, endpoint.deployments)
+        self.store.save_endpoint(spec)
+        endpoint.spec = spec
+        log.info("endpoint %s applied: policy %s, traffic %s", spec.name, spec.policy, spec.traffic)
         return "updated", endpoint, {}
 
     async def apply_deployment(self, spec: DeploymentSpec) -> tuple[str, Deployment]:

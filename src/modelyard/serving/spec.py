@@ -25,6 +25,7 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
+from ..cache.spec import CacheSpec
 from ..routing.spec import BudgetSpec, RouterSpec
 
 #: endpoint and deployment names: 3-32 characters, letters, digits and dashes, starting with a letter
@@ -109,6 +110,8 @@ class EndpointSpec(_Spec):
     router: RouterSpec | None = None
     #: spending limits (USD per day / month) for the endpoint and each of its keys
     budget: BudgetSpec | None = None
+    #: the response cache (off unless set; see `modelyard.cache.spec.CacheSpec`)
+    cache: CacheSpec = Field(default_factory=CacheSpec)
 
     @field_validator("traffic")
     @classmethod

@@ -24,7 +24,7 @@ import math
 from datetime import datetime, timezone
 from typing import Any
 
-from sqlalchemy import and_, case, func, select
+from sqlalchemy import String, and_, case, cast, func, select
 
 from .db import Database
 from .metrics import _aware
@@ -32,6 +32,15 @@ from .models import ApiKey, UsageRecord, utcnow
 from .usage import _day
 
 _T = UsageRecord.__table__.c
+
+
+#: ``cache`` values that mean no cache decision was made.
+NO_CACHE = ("off", "")
+
+
+def _routed() -> Any:
+    """SQL: the record was routed (``tiers`` holds a list; a JSON column stores Python None as ``null``)."""
+    return func.coalesce(cast(_T.tiers, String), "null") != "null"
 
 
 def _sums() -> list[Any]:
@@ -46,7 +55,7 @@ def _sums() -> list[Any]:
         func.sum(_T.saved_tokens).label("saved_tokens"),
         func.sum(case((cache_hit, _T.saved_usd), else_=0.0)).label("cache_saved_usd"),
         func.sum(case((cache_hit, 1), else_=0)).label("cache_hits"),
-        func.sum(case((_T.tiers.is_not(None), 1), else_=0)).label("routed"),
+        func.sum(case((_routed(), 1), else_=0)).label("routed"),
         func.sum(case((_T.batch_id.is_not(None), 1), else_=0)).label("batch_requests"),
         func.sum(case((_T.batch_id.is_not(None), _T.cost_usd), else_=0.0)).label("batch_cost_usd"),
     ]
@@ -118,8 +127,8 @@ def decision_series(db: Database, *, endpoint: str, since: datetime, until: date
     Buckets start at whole multiples of ``bucket_s`` (as in `store.metrics`). Each point::
 
         {"t": "...", "requests": 40,
-         "cache": {"hit": 12, "miss": 20},          # records by their cache value (none: no cache)
-         "cache_hit_rate": 0.375,                   # hit / (hit + miss + other values), None without cache
+         "cache": {"hit": 12, "miss": 20},          # records by their cache decision ("off" is none)
+         "cache_hit_rate": 0.375,                   # hit / all decisions, None without any
          "routed": 28, "tiers": {"small": 22, "large": 6},  # routed answers by the deployment that answered
          "escalations": 6,                          # routed answers that called more than one tier
          "saved_usd": 0.0031}
@@ -149,7 +158,7 @@ def decision_series(db: Database, *, endpoint: str, since: datetime, until: date
             point = points[index]
             point["requests"] += 1
             point["saved_usd"] += float(saved or 0.0)
-            if cache:
+            if cache and cache not in NO_CACHE:
                 has_cache = True
                 point["cache"][cache] = point["cache"].get(cache, 0) + 1
             if tiers:

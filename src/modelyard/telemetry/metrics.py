@@ -29,6 +29,7 @@ class GatewayMetrics:
         self.in_flight = Gauge("modelyard_requests_in_flight", "Requests being answered", registry=self.registry)
         self.ratings = Counter("modelyard_feedback", "Feedback ratings of routed answers, by the tier that answered",
                                (*labels, "rating"), registry=self.registry)
+        self.cache = CacheMetrics(self.registry)
 
         # The labelled series of each (endpoint, deployment, status), looked up once: `labels()` is
         # the costly part of an update, and this runs for every request.
@@ -67,3 +68,26 @@ class GatewayMetrics:
 
     def render(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class CacheMetrics:
+    """The response cache's series, per endpoint (see `modelyard.gateway.cache`)."""
+
+    def __init__(self, registry: CollectorRegistry) -> None:
+        ep = ("endpoint",)
+        self.lookups = Counter("modelyard_cache_lookups", "Cache decisions: hit, semantic-hit, miss, bypass, unavailable, warming",
+                               (*ep, "result"), registry=registry)
+        self.stored = Counter("modelyard_cache_stored", "Answers stored in the cache", ep, registry=registry)
+        self.saved_tokens = Counter("modelyard_cache_saved_tokens", "Tokens not generated thanks to cache hits", ep,
+                                    registry=registry)
+        self.saved_usd = Counter("modelyard_cache_saved_usd", "USD not spent thanks to cache hits", ep, registry=registry)
+        self.errors = Counter("modelyard_cache_errors", "Cache store failures; the request was answered without the cache",
+                              ep, registry=registry)
+        self.corrupt = Counter("modelyard_cache_corrupt_entries", "Stored entries dropped as corrupt (never served)", ep,
+                               registry=registry)
+        self.backend_up = Gauge("modelyard_cache_backend_up", "1 while the endpoint's cache store answers, 0 while it is down",
+                                ep, registry=registry)
+        self.entries = Gauge("modelyard_cache_entries", "Entries in the endpoint's cache (known to this gateway)", ep,
+                             registry=registry)
+        self.memory = Gauge("modelyard_cache_memory_bytes", "Memory the endpoint's cache index holds in this gateway", ep,
+                            registry=registry)

@@ -44,10 +44,14 @@ def price_text(card: dict[str, Any]) -> str:
 
 
 def context_text(tokens: int | None) -> str:
-    """``32768`` -> ``32K``, ``131072`` -> ``128K``, ``256`` -> ``256``."""
+    """``32768`` -> ``32K``, ``131072`` -> ``128K``, ``16385`` -> ``16K``, ``1047576`` -> ``1M``, ``256`` -> ``256``."""
     if not tokens:
         return "—"
-    return f"{tokens // 1024}K" if tokens >= 1024 and tokens % 1024 == 0 else str(tokens)
+    if tokens >= 1_000_000:
+        return f"{tokens / 1_000_000:.1f}".removesuffix(".0") + "M"
+    if tokens >= 1024 and tokens % 1024 == 0:
+        return f"{tokens // 1024}K"
+    return f"{round(tokens / 1000)}K" if tokens >= 1000 else str(tokens)
 
 
 def source_text(card: dict[str, Any]) -> str:

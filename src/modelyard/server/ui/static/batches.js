@@ -87,6 +87,8 @@ async function detail(id) {
         el("dt", {}, "API"), el("dd", { class: "mono" }, b.endpoint || "—"),
         el("dt", {}, "Window"), el("dd", {}, b.completion_window || "—"),
         ...(b.model ? [el("dt", {}, "Model"), el("dd", { class: "mono" }, b.model)] : []),
+        ...(b.usage ? [el("dt", {}, "Tokens"), el("dd", {}, `${fmt.num(b.usage.input_tokens)} in / ${fmt.num(b.usage.output_tokens)} out`)] : []),
+        ...(b.modelyard?.cost_usd !== undefined ? [el("dt", {}, "Cost"), el("dd", {}, fmt.usd(b.modelyard.cost_usd))] : []),
         ...times.flatMap(([k, t]) => [el("dt", {}, k), el("dd", {}, fmt.when(t))]),
         ...Object.entries(b.metadata || {}).flatMap(([k, v]) => [el("dt", {}, k), el("dd", {}, String(v))]))),
     el("section", { class: "panel" }, el("h2", {}, "Files"),

@@ -1,6 +1,7 @@
 // Catalog: filter the server-rendered cards as one types (search words, task, format, license, ready).
 // The filters live in the URL (?q=&task=...), so a filtered view can be shared and survives a reload.
 
+document.getElementById("filters").addEventListener("submit", (ev) => ev.preventDefault());
 const q = document.getElementById("q");
 const selects = { task: document.getElementById("f-task"), format: document.getElementById("f-format"),
                   license: document.getElementById("f-license") };

@@ -40,7 +40,7 @@ export function drawChart(canvas, { kind = "line", labels, datasets, stacked = f
       const color = d.color || COLORS[i % COLORS.length];
       return {
         label: d.label, data: d.data, borderColor: color, backgroundColor: kind === "bar" ? color : color + "33",
-        borderWidth: kind === "bar" ? 0 : 2, pointRadius: 0, pointHitRadius: 6, spanGaps: false,
+        maxBarThickness: 48, borderWidth: kind === "bar" ? 0 : 2, pointRadius: 2, pointHitRadius: 6, spanGaps: false,
         fill: kind === "line" && stacked, tension: 0.25, type: d.type || kind, yAxisID: d.axis || "y",
       };
     }),

@@ -227,7 +227,11 @@ export function setupTabs(onShow) {
     history.replaceState(null, "", `#${a.dataset.goto}`);
     show(a.dataset.goto);
   }));
-  const first = location.hash.slice(1);
-  show(tabs.some((t) => t.dataset.tab === first) ? first : tabs[0]?.dataset.tab);
+  const fromHash = () => {
+    const id = location.hash.slice(1);
+    show(tabs.some((t) => t.dataset.tab === id) ? id : tabs[0]?.dataset.tab);
+  };
+  window.addEventListener("hashchange", fromHash);
+  fromHash();
   return show;
 }

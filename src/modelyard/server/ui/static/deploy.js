@@ -17,6 +17,7 @@ let deploying = false;
 
 // --- the form ----------------------------------------------------------------------------------
 
+$("wizard").addEventListener("submit", (ev) => ev.preventDefault());
 const modelSelect = $("w-model");
 for (const m of models) {
   modelSelect.append(el("option", { value: m.id }, `${m.name || m.id} — ${m.task}, ${m.format}${m.size ? ", " + m.size : ""}`));

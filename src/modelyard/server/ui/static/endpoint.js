@@ -208,9 +208,11 @@ async function loadRollouts() {
 
 function setupRolloutForm() {
   const select = $("ro-dep");
+  const chosen = select.value;
   select.replaceChildren(...desc.deployments.map((d) => el("option", { value: d.name }, `${d.name} (${desc.traffic[d.name] || 0}% now)`)));
   const zero = desc.deployments.find((d) => !desc.traffic[d.name]);
-  if (zero) select.value = zero.name;
+  if (desc.deployments.some((d) => d.name === chosen)) select.value = chosen;
+  else if (zero) select.value = zero.name;
 }
 
 $("rollout-form").addEventListener("submit", async (ev) => {

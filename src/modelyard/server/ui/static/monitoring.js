@@ -161,6 +161,7 @@ function restart() {
 }
 
 if (state.endpoint) {
+  document.getElementById("mon-controls").addEventListener("submit", (ev) => ev.preventDefault());
   document.querySelectorAll("[data-window]").forEach((b) => b.addEventListener("click", () => {
     state.window = b.dataset.window;
     document.querySelectorAll("[data-window]").forEach((x) => x.setAttribute("aria-pressed", x === b ? "true" : "false"));

@@ -1,0 +1,119 @@
+"""``modelyard cache``: an endpoint's response cache — stats, clear, and the offline evaluation.
+
+``stats`` and ``clear`` call the running server's management API
+(``/api/endpoints/{name}/cache``); ``eval`` runs here, on the packaged
+embedding model, and needs no server.
+"""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+import typer
+from rich.table import Table
+
+from .remote import _api, console
+
+app = typer.Typer(help="Response cache: stats, clear, eval.", no_args_is_help=True)
+
+
+def _num(value: Any, fmt: str = "{:,}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+@app.command()
+def stats(
+    endpoint: str = typer.Argument(..., help="endpoint name"),
+    window: str = typer.Option("24h", "--window", "-w", help="hit rates and savings over this long: 1h, 24h, 7d…"),
+    as_json: bool = typer.Option(False, "--json", help="print the API's JSON"),
+) -> None:
+    """Entries, memory, hit rate (exact and semantic) and the tokens and USD the cache saved."""
+    body = _api("GET", f"/api/endpoints/{endpoint}/cache", params={"window": window})
+    if as_json:
+        print(json.dumps(body, indent=2))
+        return
+    table = Table(title=f"cache of {endpoint}", show_header=False)
+    table.add_column("", style="bold")
+    table.add_column("", justify="right")
+    setup = f"{body['mode']}"
+    if body["mode"] == "semantic":
+        setup += f" ≥ {body['similarity']:g}"
+    table.add_row("mode", f"{setup}, ttl {body['ttl']}, scope {body['scope']}, backend {body['backend']}")
+    if not body.get("available", True):
+        table.add_row("store", f"[red]unavailable[/]: {body.get('error')}")
+    table.add_row("entries", f"{_num(body.get('entries'))} of {body['max_entries']:,}")
+    memory = body.get("memory_bytes")
+    table.add_row("index memory", "–" if memory is None else f"{memory / 1e6:,.1f} MB")
+    table.add_row(f"requests ({body['window']})", _num(body["requests"]))
+    table.add_row("hit rate", f"{_pct(body['hit_rate'])}  (exact {_pct(body['exact_hit_rate'])}, "
+                              f"semantic {_pct(body['semantic_hit_rate'])})")
+    table.add_row("hits / misses", f"{body['hits']:,} + {body['semantic_hits']:,} semantic / {body['misses']:,}")
+    table.add_row("not cacheable", _num(body["bypassed"]))
+    if body["unavailable"] or body["warming"]:
+        table.add_row("answered without the cache", f"{body['unavailable']:,} unavailable, {body['warming']:,} warming")
+    table.add_row("saved", f"{body['saved_tokens']:,} tokens, ${body['saved_usd']:.6f}")
+    console.print(table)
+
+
+@app.command()
+def clear(
+    endpoint: str = typer.Argument(..., help="endpoint name"),
+    older_than: str = typer.Option(None, "--older-than", help="only entries stored longer ago than this: 30m, 1h, 7d…"),
+) -> None:
+    """Delete the endpoint's cached answers (all, or those older than --older-than)."""
+    params = {"older_than": older_than} if older_than else None
+    body = _api("DELETE", f"/api/endpoints/{endpoint}/cache", params=params)
+    console.print(f"deleted {body['deleted']:,} cached answer{'s' if body['deleted'] != 1 else ''} of {endpoint}")
+
+
+@app.command("eval")
+def evaluate(
+    pairs: str = typer.Option(..., "--pairs", help='JSON file of [{"origin": ..., "similar": ...}] paraphrase pairs'),
+    thresholds: str = typer.Option("0.8:0.99:0.01", "--thresholds", help="start:stop:step, or a list 0.85,0.9"),
+    default: float = typer.Option(None, "--default", help="the threshold reported as default (default: the built-in one)"),
+    plot_path: str = typer.Option(None, "--plot", help="write precision/recall against the threshold to this PNG"),
+    seed: int = typer.Option(0, "--seed", help="which half of the origins is withheld"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
+) -> None:
+    """Precision, recall, false-hit rate and look-up time of semantic look-ups, per threshold."""
+    from ..cache import evaluate as ev
+    from ..cache.spec import DEFAULT_SIMILARITY
+
+    try:
+        values = ev.parse_thresholds(thresholds)
+        data = ev.load_pairs(pairs)
+        chosen = DEFAULT_SIMILARITY if default is None else ev.parse_thresholds(str(default))[0]
+    except ValueError as exc:
+        console.print(f"[red]error:[/] {exc}")
+        raise typer.Exit(2) from None
+    if not as_json:
+        console.print(f"[dim]embedding {len(data):,} pairs with all-MiniLM-L6-v2…[/]")
+    result = ev.evaluate(data, values, default=chosen, seed=seed)
+    if plot_path:
+        try:
+            ev.plot(result, plot_path)
+        except RuntimeError as exc:
+            console.print(f"[red]error:[/] {exc}")
+            raise typer.Exit(2) from None
+    if as_json:
+        print(json.dumps(result, indent=2))
+        return
+    table = Table(title=f"{result['pairs']:,} pairs; {result['withheld']:,} of {result['origins']:,} origins withheld",
+                  caption=f"look-up excludes embedding (p50 {result['embedding_p50_ms']:.1f} ms per sentence)")
+    for col in ("threshold", "precision", "recall", "false hits", "hits", "lookup p50 ms", "p99 ms"):
+        table.add_column(col, justify="right")
+    for row in result["thresholds"]:
+        style = "bold" if row["threshold"] == result["default"]["threshold"] else None
+        table.add_row(f"{row['threshold']:g}", _pct(row["precision"]), _pct(row["recall"]), _pct(row["false_hit_rate"]),
+                      f"{row['hits']:,}", f"{row['lookup_p50_ms']:.3f}", f"{row['lookup_p99_ms']:.3f}", style=style)
+    console.print(table)
+    d = result["default"]
+    console.print(f"default {d['threshold']:g}: precision {_pct(d['precision'])}, recall {_pct(d['recall'])}, "
+                  f"false hits {_pct(d['false_hit_rate'])}")
+    if plot_path:
+        console.print(f"plot: {plot_path}")

@@ -1,0 +1,289 @@
+"""``modelyard router``: train a learned router and measure routers offline.
+
+``eval`` and ``train`` run here, on outcome data (RouteLLM's CSV format: a
+prompt and the weak and the strong model's outcome), and need no server::
+
+    modelyard router eval --data ../shared/data/routing/mmlu --strategy learned --plot curve.png
+    modelyard router eval --data other.csv --train ../shared/data/routing/mmlu --json
+    modelyard router train assistant --data outcomes.csv
+
+The group object is `app`; other router commands (calibrate, report) attach
+to it with ``app.command("NAME")(function)``.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Iterator
+from contextlib import contextmanager
+from enum import Enum
+from pathlib import Path
+from typing import Any, Optional
+
+import typer
+from rich.console import Console
+from rich.markup import escape
+from rich.table import Table
+
+from ..errors import ModelyardError
+
+app = typer.Typer(name="router", help="Cost-aware routers: train, evaluate offline.", no_args_is_help=True)
+
+
+class Strategy(str, Enum):
+    """The --strategy values of `router eval`."""
+
+    learned = "learned"
+    length = "length"
+    random = "random"
+
+
+#: strong shares shown in the table of `router eval`
+TABLE_SHARES = [i / 10 for i in range(11)]
+
+DataOption = typer.Option(..., "--data", help="outcome data: a CSV/JSONL file, or a folder of them (one file per subject)")
+WeakColumn = typer.Option(None, "--weak-column", help="the weak model's outcome column (default: found or guessed)")
+StrongColumn = typer.Option(None, "--strong-column", help="the strong model's outcome column (default: found or guessed)")
+
+
+def _out() -> Console:
+    return Console(highlight=False)
+
+
+def _err() -> Console:
+    return Console(stderr=True, highlight=False)
+
+
+@contextmanager
+def _friendly_errors() -> Iterator[None]:
+    """Print a modelyard error as one line on stderr and exit 1, instead of a traceback."""
+    try:
+        yield
+    except ModelyardError as exc:
+        where = f" ({exc.param})" if exc.param else ""
+        _err().print(f"[red]error{escape(where)}:[/red] {escape(exc.message)}", soft_wrap=True)
+        raise typer.Exit(1) from None
+
+
+def _pct(value: float | None) -> str:
+    return "–" if value is None else f"{value * 100:.1f}%"
+
+
+def _num(value: float | None, fmt: str = "{:.3f}") -> str:
+    return "–" if value is None else fmt.format(value)
+
+
+def _embedder() -> Any:
+    """The embedder `eval` and `train` use: all-MiniLM-L6-v2, cached under MODELYARD_HOME/cache/embeddings."""
+    from ..routing.features import CachedEmbedder
+
+    return CachedEmbedder.default()
+
+
+def _load(path: str, weak: str | None, strong: str | None, param: str) -> Any:
+    from ..routing.data import load_outcomes
+
+    return load_outcomes(path, weak_column=weak, strong_column=strong, param=param)
+
+
+# --- eval ------------------------------------------------------------------------------------
+
+
+@app.command("eval")
+def eval_command(
+    data: str = DataOption,
+    train: Optional[str] = typer.Option(None, "--train", help="train on this data and evaluate on --data "
+                                        "(default: split --data 50/50 by subject, both ways)"),
+    strategy: Strategy = typer.Option(Strategy.learned, "--strategy", help="the router to measure"),
+    plot: Optional[Path] = typer.Option(None, "--plot", help="write the quality and PGR curves to this PNG",
+                                        dir_okay=False),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of tables"),
+    weak_column: Optional[str] = WeakColumn,
+    strong_column: Optional[str] = StrongColumn,
+    seed: int = typer.Option(0, "--seed", help="which subjects fall in which half of the split"),
+) -> None:
+    """Measure a router offline: quality and strong-call share at each threshold, PGR, APGR, CPT(50%), CPT(80%).
+
+    The random router and the oracle are shown for reference. Without --train
+    the data is split by subject (each file of a folder is one; a single file
+    is split by rows): half trains, half tests, then the other way round, and
+    the two are averaged.
+    """
+    from ..routing.evaluate import evaluate, learned_router
+
+    t0 = time.perf_counter()
+    with _friendly_errors():
+        outcomes = _load(data, weak_column, strong_column, "data")
+        training = _load(train, weak_column, strong_column, "train") if train else None
+        router = None
+        embedder = None
+        if strategy is Strategy.learned:
+            embedder = _embedder()
+            router = learned_router(embedder)
+        result = evaluate(outcomes, strategy.value, train=training, router=router, seed=seed)
+    body = result.to_json()
+    body["data"] = {"path": outcomes.source, "rows": len(outcomes), "subjects": len(outcomes.group_names),
+                    "weak_column": outcomes.weak_column, "strong_column": outcomes.strong_column,
+                    "contaminated_dropped": outcomes.dropped_contaminated}
+    if training is not None:
+        body["train"] = {"path": training.source, "rows": len(training), "subjects": len(training.group_names)}
+    if embedder is not None:
+        body["embeddings"] = {"model": embedder.name, "cached": embedder.hits, "computed": embedder.misses}
+    body["seconds"] = round(time.perf_counter() - t0, 3)
+    if plot is not None:
+        with _friendly_errors():
+            write_plot(result, plot, title=f"{strategy.value} router on {Path(outcomes.source).name}")
+        body["plot"] = str(plot)
+    if as_json:
+        print(json.dumps(body))
+        return
+    _print_eval(body, result)
+
+
+def _print_eval(body: dict[str, Any], result: Any) -> None:
+    out = _out()
+    info = body["data"]
+    where = f"{info['rows']:,} prompts in {info['subjects']} subject{'s' if info['subjects'] != 1 else ''}"
+    if "train" in body:
+        split = f"trained on {body['train']['path']} ({body['train']['rows']:,} prompts)"
+    else:
+        split = f"split 50/50 by {'subject' if result.split == 'subjects' else 'row'}, both ways, averaged"
+    out.print(f"[bold]{escape(info['path'])}[/bold]: {where}; weak = {escape(info['weak_column'])}, "
+              f"strong = {escape(info['strong_column'])}; {split}")
+    for note in body["notes"]:
+        out.print(f"[yellow]note:[/yellow] {escape(note)}")
+    table = Table(title=f"{body['strategy']} router: quality against strong calls")
+    for col in ("strong calls", "threshold", "quality", "PGR", "random PGR", "oracle PGR"):
+        table.add_column(col, justify="right")
+    points = {round(p["strong_share"], 6): p for p in result.points(shares=_np_shares())}
+    oracle = {round(p["strong_share"], 6): p for p in result.points(shares=_np_shares(), which="oracle")}
+    for share in TABLE_SHARES:
+        p, o = points[round(share, 6)], oracle[round(share, 6)]
+        threshold = "all weak" if p["threshold"] is None else f"{p['threshold']:.4g}"
+        if body["strategy"] == "random":
+            threshold = "–"
+        table.add_row(_pct(share), threshold, _num(p["quality"], "{:.4f}"), _num(p["pgr"]), _num(share),
+                      _num(o["pgr"]))
+    out.print(table)
+    summary = Table(title="summary (mean of the folds)")
+    summary.add_column("")
+    for col in (body["strategy"], "random", "oracle"):
+        summary.add_column(col, justify="right")
+    summary.add_row("APGR", _num(body["apgr"]), _num(body["random"]["apgr"]), _num(body["oracle"]["apgr"]))
+    summary.add_row("CPT(50%)", _pct(body["cpt50"]), _pct(body["random"]["cpt50"]), _pct(body["oracle"]["cpt50"]))
+    summary.add_row("CPT(80%)", _pct(body["cpt80"]), _pct(body["random"]["cpt80"]), _pct(body["oracle"]["cpt80"]))
+    summary.add_row("quality weak / strong", f"{body['q_weak']:.4f} / {body['q_strong']:.4f}", "", "")
+    out.print(summary)
+    folds = ", ".join(f"{f['name']}: APGR {_num(f['apgr'])}, CPT(50%) {_pct(f['cpt50'])}" for f in body["folds"])
+    out.print(f"folds: {folds}")
+    tail = f"took {body['seconds']:.1f} s"
+    if "embeddings" in body:
+        emb = body["embeddings"]
+        tail += f" (embeddings: {emb['cached']:,} from the cache, {emb['computed']:,} computed with {emb['model']})"
+    out.print(tail)
+    if "plot" in body:
+        out.print(f"plot written to {escape(body['plot'])}")
+
+
+def _np_shares() -> Any:
+    import numpy as np
+
+    return np.array(TABLE_SHARES)
+
+
+def write_plot(result: Any, path: Path, *, title: str = "") -> None:
+    """Quality and PGR against the share of strong calls, with the random router and the oracle, as a PNG."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        raise ModelyardError("--plot needs matplotlib: pip install 'modelyard[plot]'", param="plot",
+                             code="missing_dependency") from None
+    import numpy as np
+
+    shares = np.linspace(0, 1, 201)
+    fig, (ax_q, ax_p) = plt.subplots(1, 2, figsize=(11, 4.2))
+    for which, label, style in (("curve", result.strategy, "-"), ("random", "random", "--"), ("oracle", "oracle", ":")):
+        pts = result.points(shares=shares, which=which)
+        x = [p["strong_share"] * 100 for p in pts]
+        ax_q.plot(x, [p["quality"] for p in pts], style, label=label)
+        ax_p.plot(x, [p["pgr"] for p in pts], style, label=label)
+    summary = result.summary()
+    ax_p.axhline(0.5, color="grey", lw=0.5)
+    if summary["cpt50"] is not None:
+        ax_p.axvline(summary["cpt50"] * 100, color="grey", lw=0.5)
+    ax_q.set(xlabel="strong calls (%)", ylabel="quality (mean outcome)", title="quality")
+    ax_p.set(xlabel="strong calls (%)", ylabel="PGR", title=f"PGR (APGR {summary['apgr']:.3f})")
+    for ax in (ax_q, ax_p):
+        ax.grid(alpha=0.3)
+        ax.legend()
+    if title:
+        fig.suptitle(title)
+    fig.tight_layout()
+    try:
+        fig.savefig(path, dpi=110)
+    except OSError as exc:
+        raise ModelyardError(f"cannot write the plot to {path}: {exc.strerror or exc}", param="plot") from None
+    finally:
+        plt.close(fig)
+
+
+# --- train -----------------------------------------------------------------------------------
+
+
+@app.command("train")
+def train_command(
+    endpoint: str = typer.Argument(..., help="the router endpoint whose learned strategy will use this model"),
+    data: str = DataOption,
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="save here instead of "
+                                          "MODELYARD_HOME/routers/ENDPOINT.npz", dir_okay=False),
+    weak_column: Optional[str] = WeakColumn,
+    strong_column: Optional[str] = StrongColumn,
+    answer_column: Optional[str] = typer.Option(None, "--answer-column", help="the weak model's answer: trains a "
+                                                "verifier (for the cascade) that scores prompt + answer"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Train the learned router from recorded outcomes and save it as ENDPOINT's router model.
+
+    The live `learned` strategy of the endpoint picks up the new file on its
+    next request; choose its threshold with `modelyard router calibrate`.
+    """
+    from ..routing.data import load_outcomes
+    from ..routing.learned import LearnedRouter, router_path
+    from ..settings import Settings
+
+    t0 = time.perf_counter()
+    with _friendly_errors():
+        path = output if output is not None else router_path(Settings.from_env(), endpoint)
+        outcomes = load_outcomes(data, weak_column=weak_column, strong_column=strong_column,
+                                 answer_column=answer_column)
+        outcomes.require_positive()
+        router = LearnedRouter(embedder=_embedder())
+        router.fit(outcomes.prompts, outcomes.weak, outcomes.strong, answers=outcomes.answers)
+        saved = router.save(path)
+    body = {
+        "endpoint": endpoint, "path": str(saved), "rows": len(outcomes), "positives": router.info["positives"],
+        "weak_column": outcomes.weak_column, "strong_column": outcomes.strong_column,
+        "verifier": router.uses_answers, "contaminated_dropped": outcomes.dropped_contaminated,
+        "thresholds": {f"{s:g}": router.threshold_for_share(s) for s in (0.1, 0.2, 0.3, 0.5)},
+        "notes": outcomes.notes, "seconds": round(time.perf_counter() - t0, 3),
+    }
+    if as_json:
+        print(json.dumps(body))
+        return
+    out = _out()
+    for note in outcomes.notes:
+        out.print(f"[yellow]note:[/yellow] {escape(note)}")
+    kind = "verifier (prompt + weak answer)" if router.uses_answers else "router"
+    out.print(f"trained a learned {kind} on {len(outcomes):,} prompts ({body['positives']:,} where the strong model "
+              f"did better) in {body['seconds']:.1f} s")
+    out.print(f"saved to [bold]{escape(str(saved))}[/bold] (+ .json)")
+    table = Table(title="threshold for a share of strong calls (on the training prompts)")
+    table.add_column("strong calls", justify="right")
+    table.add_column("threshold", justify="right")
+    for share, value in body["thresholds"].items():
+        table.add_row(_pct(float(share)), f"{value:.4f}")
+    out.print(table)

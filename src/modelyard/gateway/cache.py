@@ -1,0 +1,225 @@
+"""The cache stage: answer from an earlier response when the endpoint allows it.
+
+After auth (and the budget), before the policy: a hit never reaches a
+deployment. For an endpoint whose spec has ``cache.mode`` ``exact`` or
+``semantic``, a chat or completion request is
+
+1. **checked**: cacheable by default only when its answer is meant to be
+   repeatable (``temperature`` 0 or a ``seed``, no tools, one choice); the
+   client opts in with ``x-modelyard-cache: allow``, skips the look-up with
+   ``Cache-Control: no-cache`` and skips storing with ``no-store``;
+2. **looked up** (see `modelyard.cache.service.ResponseCache.lookup`);
+3. on a hit, **replayed** in the format asked for — a JSON body, or an SSE
+   stream of the cached text — at zero cost, the usage line recording the
+   tokens and USD the original answer cost (``saved_tokens``,
+   ``saved_usd``);
+4. on a miss, **stored** once the answer is complete, unless it failed or
+   was cut by the token limit.
+
+The ``x-modelyard-cache`` header says what happened: ``hit``,
+``semantic-hit``, ``miss``, ``bypass`` (not cacheable, or a request that
+names a deployment), ``unavailable`` (the store failed: the request is
+answered without it), ``warming`` (the store is still loading its index
+after a start: answered without it too) or ``off``; ``x-modelyard-cache-similarity`` gives the
+cosine similarity of a semantic hit (1 for an exact one), or of the nearest
+entry on a semantic miss. The cache never fails a request: its own errors
+are logged and counted, and the call goes on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from dataclasses import replace
+from typing import Any, AsyncIterator
+
+import anyio
+import orjson
+
+from ..cache.entry import answer_text, storable
+from ..cache.keys import cache_control, not_repeatable, request_keys
+from ..cache.service import Lookup, ResponseCache
+from ..errors import ModelyardError
+from ..wire import SSE_DONE, gather, new_id, now, sse, usage
+from .pipeline import Call, Next
+
+log = logging.getLogger(__name__)
+
+
+class Cache:
+    """The cache stage (see the module docstring)."""
+
+    def __init__(self, endpoints, metrics, cache: ResponseCache | None = None) -> None:
+        self.endpoints = endpoints
+        self.metrics = metrics.cache
+        self.cache = cache or ResponseCache(self.metrics)
+        self._warming: set[asyncio.Task] = set()
+
+    def warm(self) -> None:
+        """Open the caches of the endpoints that have one, in the background, so first requests need not wait."""
+        loop = asyncio.get_running_loop()
+        for endpoint in self.endpoints.all():
+            if endpoint.spec.cache.enabled:
+                task = loop.create_task(self.cache.store(endpoint.name, endpoint.spec.cache))
+                self._warming.add(task)
+                task.add_done_callback(self._warming.discard)
+
+    async def close(self) -> None:
+        await asyncio.gather(*self._warming, return_exceptions=True)
+        await self.cache.close()
+
+    async def __call__(self, call: Call, call_next: Next) -> None:
+        try:
+            endpoint = self.endpoints.get(call.request.model)
+        except ModelyardError:
+            return await call_next(call)  # the policy stage says what is wrong with the name
+        spec = endpoint.spec.cache
+        if spec.mode == "off" or call.kind == "embedding":
+            return await call_next(call)
+        call.endpoint = endpoint
+        try:
+            keys = self._keys(call, endpoint, spec)
+        except Exception:  # the cache never fails a request
+            log.exception("working out the cache keys failed on endpoint %s", endpoint.name)
+            keys = None
+        if keys is None:
+            call.cache = "bypass"
+            self.metrics.lookups.labels(endpoint.name, "bypass").inc()
+            return await call_next(call)
+        try:
+            found = await self.cache.lookup(endpoint.name, spec, keys)
+        except Exception as exc:  # the cache never fails a request
+            log.exception("cache look-up failed on endpoint %s", endpoint.name)
+            self.cache.failed(endpoint.name, exc)
+            found = Lookup("unavailable")
+        self.metrics.lookups.labels(endpoint.name, found.result).inc()
+        if found.similarity is not None:
+            call.headers["x-modelyard-cache-similarity"] = f"{found.similarity:.4f}"
+        if found.entry is not None:
+            self._replay(call, found)
+            return
+        call.cache = found.result
+        await call_next(call)
+        if not keys.store or found.result in ("unavailable", "warming"):
+            return
+        if call.stream is not None:
+            call.stream = self._store_when_done(call, call.stream, spec, keys, found)
+        elif call.status == 200 and storable(call.body):
+            await self._save(call, spec, keys, found, call.body)  # type: ignore[arg-type]
+
+    def _keys(self, call: Call, endpoint: Any, spec: Any):
+        """The request's cache keys, or None when it is not to be cached."""
+        if call.target is not None:
+            return None  # a request aimed at one deployment wants that deployment's answer
+        allow, no_lookup, no_store = cache_control(call.request_headers)
+        if not allow and not_repeatable(call.request) is not None:
+            return None
+        if no_lookup and no_store:
+            return None
+        live = [d for name, d in endpoint.deployments.items() if endpoint.spec.traffic.get(name, 0) > 0]
+        models = tuple(sorted({d.card.id for d in (live or endpoint.deployments.values())}))
+        # `scope: key`: the key itself (only ever hashed into the partition), not its row id, which two
+        # gateways with databases of their own could both give to different keys of a shared Redis cache.
+        scope = "*" if spec.scope == "endpoint" else f"key:{call.api_key or '-'}"
+        keys = request_keys(call.kind, call.request, endpoint=endpoint.name, models=models, scope=scope)
+        if keys is None:
+            return None
+        if no_lookup or no_store:
+            keys = replace(keys, lookup=not no_lookup, store=not no_store)
+        return keys
+
+    # --- a hit ----------------------------------------------------------------------------
+
+    def _replay(self, call: Call, found: Lookup) -> None:
+        entry = found.entry
+        assert entry is not None
+        call.cache = found.result
+        call.route = "cache"
+        call.saved_tokens = entry.tokens
+        call.saved_usd = entry.cost_usd
+        self.metrics.saved_tokens.labels(call.endpoint.name).inc(entry.tokens)
+        if entry.cost_usd:
+            self.metrics.saved_usd.labels(call.endpoint.name).inc(entry.cost_usd)
+        body = dict(entry.body)
+        body["id"] = new_id("chatcmpl" if entry.kind == "chat" else "cmpl")
+        body["created"] = now()
+        body["usage"] = usage(0, 0)
+        if call.streaming:
+            call.ttft_s = call.elapsed_s()
+            call.stream = _replay_stream(entry.kind, body, call.request.include_usage)
+        else:
+            call.body = body
+
+    # --- a miss ---------------------------------------------------------------------------
+
+    async def _save(self, call: Call, spec: Any, keys: Any, found: Lookup, body: dict[str, Any]) -> None:
+        try:
+            saved = await self.cache.save(call.endpoint.name, spec, keys, call.kind, body, call.prompt_tokens,
+                                          call.completion_tokens, call.cost_usd, found.vector)
+        except Exception as exc:
+            log.exception("storing an answer in the cache of %s failed", call.endpoint.name)
+            self.cache.failed(call.endpoint.name, exc)
+            return
+        if saved:
+            self.metrics.stored.labels(call.endpoint.name).inc()
+
+    async def _store_when_done(self, call: Call, stream: AsyncIterator[bytes], spec: Any, keys: Any,
+                               found: Lookup) -> AsyncIterator[bytes]:
+        """Pass the client's events on; once the stream has ended well, store the answer it carried."""
+        events: list[bytes] = []
+        try:
+            async for item in stream:
+                events.append(item)
+                yield item
+        except BaseException:
+            with anyio.CancelScope(shield=True):
+                await stream.aclose()  # type: ignore[attr-defined]
+            raise
+        if call.status != 200:
+            return
+        try:
+            body = _gathered(call.kind, b"".join(events))
+        except Exception:  # an answer that cannot be read back is simply not stored
+            log.exception("reading back a streamed answer for the cache of %s failed", call.endpoint.name)
+            return
+        if body is not None and storable(body):
+            await self._save(call, spec, keys, found, body)
+
+
+def _gathered(kind: str, raw: bytes) -> dict[str, Any] | None:
+    """The whole answer carried by a stream's SSE bytes, or None when it holds an error."""
+    chunks = []
+    for event in raw.split(b"\n\n"):
+        if not event.startswith(b"data: ") or event == SSE_DONE.strip():
+            continue
+        try:
+            chunk = orjson.loads(event[6:])
+        except orjson.JSONDecodeError:
+            return None
+        if "error" in chunk:
+            return None
+        chunks.append(chunk)
+    if not chunks:
+        return None
+    return gather(kind, chunks)
+
+
+async def _replay_stream(kind: str, body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
+    """A cached answer as one write of SSE events, framed as the deployment would have sent them."""
+    choice = body["choices"][0]
+    text = answer_text(body, kind)
+    base = {"id": body["id"], "created": body["created"], "model": body.get("model")}
+    if kind == "chat":
+        base["object"] = "chat.completion.chunk"
+        role = (choice.get("message") or {}).get("role") or "assistant"
+        first = {"index": 0, "delta": {"role": role, "content": text}, "logprobs": None, "finish_reason": None}
+        last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason") or "stop"}
+    else:
+        base["object"] = "text_completion"
+        first = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
+        last = {"index": 0, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason") or "stop"}
+    events = [sse({**base, "choices": [first]}), sse({**base, "choices": [last]})]
+    if include_usage:
+        events.append(sse({**base, "choices": [], "usage": usage(0, 0)}))
+    events.append(SSE_DONE)
+    yield b"".join(events)

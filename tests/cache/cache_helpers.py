@@ -1,0 +1,70 @@
+"""Helpers for the cache's HTTP tests: a gateway on the echo stub, requests, usage rows and metrics."""
+
+from __future__ import annotations
+
+import sqlite3
+import sys
+from pathlib import Path
+
+import httpx
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from live_gateway import start_server  # noqa: E402
+
+
+def hosted_catalog(home: Path, stub_root: str) -> None:
+    """A hosted chat card `stub-chat` on the echo stub ($1 / $2 per million tokens), as a user catalog file."""
+    (home / "catalog").mkdir(parents=True, exist_ok=True)
+    (home / "catalog" / "stubs.yaml").write_text(f"""- id: stub-chat
+  family: stub
+  task: chat
+  format: hosted
+  license: none
+  context_length: 8192
+  source: {{type: hosted, provider: openai-compatible, base_url: "{stub_root}/v1"}}
+  price: {{input_per_1m: 1.0, output_per_1m: 2.0}}
+""")
+
+
+def stub_gateway(home: Path, stub_root: str, **kwargs):
+    hosted_catalog(home, stub_root)
+    return start_server(home, "--no-defaults", **kwargs)
+
+
+def cached_endpoint(srv, name: str, cache: dict, model: str = "stub-chat") -> None:
+    """An endpoint with one deployment of `model` and the given cache settings."""
+    r = srv.api("POST", "/api/endpoints", json={"name": name, "cache": cache})
+    assert r.status_code == 201, r.text
+    r = srv.api("POST", f"/api/endpoints/{name}/deployments", json={"name": "main", "model": model})
+    assert r.status_code == 201, r.text
+
+
+PRICE = (10 * 1.0 + 20 * 2.0) / 1e6  # the stub card's price for 10 prompt + 20 completion tokens
+
+
+def ask(question: str, **kw) -> dict:
+    return {"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 50, **kw}
+
+
+def calls(stub: str) -> int:
+    return httpx.get(stub + "/_calls").json()["calls"]
+
+
+def usage_rows(srv, endpoint: str) -> list[dict]:
+    srv.api("GET", "/api/usage")  # flushes the usage writer
+    with sqlite3.connect(srv.home / "modelyard.db") as db:
+        db.row_factory = sqlite3.Row
+        return [dict(r) for r in db.execute("select * from usage_records where endpoint = ? order by id", (endpoint,))]
+
+
+def metric(srv, name: str, **labels) -> float:
+    text = httpx.get(srv.url + "/metrics").text
+    want = ",".join(f'{k}="{v}"' for k, v in labels.items())
+    for line in text.splitlines():
+        if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):
+            return float(line.rsplit(" ", 1)[1])
+    raise AssertionError(f"no {name}{{{want}}} in /metrics")
+
+
+def raw(client, endpoint: str, **body):
+    return client.chat.completions.with_raw_response.create(model=endpoint, **body)
