@@ -19,7 +19,8 @@ from modelyard.store.spend import decision_series, spend_report
 
 DAY1 = datetime(2025, 3, 1, 10, 0, tzinfo=timezone.utc)
 DAY2 = DAY1 + timedelta(days=1)
-TIERS = [{"deployment": "small", "outcome": "escalated"}, {"deployment": "large", "outcome": "accepted"}]
+TIERS = [{"deployment": "small", "outcome": "escalated"}, {"deployment": "large", "outcome": "answered"}]
+KEPT = [{"deployment": "small", "outcome": "answered"}]
 
 
 def _row(created_at: datetime, **fields) -> dict:
@@ -42,7 +43,7 @@ def filled(any_db: Database) -> tuple[Database, int, int]:
         _row(DAY1 + timedelta(minutes=1), key_id=primary.id, cache="hit", cost_usd=0.0, saved_usd=0.010, saved_tokens=120),
         _row(DAY1 + timedelta(minutes=2), key_id=primary.id, cache="miss", cost_usd=0.004, route="router:cascade",
              deployment="large", tiers=TIERS, saved_usd=0.016),
-        _row(DAY2, key_id=other.id, cost_usd=0.002, route="router:cascade", tiers=TIERS[:1], saved_usd=0.008),
+        _row(DAY2, key_id=other.id, cost_usd=0.002, route="cascade:small", tiers=KEPT, saved_usd=0.008),
         _row(DAY2 + timedelta(minutes=1), key_id=other.id, cost_usd=0.001, batch_id="batch_1"),
         _row(DAY2 + timedelta(minutes=2), key_id=None, status=401, cost_usd=0.0),
         _row(DAY2, endpoint="embed", deployment="minilm", kind="embedding", key_id=other.id, cost_usd=0.0005),

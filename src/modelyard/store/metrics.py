@@ -165,7 +165,7 @@ class _Stats:
         self.prompt_tokens += int(row.prompt_tokens or 0)
         self.completion_tokens += int(row.completion_tokens or 0)
         self.cost.append(float(row.cost_usd or 0.0))
-        if status < 300 and row.kind in _GENERATING_KINDS and row.cache != "hit":
+        if status < 300 and row.kind in _GENERATING_KINDS and row.cache not in ("hit", "semantic-hit"):
             self.gen_tokens += int(row.completion_tokens or 0)
             self.gen_seconds += latency / 1000
 

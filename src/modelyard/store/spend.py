@@ -5,7 +5,7 @@ cache and the router show. Definitions:
 
 - *spent* (``cost_usd``): what the requests cost, summed.
 - *saved* (``saved_usd``): what the request path avoided paying. A cache hit
-  records what the original generation cost (``cache == "hit"``: *cache
+  records what the original generation cost (``cache`` ``hit`` or ``semantic-hit``: *cache
   savings*); a routed answer records what sending it to the top tier would
   have cost beyond what it did cost (every other record with ``saved_usd``:
   *router savings*).
@@ -44,7 +44,7 @@ def _routed() -> Any:
 
 
 def _sums() -> list[Any]:
-    cache_hit = _T.cache == "hit"
+    cache_hit = _T.cache.in_(("hit", "semantic-hit"))
     return [
         func.count().label("requests"),
         func.sum(case((_T.status >= 400, 1), else_=0)).label("errors"),
@@ -130,7 +130,7 @@ def decision_series(db: Database, *, endpoint: str, since: datetime, until: date
          "cache": {"hit": 12, "miss": 20},          # records by their cache decision ("off" is none)
          "cache_hit_rate": 0.375,                   # hit / all decisions, None without any
          "routed": 28, "tiers": {"small": 22, "large": 6},  # routed answers by the deployment that answered
-         "escalations": 6,                          # routed answers that called more than one tier
+         "escalations": 6,                          # routed answers escalated or corrected by a stronger tier
          "saved_usd": 0.0031}
 
     ``has_cache`` / ``has_router`` say whether any record in the window had a
@@ -166,10 +166,11 @@ def decision_series(db: Database, *, endpoint: str, since: datetime, until: date
                 point["routed"] += 1
                 answered = dep or (tiers[-1].get("deployment") if isinstance(tiers[-1], dict) else None) or "?"
                 point["tiers"][answered] = point["tiers"].get(answered, 0) + 1
-                point["escalations"] += 1 if len(tiers) > 1 else 0
+                point["escalations"] += any(isinstance(t, dict) and t.get("outcome") in ("escalated", "corrected")
+                                            for t in tiers)
     for point in points:
         decided = sum(point["cache"].values())
-        point["cache_hit_rate"] = point["cache"].get("hit", 0) / decided if decided else None
+        point["cache_hit_rate"] = (point["cache"].get("hit", 0) + point["cache"].get("semantic-hit", 0)) / decided if decided else None
         point["saved_usd"] = round(point["saved_usd"], 10)
     return {"endpoint": endpoint, "deployment": deployment, "bucket_s": bucket_s, "since": since.isoformat(),
             "until": until.isoformat(), "has_cache": has_cache, "has_router": has_router, "series": points}

@@ -313,7 +313,7 @@ def usage_summary(
 
     ``group_by="endpoint"`` gives one row per endpoint (no ``day``), by name.
     An error is a record whose status is 400 or more; a cache hit is
-    ``cache == "hit"``. ``since`` and ``endpoint`` filter the records.
+    ``cache`` is ``hit`` or ``semantic-hit``. ``since`` and ``endpoint`` filter the records.
     """
     if group_by not in ("day", "endpoint"):
         raise ValueError("group_by must be 'day' or 'endpoint'")
@@ -331,7 +331,7 @@ def usage_summary(
         func.sum(t.completion_tokens).label("completion_tokens"),
         func.sum(t.cost_usd).label("cost_usd"),
         func.avg(t.latency_ms).label("avg_latency_ms"),
-        func.sum(case((t.cache == "hit", 1), else_=0)).label("cache_hits"),
+        func.sum(case((t.cache.in_(("hit", "semantic-hit")), 1), else_=0)).label("cache_hits"),
     ]
     query = select(*columns).group_by(*keys)
     query = query.order_by(day.desc(), t.endpoint) if group_by == "day" else query.order_by(t.endpoint)
