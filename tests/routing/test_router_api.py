@@ -416,6 +416,15 @@ def test_learned_router_sends_prompts_it_scores_high_to_the_strong_tier_and_cali
     r = gw.api("POST", "/api/endpoints/smart/router/calibrate", json={"strong_share": 1.5})
     assert r.status_code == 400 and r.json()["error"]["param"] == "strong_share"
 
+    import json
+    import subprocess
+
+    cli = subprocess.run([sys.executable, "-m", "modelyard.cli", "router", "calibrate", "smart", "--strong-share", "0.5",
+                          "--json"], env=gw.env(), capture_output=True, text=True, timeout=120)
+    assert cli.returncode == 0, cli.stderr
+    assert abs(json.loads(cli.stdout)["strong_share"] - 0.5) <= 0.1
+    assert gw.api("GET", "/api/endpoints/smart").json()["router"]["threshold"] == json.loads(cli.stdout)["threshold"]
+
 
 def test_a_learned_endpoint_without_a_trained_model_says_how_to_train_one(gw, stub):
     router_endpoint(gw, "untrained", {"strategy": "learned"})

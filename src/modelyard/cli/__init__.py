@@ -37,6 +37,8 @@ def _register() -> None:
     app.add_typer(router.app, name="router")
     from . import router_report
     router.app.command("report")(router_report.report)
+    from . import router_calibrate
+    router.app.command("calibrate")(router_calibrate.calibrate)
 
 
 _register()

@@ -1,0 +1,32 @@
+"""``modelyard router calibrate ENDPOINT --strong-share 0.3``: set a learned router's threshold.
+
+Thin: one call to ``POST /api/endpoints/{name}/router/calibrate``; the
+server scores the endpoint's recent prompts with its trained model and
+stores the threshold that sends the wanted share to the strong tier
+(`modelyard.routing.calibrate`).
+"""
+
+from __future__ import annotations
+
+import json
+
+import typer
+
+from .endpoint import api_path
+from .remote import _api, console
+
+
+def calibrate(
+    endpoint: str = typer.Argument(..., help="a router endpoint with strategy: learned"),
+    strong_share: float = typer.Option(..., "--strong-share", min=0.0, max=1.0,
+                                       help="the share of recent prompts to send to the strong tier, 0-1"),
+    as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
+) -> None:
+    """Pick the threshold that sends about STRONG_SHARE of recent traffic to the strong tier, and set it."""
+    body = _api("POST", api_path(endpoint, "router", "calibrate"), json={"strong_share": strong_share})
+    if as_json:
+        print(json.dumps(body))
+        return
+    console.print(f"[bold]{endpoint}[/]: threshold {body['previous_threshold']:.4f} → [bold]{body['threshold']:.4f}[/] "
+                  f"— {body['strong_share'] * 100:.1f}% of the last {body['prompts']} prompts would go to the strong "
+                  f"tier (asked {body['target_strong_share'] * 100:.0f}%)")
