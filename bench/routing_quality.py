@@ -24,11 +24,15 @@ run embeds all 14k prompts (minutes on 2 cores), later runs read the cache.
 
 Decision overhead: `LearnedRouter.score([prompt])` with the in-process
 embedder (no cache), against the embedding alone (the baseline no classifier
-avoids) and the length rule, in alternating blocks in the same run.
+avoids), the features + classifier alone (embeddings looked up) and the
+length rule, in the same run: each query goes through every path in turn,
+the order rotating, so noise from other processes hits all alike. torch runs
+2 intra-op threads; when other processes keep the 2 cores busy, the
+embedding's p50 rises several-fold — check the printed load average.
 
     .venv/bin/python bench/routing_quality.py             # ~1 min once the embeddings are cached
     .venv/bin/python bench/routing_quality.py --cold      # time a first run (embeds everything)
-    .venv/bin/python bench/routing_quality.py --latency-n 50
+    .venv/bin/python bench/routing_quality.py --latency-only --latency-n 50
 
 Results: stdout and ``bench/results/routing_quality.json``.
 """
@@ -95,29 +99,43 @@ def run_latency(data, n: int, rounds: int) -> dict:
     live = MiniLMEmbedder()
     router.embedder = live  # the live path: no cache
     queries = [data.prompts[i] for i in idx[3000:3000 + n]]
+    vectors = dict(zip(queries, live(queries)))
+
+    class Precomputed:  # the same vectors, looked up: times the features and the classifier alone
+        name = live.name
+
+        def __call__(self, texts: list[str]) -> np.ndarray:
+            return np.vstack([vectors[t] for t in texts])
+
+    classifier = LearnedRouter.load(_save(router), embedder=Precomputed())
     router.score(queries[:3])
-    timings: dict[str, list[float]] = {"learned": [], "embedding": [], "length": []}
+    timings: dict[str, list[float]] = {"learned": [], "embedding": [], "classifier": [], "length": []}
     calls = {"learned": lambda q: router.score([q]), "embedding": lambda q: live([q]),
-             "length": lambda q: len(q) >= 300}
-    for r in range(rounds):
-        order = list(calls) if r % 2 == 0 else list(calls)[::-1]
-        for name in order:
-            fn, out = calls[name], timings[name]
-            for q in queries:
+             "classifier": lambda q: classifier.score([q]), "length": lambda q: len(q) >= 300}
+    names = list(calls)
+    for r in range(rounds):  # each query through every path in turn, the order rotating: noise hits all alike
+        for i, q in enumerate(queries):
+            k = (r + i) % len(names)
+            for name in names[k:] + names[:k]:
                 t0 = time.perf_counter()
-                fn(q)
-                out.append(time.perf_counter() - t0)
+                calls[name](q)
+                timings[name].append(time.perf_counter() - t0)
     p50 = {k: statistics.median(v) * 1000 for k, v in timings.items()}
     p90 = {k: sorted(v)[int(len(v) * 0.9)] * 1000 for k, v in timings.items()}
     res = {"learned_p50_ms": p50["learned"], "learned_p90_ms": p90["learned"],
-           "embedding_p50_ms": p50["embedding"], "length_rule_p50_ms": p50["length"],
-           "classifier_ms": p50["learned"] - p50["embedding"],
+           "embedding_p50_ms": p50["embedding"], "classifier_p50_ms": p50["classifier"],
+           "length_rule_p50_ms": p50["length"],
            "ratio_learned_vs_embedding": p50["learned"] / p50["embedding"], "n": len(queries) * rounds}
     print("\ndecision overhead per request (MMLU prompts, in-process, p50)")
     print(f"  learned (embedding + features + classifier) {p50['learned']:.2f} ms (p90 {p90['learned']:.2f})"
-          f"  vs embedding alone {p50['embedding']:.2f} ms = {res['ratio_learned_vs_embedding']:.2f}x;"
-          f" length rule {p50['length'] * 1000:.1f} µs")
+          f"  vs embedding alone {p50['embedding']:.2f} ms = {res['ratio_learned_vs_embedding']:.2f}x")
+    print(f"  features + classifier alone {p50['classifier']:.3f} ms; length rule {p50['length'] * 1000:.1f} µs")
     return res
+
+
+def _save(router) -> Path:
+    path = Path(tempfile.mkdtemp(prefix="modelyard-router-")) / "bench.npz"
+    return router.save(path)
 
 
 def main() -> int:
@@ -127,6 +145,7 @@ def main() -> int:
     ap.add_argument("--latency-n", type=int, default=100, help="prompts per timing block")
     ap.add_argument("--rounds", type=int, default=4)
     ap.add_argument("--no-rows", action="store_true", help="skip the by-row reference split")
+    ap.add_argument("--latency-only", action="store_true", help="only the decision overhead")
     args = ap.parse_args()
     if not args.data.exists():
         print(f"no data at {args.data}", file=sys.stderr)
@@ -144,6 +163,11 @@ def main() -> int:
     print(f"{args.data}: {len(data):,} prompts, {len(data.group_names)} subjects "
           f"({data.dropped_contaminated} contaminated dropped); load average {load:.1f}")
     results: dict = {"data": str(args.data), "rows": len(data), "load_average": load, "cold": args.cold}
+    if args.latency_only:
+        results["latency"] = run_latency(data, args.latency_n, args.rounds)
+        RESULTS.mkdir(parents=True, exist_ok=True)
+        (RESULTS / "routing_quality_latency.json").write_text(json.dumps(results, indent=2))
+        return 0
     results["subjects"] = run_quality(data, "MMLU by subject (50/50, seed 0, both directions averaged) — the target split",
                                       embedder)
     results["first_eval_seconds"] = round(time.perf_counter() - t0, 1)

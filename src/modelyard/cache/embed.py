@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import threading
 from concurrent.futures import ThreadPoolExecutor
 from typing import Protocol
 
@@ -31,7 +30,6 @@ import numpy as np
 
 log = logging.getLogger(__name__)
 
-EMBEDDING_CARD = "all-minilm-l6-v2"
 
 
 class Embedder(Protocol):
@@ -44,55 +42,24 @@ class Embedder(Protocol):
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 through sentence-transformers, from the packaged weights."""
+    """all-MiniLM-L6-v2 from the packaged weights, on one torch thread.
+
+    The model itself is the one `routing.features.MiniLMEmbedder` holds once
+    per process, so a gateway whose cache and router both embed loads it once.
+    """
 
     dim = 384
 
     def __init__(self, path: str | None = None, *, threads: int = 1) -> None:
-        self.path = path
-        self.threads = threads
-        self._model = None
-        self._lock = threading.Lock()
+        from ..routing.features import MiniLMEmbedder as Shared
+
+        self._shared = Shared(path=path, threads=threads)
 
     def load(self) -> None:
-        with self._lock:
-            if self._model is not None:
-                return
-            try:
-                import torch
-                from sentence_transformers import SentenceTransformer
-            except ImportError as exc:  # pragma: no cover - the `local` extra is missing
-                raise RuntimeError("semantic caching needs sentence-transformers: pip install 'modelyard[local]'") from exc
-            torch.set_num_threads(self.threads)
-            try:  # no "Loading weights" progress bar in a server's log or before `--json` output
-                from transformers.utils import logging as hf_logging
-
-                hf_logging.disable_progress_bar()
-            except ImportError:  # pragma: no cover
-                pass
-            path = self.path or _packaged_path()
-            log.info("loading the cache's embedding model from %s", path)
-            self._model = SentenceTransformer(path, device="cpu")
+        self._shared.load()
 
     def encode(self, texts: list[str]) -> np.ndarray:
-        if self._model is None:
-            self.load()
-        import torch
-
-        with torch.inference_mode():
-            vectors = self._model.encode(texts, batch_size=64, normalize_embeddings=True,  # type: ignore[union-attr]
-                                         convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
-
-
-def _packaged_path() -> str:
-    from ..catalog.registry import Catalog
-    from ..catalog.sources import resolve_path
-    from ..settings import Settings
-
-    settings = Settings.from_env()
-    card = Catalog.load(settings).get(EMBEDDING_CARD)
-    return str(resolve_path(card, settings))
+        return self._shared(texts)
 
 
 class AsyncEmbedder:

@@ -129,11 +129,19 @@ class MiniLMEmbedder:
     _models: dict[str, Any] = {}
     _lock = threading.Lock()
 
-    def __init__(self, card_id: str = DEFAULT_EMBEDDING_MODEL, *, path: str | None = None, batch_size: int = 64) -> None:
+    def __init__(self, card_id: str = DEFAULT_EMBEDDING_MODEL, *, path: str | None = None, batch_size: int = 64,
+                 threads: int | None = None) -> None:
         self.card_id = card_id
         self.name = card_id
         self.path = path
         self.batch_size = batch_size
+        #: torch threads (process-wide); a server sets 1: with two threads on a busy 2-core machine one
+        #: short sentence took 100-500 ms instead of ~10 ms (the threads spin waiting for each other)
+        self.threads = threads
+
+    def load(self) -> None:
+        """Load the model now (it otherwise loads on the first call)."""
+        self._model()
 
     def _model(self) -> Any:
         key = self.path or self.card_id
@@ -147,6 +155,17 @@ class MiniLMEmbedder:
 
     def _load(self) -> Any:
         from sentence_transformers import SentenceTransformer
+
+        if self.threads:
+            import torch
+
+            torch.set_num_threads(self.threads)
+        try:  # no "Loading weights" progress bar in a server's log or before `--json` output
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
+        except ImportError:  # pragma: no cover
+            pass
 
         path = self.path
         if path is None:

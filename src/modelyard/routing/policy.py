@@ -178,7 +178,7 @@ class Models:
         if self._embedder is None:
             from .features import MiniLMEmbedder
 
-            self._embedder = MiniLMEmbedder()
+            self._embedder = MiniLMEmbedder(threads=1)  # the gateway shares the cores with its instances
         return self._embedder
 
     def router(self, endpoint: str) -> Any:
