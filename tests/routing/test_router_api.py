@@ -445,3 +445,27 @@ def test_applying_a_spec_without_a_budget_removes_the_budget(gw, stub):
     spec["policy"], spec["tiers"], spec["router"] = "split", [], None
     assert gw.api("POST", "/api/apply", json={"kind": "endpoint", "spec": spec}).status_code == 200
     assert gw.api("GET", "/api/endpoints/budgeted").json()["policy"] == "split"
+
+
+@pytest.mark.model  # trains with the packaged all-MiniLM-L6-v2
+def test_feedback_becomes_training_data_for_the_learned_router(gw, stub):
+    import json
+    import subprocess
+
+    keys = router_endpoint(gw, "learner", {"strategy": "rules", "rules": [{"when": {"keywords": ["zzz"]}, "tier": "large"}]})
+    api = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {keys['primary']}"}, timeout=30)
+    client = gw.openai(keys["primary"])
+    questions = {"What is 2 + 2?": 1, "Name a primary colour.": 1, "Prove Fermat's little theorem.": -1,
+                 "Derive the Black-Scholes equation.": -1}
+    for question, rating in questions.items():
+        answer = client.chat.completions.create(model="learner", messages=[{"role": "user", "content": question}])
+        assert api.post("/v1/feedback", json={"response_id": answer.id, "rating": rating}).status_code == 201
+    rows = gw.api("GET", "/api/endpoints/learner/router/outcomes").json()["data"]
+    assert sorted((r["prompt"], r["weak_correct"]) for r in rows) == sorted((q, r > 0) for q, r in questions.items())
+
+    cli = subprocess.run([sys.executable, "-m", "modelyard.cli", "router", "train", "learner", "--from-feedback", "--json"],
+                         env=gw.env(), capture_output=True, text=True, timeout=300)
+    assert cli.returncode == 0, cli.stderr
+    trained = json.loads(cli.stdout)
+    assert trained["rows"] == 4 and trained["positives"] == 2
+    assert Path(trained["path"]) == gw.home / "routers" / "learner.npz" and Path(trained["path"]).exists()

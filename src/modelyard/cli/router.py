@@ -237,7 +237,9 @@ def write_plot(result: Any, path: Path, *, title: str = "") -> None:
 @app.command("train")
 def train_command(
     endpoint: str = typer.Argument(..., help="the router endpoint whose learned strategy will use this model"),
-    data: str = DataOption,
+    data: Optional[str] = typer.Option(None, "--data", help="outcome data: a CSV/JSONL file, or a folder of them"),
+    from_feedback: bool = typer.Option(False, "--from-feedback", help="also train on the endpoint's feedback "
+                                       "(rated answers, from the running server)"),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="save here instead of "
                                           "MODELYARD_HOME/routers/ENDPOINT.npz", dir_okay=False),
     weak_column: Optional[str] = WeakColumn,
@@ -258,8 +260,12 @@ def train_command(
     t0 = time.perf_counter()
     with _friendly_errors():
         path = output if output is not None else router_path(Settings.from_env(), endpoint)
+        if data is None and not from_feedback:
+            raise ModelyardError("give --data, --from-feedback or both", status=400, param="data")
         outcomes = load_outcomes(data, weak_column=weak_column, strong_column=strong_column,
-                                 answer_column=answer_column)
+                                 answer_column=answer_column) if data is not None else None
+        if from_feedback:
+            outcomes = _with_feedback(outcomes, endpoint)
         outcomes.require_positive()
         router = LearnedRouter(embedder=_embedder())
         router.fit(outcomes.prompts, outcomes.weak, outcomes.strong, answers=outcomes.answers)
@@ -287,3 +293,30 @@ def train_command(
     for share, value in body["thresholds"].items():
         table.add_row(_pct(float(share)), f"{value:.4f}")
     out.print(table)
+
+
+def _with_feedback(outcomes: Any, endpoint: str) -> Any:
+    """The endpoint's feedback rows (``GET /api/endpoints/{name}/router/outcomes``), added to `outcomes`."""
+    import numpy as np
+
+    from ..routing.data import OutcomeData
+    from .endpoint import api_path
+    from .remote import _api
+
+    rows = _api("GET", api_path(endpoint, "router", "outcomes"))["data"]
+    if outcomes is not None and outcomes.answers is not None:
+        raise ModelyardError("feedback rows have no weak answers; train a verifier from --data alone", status=400,
+                             param="from_feedback")
+    prompts = [r["prompt"] for r in rows]
+    weak = np.array([float(r["weak_correct"]) for r in rows])
+    strong = np.array([float(r["strong_correct"]) for r in rows])
+    if outcomes is None:
+        if not rows:
+            raise ModelyardError(f"endpoint '{endpoint}' has no rated answers yet", status=400, param="from_feedback")
+        return OutcomeData(prompts, weak, strong, ["feedback"] * len(rows), "weak_correct", "strong_correct",
+                           source=f"feedback of {endpoint}")
+    return OutcomeData(outcomes.prompts + prompts, np.concatenate([outcomes.weak, weak]),
+                       np.concatenate([outcomes.strong, strong]), outcomes.groups + ["feedback"] * len(rows),
+                       outcomes.weak_column, outcomes.strong_column, source=outcomes.source,
+                       dropped_contaminated=outcomes.dropped_contaminated, skipped_rows=outcomes.skipped_rows,
+                       notes=outcomes.notes + [f"added {len(rows)} rows from the feedback of {endpoint}"])
