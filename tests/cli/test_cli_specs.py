@@ -389,7 +389,7 @@ def test_consume_shows_three_snippets_with_the_real_url(fake_api):
     assert 'base_url="http://gateway.test:8400/v1"' in out and 'model="chat"' in out
     assert "curl http://gateway.test:8400/v1/chat/completions" in out
     assert 'import OpenAI from "openai"' in out and 'baseURL: "http://gateway.test:8400/v1"' in out
-    assert out.count("<ENDPOINT_KEY>") >= 3 and "modelyard-deployment: blue" in out
+    assert out.count("MODELYARD_API_KEY") >= 3 and "modelyard-deployment: blue" in out
 
 
 def test_list_and_show_render_the_descriptions(fake_api):

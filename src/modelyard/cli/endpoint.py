@@ -27,6 +27,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ..serving.consume import KEY_VARIABLE, snippets
 from ..serving.spec import NAME, EndpointSpec
 from ..settings import server_url
 from .remote import _api
@@ -35,7 +36,6 @@ from .specfile import SpecFileError, problem, read_spec_file, spec_errors_exit
 app = typer.Typer(name="endpoint", help="Endpoints: create, list, show, update the traffic split, keys, delete.",
                   no_args_is_help=True)
 
-KEY_PLACEHOLDER = "<ENDPOINT_KEY>"
 DEPLOYMENT_HEADER = "modelyard-deployment"
 
 
@@ -353,38 +353,13 @@ def consume(name: str = typer.Argument(..., help="endpoint name")) -> None:
     desc = _api("GET", api_path(name))
     console = out()
     deployments = [d["name"] for d in desc.get("deployments") or []]
-    for title, snippet in consume_snippets(desc["name"], server_url().rstrip("/") + "/v1"):
-        console.rule(title)
-        print(snippet)
+    for snippet in snippets(desc["name"], server_url().rstrip("/") + "/v1"):
+        console.rule(f"{snippet['title']} ({snippet['hint']})" if snippet["hint"] else snippet["title"])
+        print(snippet["code"])
     console.rule()
-    console.print(f"{KEY_PLACEHOLDER}: a key of this endpoint (shown once when made; "
+    console.print(f"Set {KEY_VARIABLE} to a key of this endpoint (shown once when made; "
                   f"`modelyard endpoint regenerate-key {escape(name)} --which secondary` makes a new one).")
     example = deployments[0] if deployments else "NAME"
     listed = f" (deployments: {escape(', '.join(deployments))})" if deployments else ""
     console.print(f"The header `{DEPLOYMENT_HEADER}: {escape(example)}` sends a request to that deployment only, "
                   f"whatever the traffic split{listed}.")
-
-
-def consume_snippets(endpoint: str, base_url: str) -> list[tuple[str, str]]:
-    """(title, code) for Python, curl and JavaScript calls of ``endpoint`` at ``base_url``."""
-    python = f'''from openai import OpenAI
-
-client = OpenAI(base_url="{base_url}", api_key="{KEY_PLACEHOLDER}")
-reply = client.chat.completions.create(
-    model="{endpoint}",
-    messages=[{{"role": "user", "content": "Hello!"}}],
-)
-print(reply.choices[0].message.content)'''
-    curl = f'''curl {base_url}/chat/completions \\
-  -H "Authorization: Bearer {KEY_PLACEHOLDER}" \\
-  -H "Content-Type: application/json" \\
-  -d '{{"model": "{endpoint}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\''''
-    javascript = f'''import OpenAI from "openai";
-
-const client = new OpenAI({{ baseURL: "{base_url}", apiKey: "{KEY_PLACEHOLDER}" }});
-const reply = await client.chat.completions.create({{
-  model: "{endpoint}",
-  messages: [{{ role: "user", content: "Hello!" }}],
-}});
-console.log(reply.choices[0].message.content);'''
-    return [("Python (pip install openai)", python), ("curl", curl), ("JavaScript (npm install openai)", javascript)]

@@ -20,6 +20,7 @@ from starlette.staticfiles import StaticFiles
 from starlette.templating import Jinja2Templates
 
 from ...errors import ModelyardError
+from ...serving import consume
 from ..catalog_routes import card_view
 from . import views
 from .auth import COOKIE, SESSION_TTL_S, read_form, safe_next, session_id, sessions_for
@@ -214,7 +215,7 @@ async def endpoint_page(request: Request, name: str) -> Response:
     task = views.endpoint_task(desc, cards)
     base_url = str(request.base_url).rstrip("/") + "/v1"
     return _render(request, "endpoint.html", page="endpoints", title=f"Endpoint {name}", endpoint=desc,
-                   snippets=views.snippets(name, base_url, task), base_url=base_url, task=task,
+                   snippets=consume.snippets(name, base_url, task), base_url=base_url, task=task,
                    deployment_header=views.DEPLOYMENT_HEADER, data={"endpoint": desc, "task": task})
 
 

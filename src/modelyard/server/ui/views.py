@@ -6,8 +6,6 @@ from typing import Any
 
 #: The header that sends a request to one deployment, whatever the traffic split.
 DEPLOYMENT_HEADER = "modelyard-deployment"
-#: Stands for a key of the endpoint in the snippets.
-KEY_PLACEHOLDER = "$MODELYARD_API_KEY"
 
 
 def human_bytes(size: int | None) -> str:
@@ -68,49 +66,6 @@ def source_text(card: dict[str, Any]) -> str:
     if kind == "hosted":
         return f"{source.get('provider')} API at {source.get('base_url')}"
     return "—"
-
-
-def snippets(endpoint: str, base_url: str, task: str = "chat") -> list[dict[str, str]]:
-    """Python (openai), curl and JavaScript calls of ``endpoint`` at ``base_url`` (``.../v1``)."""
-    if task == "embedding":
-        python = f'''from openai import OpenAI
-
-client = OpenAI(base_url="{base_url}", api_key="{KEY_PLACEHOLDER}")
-result = client.embeddings.create(model="{endpoint}", input=["Hello!"])
-print(len(result.data[0].embedding))'''
-        curl = f'''curl {base_url}/embeddings \\
-  -H "Authorization: Bearer {KEY_PLACEHOLDER}" \\
-  -H "Content-Type: application/json" \\
-  -d '{{"model": "{endpoint}", "input": ["Hello!"]}}\''''
-        javascript = f'''import OpenAI from "openai";
-
-const client = new OpenAI({{ baseURL: "{base_url}", apiKey: process.env.MODELYARD_API_KEY }});
-const result = await client.embeddings.create({{ model: "{endpoint}", input: ["Hello!"] }});
-console.log(result.data[0].embedding.length);'''
-    else:
-        python = f'''from openai import OpenAI
-
-client = OpenAI(base_url="{base_url}", api_key="{KEY_PLACEHOLDER}")
-reply = client.chat.completions.create(
-    model="{endpoint}",
-    messages=[{{"role": "user", "content": "Hello!"}}],
-)
-print(reply.choices[0].message.content)'''
-        curl = f'''curl {base_url}/chat/completions \\
-  -H "Authorization: Bearer {KEY_PLACEHOLDER}" \\
-  -H "Content-Type: application/json" \\
-  -d '{{"model": "{endpoint}", "messages": [{{"role": "user", "content": "Hello!"}}]}}\''''
-        javascript = f'''import OpenAI from "openai";
-
-const client = new OpenAI({{ baseURL: "{base_url}", apiKey: process.env.MODELYARD_API_KEY }});
-const reply = await client.chat.completions.create({{
-  model: "{endpoint}",
-  messages: [{{ role: "user", content: "Hello!" }}],
-}});
-console.log(reply.choices[0].message.content);'''
-    return [{"id": "python", "title": "Python", "hint": "pip install openai", "code": python},
-            {"id": "curl", "title": "curl", "hint": "", "code": curl},
-            {"id": "javascript", "title": "JavaScript", "hint": "npm install openai", "code": javascript}]
 
 
 def endpoint_task(desc: dict[str, Any], cards: dict[str, Any]) -> str:
