@@ -37,7 +37,7 @@ def test_upgrade_creates_the_tables_in_a_fresh_sqlite_file(tmp_path):
 
     assert path.exists()
     assert TABLES <= set(db.table_names())
-    assert db.current_revision() == _head() == "0005"
+    assert db.current_revision() == _head() == "0004"
     db.close()
 
 
