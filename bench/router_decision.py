@@ -101,7 +101,7 @@ def bench_learned(n: int, rounds: int) -> dict:
     from modelyard.routing.features import MiniLMEmbedder
     from modelyard.routing.learned import LearnedRouter
 
-    embedder = MiniLMEmbedder()
+    embedder = MiniLMEmbedder(threads=1)  # as in the gateway (routing.policy.Models)
     if DATA.exists():
         from modelyard.routing.data import load_outcomes
 

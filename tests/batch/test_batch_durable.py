@@ -78,3 +78,24 @@ def test_a_killed_gateway_resumes_the_job_with_every_line_exactly_once(stub, tmp
 
 def test_a_stopped_gateway_resumes_the_job(stub, tmp_path):
     _restart_after("term", stub, tmp_path)
+
+
+def test_a_job_past_its_completion_window_expires_keeping_finished_lines(stub, tmp_path):
+    home = tmp_path / "home"
+    stub_catalog(home, stub.root)
+    srv = start_server(home, "--no-defaults", extra_env={**GATEWAY_ENV, "MODELYARD_BATCH_COMPLETION_WINDOW_S": "3"})
+    try:
+        make_endpoint(srv, "chat", ("blue", "stub-chat"), concurrency=1)
+        client = srv.openai()
+        lines = [chat_line(f"x{i:02d}", user="stub:delay_ms=250") for i in range(30)]  # ~7.5 s on one slot
+        batch = submit(client, write_jsonl(tmp_path / "in.jsonl", lines), extra_body={"mini_batch_size": 2})
+        assert batch.expires_at - batch.created_at == 3
+        done = wait_batch(client, batch.id, timeout=60)
+        assert done.status == "expired" and done.expired_at is not None
+        finished = read_jsonl(client, done.output_file_id)
+        expired = read_jsonl(client, done.error_file_id)
+        assert 0 < len(finished) == done.request_counts.completed < 30
+        assert {o["error"]["code"] for o in expired} == {"batch_expired"}
+        assert sorted(o["custom_id"] for o in finished + expired) == [f"x{i:02d}" for i in range(30)]
+    finally:
+        srv.stop()

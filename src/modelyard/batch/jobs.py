@@ -59,6 +59,7 @@ class BatchConfig:
     | MODELYARD_BATCH_MAX_SHARE | 1.0 | share of a deployment's capacity batch work may hold |
     | MODELYARD_BATCH_RETRY_BACKOFF_S | 1.0 | wait before a line's 2nd attempt; doubles each time, at most 30 s |
     | MODELYARD_BATCH_MAX_WORKERS | 64 | lines one job runs at once, at most |
+    | MODELYARD_BATCH_COMPLETION_WINDOW_S | 86400 | what ``completion_window: "24h"`` gives a job before it expires |
     """
 
     max_file_bytes: int = 200 * 1024 * 1024
@@ -66,6 +67,7 @@ class BatchConfig:
     max_share: float = 1.0
     retry_backoff_s: float = 1.0
     max_workers: int = 64
+    completion_window_s: float = COMPLETION_WINDOW_S
 
     @classmethod
     def from_env(cls) -> "BatchConfig":
@@ -76,7 +78,8 @@ class BatchConfig:
         return cls(max_file_bytes=int(env("MODELYARD_BATCH_MAX_FILE_BYTES", 200 * 1024 * 1024)),
                    max_lines=int(env("MODELYARD_BATCH_MAX_LINES", 50_000)), max_share=share,
                    retry_backoff_s=float(env("MODELYARD_BATCH_RETRY_BACKOFF_S", 1.0)),
-                   max_workers=max(1, int(env("MODELYARD_BATCH_MAX_WORKERS", 64))))
+                   max_workers=max(1, int(env("MODELYARD_BATCH_MAX_WORKERS", 64))),
+                   completion_window_s=float(env("MODELYARD_BATCH_COMPLETION_WINDOW_S", COMPLETION_WINDOW_S)))
 
 
 class BatchCreate(BaseModel):

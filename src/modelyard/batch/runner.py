@@ -51,6 +51,7 @@ from pydantic import ValidationError
 
 from ..errors import ModelyardError, from_validation_error, invalid, not_found
 from ..gateway.dispatch import dispatch
+from ..gateway.budget import Budget
 from ..gateway.pipeline import Call, Next, Pipeline
 from ..gateway.policy import Policy
 from ..gateway.record import Record
@@ -62,7 +63,7 @@ from ..store.usage import normalize_record
 from ..telemetry.cost import deployment_cost
 from ..wire import KINDS
 from .files import FileStore
-from .jobs import COMPLETION_WINDOW_S, NOT_RUN, BatchConfig, BatchCreate, output_line
+from .jobs import NOT_RUN, BatchConfig, BatchCreate, output_line
 from .validate import parse_input
 
 log = logging.getLogger(__name__)
@@ -187,8 +188,9 @@ class BatchRunner:
         self.keys = keys
         self.config = config
         self._usage = _UsageCapture()
-        self.pipeline = Pipeline([Record(self._usage, _Quiet(), budget), Policy(endpoints, TrafficSplit()),
-                                  _unbilled_wait, dispatch])
+        # A spent budget stops a job's paid lines like live requests (429, retried, then failed).
+        stages = [Record(self._usage, _Quiet(), budget)] + ([Budget(budget, endpoints)] if budget is not None else [])
+        self.pipeline = Pipeline([*stages, Policy(endpoints, TrafficSplit()), _unbilled_wait, dispatch])
         self._jobs: dict[str, _Control] = {}
         self._closing = False
 
@@ -244,7 +246,7 @@ class BatchRunner:
                         mini_batch_size=req.mini_batch_size, max_retries=req.max_retries,
                         error_threshold=req.error_threshold, output_action=req.output_action,
                         max_share=req.max_share, meta=req.metadata, owner_key_id=key.id if key is not None else None,
-                        created_at=now, expires_at=now + timedelta(seconds=COMPLETION_WINDOW_S))
+                        created_at=now, expires_at=now + timedelta(seconds=self.config.completion_window_s))
         await asyncio.to_thread(self.store.create_job, job)
         self._launch(job.id)
         return job

@@ -193,7 +193,8 @@ def _fetch(db: Database, *, endpoint: str, deployment: str | None, since: dateti
            until: datetime | None) -> list[_Row]:
     """The narrow SELECT: one endpoint (and deployment), ``since <= created_at < until``."""
     t = _TABLE.c
-    query = select(*_COLUMNS).where(t.endpoint == endpoint, t.created_at >= since)
+    # Live traffic only: batch lines wait for spare capacity by design, and would skew latency and error rates.
+    query = select(*_COLUMNS).where(t.endpoint == endpoint, t.created_at >= since, t.batch_id.is_(None))
     if until is not None:
         query = query.where(t.created_at < until)
     if deployment is not None:
