@@ -49,6 +49,12 @@ bench: install
 	$(BIN)/python bench/gateway_overhead.py
 	$(BIN)/python bench/local_generation.py
 	$(BIN)/python bench/startup.py
+	$(BIN)/python bench/router_decision.py
+	$(BIN)/python bench/speculative_ttft.py
+	$(BIN)/python bench/routing_quality.py
+	$(BIN)/python bench/cache_lookup.py
+	$(BIN)/python bench/cache_gateway.py
+	$(BIN)/python bench/batch_throughput.py
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache

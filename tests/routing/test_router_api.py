@@ -469,3 +469,25 @@ def test_feedback_becomes_training_data_for_the_learned_router(gw, stub):
     trained = json.loads(cli.stdout)
     assert trained["rows"] == 4 and trained["positives"] == 2
     assert Path(trained["path"]) == gw.home / "routers" / "learner.npz" and Path(trained["path"]).exists()
+
+
+def test_a_client_that_hangs_up_mid_stream_still_gets_the_strong_tiers_work_accounted(gw, stub):
+    router_endpoint(gw, "spec-hangup", {"strategy": "speculative", "grace_ms": 30000})
+    stub.tiers["small"] = Script(answer="one two three four five six seven eight nine ten", chunk_delay_s=0.3)
+    stub.tiers["large"] = Script(answer="A careful answer.", delay_s=0.2)
+    with httpx.stream("POST", gw.url + "/v1/chat/completions", timeout=60,
+                      headers={"Authorization": f"Bearer {gw.admin_key}"},
+                      json={"model": "spec-hangup", "stream": True, "messages": ASK}) as r:
+        for line in r.iter_lines():
+            if '"content": "one' in line or '"content":"one' in line:
+                break  # hang up after the first word
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        routes = [row["route"] for row in usage_rows(gw, "spec-hangup")]
+        if "speculative-check:large" in routes:
+            break
+        time.sleep(0.3)
+    rows = usage_rows(gw, "spec-hangup")
+    assert [r["status"] for r in rows if r["route"].startswith("speculative:")] == [499]
+    check = [r for r in rows if r["route"] == "speculative-check:large"]
+    assert len(check) == 1 and check[0]["cost_usd"] > 0 and check[0]["completion_tokens"] == 3

@@ -45,6 +45,8 @@ class TierContext:
         self.tiers = tiers
         self.router = router
         self.response_id: str | None = None
+        #: set when a live stream to the client has ended, however it ended
+        self.stream_ended = asyncio.Event()
         call.tiers = []
 
     # --- facts a strategy decides on -------------------------------------------------
@@ -210,6 +212,7 @@ class TierContext:
             call.status, call.error_code = err.status, err.code
             yield sse(err.body()) + SSE_DONE
         finally:
+            self.stream_ended.set()
             if entry is None:  # cut off: count what was sent
                 elapsed = time.perf_counter() - t0
                 self._entry(tier, int((usage or {}).get("prompt_tokens") or 0), max(pieces - 1, 0),

@@ -57,7 +57,14 @@ class SpeculativePolicy:
         pending = asyncio.ensure_future(ctx.complete(strong, attach=False))
         try:
             if ctx.streaming and ctx.kind != "embedding":
-                await ctx.stream(fast, tail=lambda text: self._tail(ctx, pending, text, started))
+                taken = []
+
+                async def tail(text: str) -> bytes | None:
+                    taken.append(True)
+                    return await self._tail(ctx, pending, text, started)
+
+                await ctx.stream(fast, tail=tail)
+                ctx.background(self._unless_taken(ctx, pending, taken))
             else:
                 body, _ = await ctx.complete(fast)
                 ctx.answer(fast, body)
@@ -65,6 +72,22 @@ class SpeculativePolicy:
         except BaseException:
             pending.cancel()
             raise
+
+    async def _unless_taken(self, ctx: Any, pending: asyncio.Future, taken: list) -> None:
+        """A client that hung up before the fast stream ended never reached the check: still account the
+        strong tier's work (without a verdict: there is no whole fast answer to compare)."""
+        await ctx.stream_ended.wait()
+        if taken:
+            return
+        strong = ctx.tiers[-1]
+        try:
+            _body, entry = await pending
+        except ModelyardError:
+            entry = {"deployment": strong.name, "model": strong.card.id, "prompt_tokens": 0, "completion_tokens": 0,
+                     "cost_usd": 0.0, "outcome": "error"}
+        else:
+            entry["outcome"] = "checked"
+        ctx.record_extra(strong, entry, f"speculative-check:{strong.name}")
 
     async def _tail(self, ctx: Any, pending: asyncio.Future, fast_text: str, started: float) -> bytes | None:
         """Runs when the fast stream has ended: wait for the strong answer within the grace period."""
