@@ -97,11 +97,11 @@ def bench_rules(n: int, rounds: int) -> dict:
             "ratio_rules_vs_split": p50_ms(rules_t) / p50_ms(split_t), "target_ms": 0.5}
 
 
-def bench_learned(n: int, rounds: int) -> dict:
+def bench_learned(n: int, rounds: int, threads: int) -> dict:
     from modelyard.routing.features import MiniLMEmbedder
     from modelyard.routing.learned import LearnedRouter
 
-    embedder = MiniLMEmbedder(threads=1)  # as in the gateway (routing.policy.Models)
+    embedder = MiniLMEmbedder(threads=threads)  # the gateway uses 1 (routing.policy.Models)
     if DATA.exists():
         from modelyard.routing.data import load_outcomes
 
@@ -131,7 +131,8 @@ def bench_learned(n: int, rounds: int) -> dict:
                 else:
                     embedder([q])
                 out.append(time.perf_counter() - t0)
-    return {"trained_on": source, "learned_p50_ms": p50_ms(learned_t), "embedding_only_p50_ms": p50_ms(embed_t),
+    lengths = sorted(len(q) for q in queries)
+    return {"trained_on": source, "threads": embedder.threads, "prompt_chars_p50": lengths[len(lengths) // 2], "learned_p50_ms": p50_ms(learned_t), "embedding_only_p50_ms": p50_ms(embed_t),
             "classifier_share_ms": p50_ms(learned_t) - p50_ms(embed_t),
             "ratio_learned_vs_embedding": p50_ms(learned_t) / p50_ms(embed_t), "target_ms": 15.0}
 
@@ -140,14 +141,16 @@ def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--n", type=int, default=2000, help="decisions per block (rules); a tenth of it for learned")
     ap.add_argument("--rounds", type=int, default=4)
+    ap.add_argument("--threads", type=int, default=1, help="torch threads for the embedding (the gateway uses 1)")
     args = ap.parse_args()
-    out = {"rules": bench_rules(args.n, args.rounds), "learned": bench_learned(max(20, args.n // 10), args.rounds)}
+    out = {"rules": bench_rules(args.n, args.rounds), "learned": bench_learned(max(20, args.n // 10), args.rounds, args.threads)}
     r, l_ = out["rules"], out["learned"]
     print(f"rules    p50 {r['rules_p50_ms']:.4f} ms (p99 {r['rules_p99_ms']:.4f})  vs split {r['split_p50_ms']:.4f} ms "
           f"= {r['ratio_rules_vs_split']:.1f}x   target <= 0.5 ms: {'met' if r['rules_p50_ms'] <= 0.5 else 'NOT met'}")
     print(f"learned  p50 {l_['learned_p50_ms']:.2f} ms  vs embedding alone {l_['embedding_only_p50_ms']:.2f} ms "
           f"= {l_['ratio_learned_vs_embedding']:.2f}x   target <= 15 ms: "
-          f"{'met' if l_['learned_p50_ms'] <= 15 else 'NOT met'}  (trained on {l_['trained_on']})")
+          f"{'met' if l_['learned_p50_ms'] <= 15 else 'NOT met'}  (trained on {l_['trained_on']}; {l_['threads']} torch "
+          f"thread(s); prompts of {l_['prompt_chars_p50']} characters p50)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "router_decision.json").write_text(json.dumps(out, indent=2))
 

@@ -13,7 +13,8 @@ loading the model take about 5-7 s and some 490 MB of the gateway's memory,
 so it happens only when an endpoint uses ``mode: semantic``, in a background
 thread.
 
-Torch runs on **one** thread here: the gateway shares the machine's cores
+Torch runs on one thread by default (``MODELYARD_EMBED_THREADS``, see
+`routing.features.server_threads`): the gateway shares the machine's cores
 with the instances, and with two OpenMP threads on a busy two-core machine
 one short sentence took 500 ms instead of 10 ms (the threads spin waiting
 for each other).
@@ -42,7 +43,7 @@ class Embedder(Protocol):
 
 
 class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 from the packaged weights, on one torch thread.
+    """all-MiniLM-L6-v2 from the packaged weights, on ``MODELYARD_EMBED_THREADS`` torch threads (default 1).
 
     The model itself is the one `routing.features.MiniLMEmbedder` holds once
     per process, so a gateway whose cache and router both embed loads it once.
@@ -50,10 +51,10 @@ class MiniLMEmbedder:
 
     dim = 384
 
-    def __init__(self, path: str | None = None, *, threads: int = 1) -> None:
-        from ..routing.features import MiniLMEmbedder as Shared
+    def __init__(self, path: str | None = None, *, threads: int | None = None) -> None:
+        from ..routing.features import MiniLMEmbedder as Shared, server_threads
 
-        self._shared = Shared(path=path, threads=threads)
+        self._shared = Shared(path=path, threads=threads or server_threads())
 
     def load(self) -> None:
         self._shared.load()

@@ -176,9 +176,9 @@ class Models:
 
     def embedder(self) -> Any:
         if self._embedder is None:
-            from .features import MiniLMEmbedder
+            from .features import MiniLMEmbedder, server_threads
 
-            self._embedder = MiniLMEmbedder(threads=1)  # the gateway shares the cores with its instances
+            self._embedder = MiniLMEmbedder(threads=server_threads())
         return self._embedder
 
     def router(self, endpoint: str) -> Any:

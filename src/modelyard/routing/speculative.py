@@ -2,7 +2,8 @@
 
 The cheapest tier answers (streaming as it generates, so the time to the
 first token is the cheap tier's) while the strongest tier is asked the same
-question in parallel. When both are done, the two answers are compared by
+question in parallel (for a stream, once the cheap tier's first chunk is
+out, so the two do not compete for that first token). When both are done, the two answers are compared by
 the cosine similarity of their sentence embeddings; under ``similarity``
 the strong answer is a correction:
 
@@ -54,24 +55,28 @@ class SpeculativePolicy:
             await respond(ctx, fast)
             return
         started = time.perf_counter()
+        if ctx.streaming and ctx.kind != "embedding":
+            # The strong tier is asked once the fast stream has its first chunk: the check is not urgent,
+            # and on a small machine its request would otherwise compete with the fast tier's first token.
+            holder: list[asyncio.Future] = []
+            taken: list[bool] = []
+
+            async def tail(text: str) -> bytes | None:
+                taken.append(True)
+                return await self._tail(ctx, holder[0], text, started)
+
+            await ctx.stream(fast, tail=tail)
+            holder.append(asyncio.ensure_future(ctx.complete(strong, attach=False)))
+            ctx.background(self._unless_taken(ctx, holder[0], taken))
+            return
         pending = asyncio.ensure_future(ctx.complete(strong, attach=False))
         try:
-            if ctx.streaming and ctx.kind != "embedding":
-                taken = []
-
-                async def tail(text: str) -> bytes | None:
-                    taken.append(True)
-                    return await self._tail(ctx, pending, text, started)
-
-                await ctx.stream(fast, tail=tail)
-                ctx.background(self._unless_taken(ctx, pending, taken))
-            else:
-                body, _ = await ctx.complete(fast)
-                ctx.answer(fast, body)
-                ctx.background(self._check_later(ctx, pending, answer_text(ctx.kind, body), in_call=False))
+            body, _ = await ctx.complete(fast)
         except BaseException:
             pending.cancel()
             raise
+        ctx.answer(fast, body)
+        ctx.background(self._check_later(ctx, pending, answer_text(ctx.kind, body), in_call=False))
 
     async def _unless_taken(self, ctx: Any, pending: asyncio.Future, taken: list) -> None:
         """A client that hung up before the fast stream ended never reached the check: still account the
