@@ -149,12 +149,13 @@ class TierContext:
         chunks = replay(self.kind, body, include_usage=self.request.include_usage)
         self.call.stream = _single(b"".join(sse(c) for c in chunks) + SSE_DONE)
 
-    async def stream(self, tier: Any, *, tail: Any = None) -> None:
+    async def stream(self, tier: Any, *, tail: Any = None, after_first: Any = None) -> None:
         """Stream `tier`'s answer to the client as it is generated.
 
         `tail`, if given, is an async function called when the tier's stream
         has ended, with its text; it returns extra SSE bytes to send before
-        ``[DONE]`` (the speculative correction) or None.
+        ``[DONE]`` (the speculative correction) or None. `after_first`, if
+        given, is called once the first chunk with text has been handed to the client.
         """
         request = self.request.model_copy(update={"stream": True})
         t0 = time.perf_counter()
@@ -168,10 +169,10 @@ class TierContext:
             raise
         self.call.deployment = tier
         self.response_id = first.get("id")
-        self.call.stream = self._events(tier, first, chunks, t0, tail)
+        self.call.stream = self._events(tier, first, chunks, t0, tail, after_first)
 
     async def _events(self, tier: Any, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], t0: float,
-                      tail: Any) -> AsyncIterator[bytes]:
+                      tail: Any, after_first: Any = None) -> AsyncIterator[bytes]:
         call = self.call
         want_usage = self.request.include_usage
         key = "delta" if self.kind == "chat" else "text"
@@ -195,6 +196,9 @@ class TierContext:
                     yield sse(chunk)
                 elif want_usage:
                     yield sse(chunk)
+                if after_first is not None and text:  # the first token, not the role chunk before it
+                    after_first()
+                    after_first = None
                 chunk = await anext(chunks, None)
             elapsed = time.perf_counter() - t0
             call.upstream_s += elapsed

@@ -56,18 +56,23 @@ class SpeculativePolicy:
             return
         started = time.perf_counter()
         if ctx.streaming and ctx.kind != "embedding":
-            # The strong tier is asked once the fast stream has its first chunk: the check is not urgent,
-            # and on a small machine its request would otherwise compete with the fast tier's first token.
-            holder: list[asyncio.Future] = []
+            # The strong tier is asked once the fast stream's first chunk is on its way to the client: the
+            # check is not urgent, and on a small machine it would otherwise compete with that first token.
+            pending: asyncio.Future = asyncio.get_running_loop().create_future()
             taken: list[bool] = []
+            asked: list[bool] = []
+
+            def ask_strong() -> None:
+                asked.append(True)
+                task = asyncio.ensure_future(ctx.complete(strong, attach=False))
+                task.add_done_callback(lambda t: _settle(pending, t))
 
             async def tail(text: str) -> bytes | None:
                 taken.append(True)
-                return await self._tail(ctx, holder[0], text, started)
+                return await self._tail(ctx, pending, text, started)
 
-            await ctx.stream(fast, tail=tail)
-            holder.append(asyncio.ensure_future(ctx.complete(strong, attach=False)))
-            ctx.background(self._unless_taken(ctx, holder[0], taken))
+            await ctx.stream(fast, tail=tail, after_first=ask_strong)
+            ctx.background(self._unless_taken(ctx, pending, taken, asked))
             return
         pending = asyncio.ensure_future(ctx.complete(strong, attach=False))
         try:
@@ -78,11 +83,11 @@ class SpeculativePolicy:
         ctx.answer(fast, body)
         ctx.background(self._check_later(ctx, pending, answer_text(ctx.kind, body), in_call=False))
 
-    async def _unless_taken(self, ctx: Any, pending: asyncio.Future, taken: list) -> None:
+    async def _unless_taken(self, ctx: Any, pending: asyncio.Future, taken: list, asked: list) -> None:
         """A client that hung up before the fast stream ended never reached the check: still account the
         strong tier's work (without a verdict: there is no whole fast answer to compare)."""
         await ctx.stream_ended.wait()
-        if taken:
+        if taken or not asked:  # checked in the stream, or the client left before the strong tier was asked
             return
         strong = ctx.tiers[-1]
         try:
@@ -137,3 +142,15 @@ class SpeculativePolicy:
         if not corrected:
             return None
         return {"content": strong_text, "tier": strong.name, "similarity": round(similarity, 4)}
+
+
+def _settle(future: asyncio.Future, task: asyncio.Task) -> None:
+    """Hand a finished task's outcome to `future` (which the tail and the hang-up guard await)."""
+    if future.done():
+        return
+    if task.cancelled():
+        future.cancel()
+    elif task.exception() is not None:
+        future.set_exception(task.exception())
+    else:
+        future.set_result(task.result())
