@@ -30,6 +30,8 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
+from live_gateway import hosted_card
+
 
 @dataclass
 class Script:
@@ -121,15 +123,4 @@ class TierStub:
 
 def tier_cards(stub: TierStub, tiers: dict[str, tuple[float, float]]) -> str:
     """A catalog file with one hosted card per tier (``{tier: (input_per_1m, output_per_1m)}``)."""
-    out = []
-    for tier, (price_in, price_out) in tiers.items():
-        out.append(f"""- id: tier-{tier}
-  family: stub
-  task: chat
-  format: hosted
-  license: none
-  context_length: 8192
-  source: {{type: hosted, provider: openai-compatible, base_url: "{stub.base_url(tier)}"}}
-  price: {{input_per_1m: {price_in}, output_per_1m: {price_out}}}
-""")
-    return "".join(out)
+    return "".join(hosted_card(f"tier-{tier}", stub.base_url(tier), price=price) for tier, price in tiers.items())

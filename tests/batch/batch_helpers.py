@@ -20,7 +20,7 @@ from pathlib import Path
 from typing import Any, Callable
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import Server  # noqa: E402
+from live_gateway import Server, hosted_card, write_catalog  # noqa: E402
 from openai_stub import StubServer  # noqa: E402
 
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
@@ -96,23 +96,8 @@ def serve_in_thread(app: Any) -> tuple[str, Callable[[], None]]:
 
 def stub_catalog(home: Path, stub_root: str) -> None:
     """Hosted cards on the stub: `stub-chat` (chat, priced) and `stub-embed` (embeddings)."""
-    (home / "catalog").mkdir(parents=True, exist_ok=True)
-    (home / "catalog" / "stubs.yaml").write_text(f"""- id: stub-chat
-  family: stub
-  task: chat
-  format: hosted
-  license: none
-  context_length: 8192
-  source: {{type: hosted, provider: openai-compatible, base_url: "{stub_root}/v1"}}
-  price: {{input_per_1m: 1.0, output_per_1m: 2.0}}
-- id: stub-embed
-  family: stub
-  task: embedding
-  format: hosted
-  license: none
-  context_length: 512
-  source: {{type: hosted, provider: openai-compatible, base_url: "{stub_root}/v1"}}
-""")
+    write_catalog(home, hosted_card("stub-chat", f"{stub_root}/v1", price=(1.0, 2.0)),
+                  hosted_card("stub-embed", f"{stub_root}/v1", task="embedding", context_length=512))
 
 
 def make_endpoint(srv: Server, name: str, *deployments: tuple[str, str], concurrency: int | None = None,

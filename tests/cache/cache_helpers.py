@@ -9,21 +9,12 @@ from pathlib import Path
 import httpx
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import start_server  # noqa: E402
+from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
 
 
 def hosted_catalog(home: Path, stub_root: str) -> None:
     """A hosted chat card `stub-chat` on the echo stub ($1 / $2 per million tokens), as a user catalog file."""
-    (home / "catalog").mkdir(parents=True, exist_ok=True)
-    (home / "catalog" / "stubs.yaml").write_text(f"""- id: stub-chat
-  family: stub
-  task: chat
-  format: hosted
-  license: none
-  context_length: 8192
-  source: {{type: hosted, provider: openai-compatible, base_url: "{stub_root}/v1"}}
-  price: {{input_per_1m: 1.0, output_per_1m: 2.0}}
-""")
+    write_catalog(home, hosted_card("stub-chat", f"{stub_root}/v1", price=(1.0, 2.0)))
 
 
 def stub_gateway(home: Path, stub_root: str, **kwargs):

@@ -39,7 +39,7 @@ from modelyard.wire import ChatCompletionRequest
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
-from live_gateway import start_server  # noqa: E402
+from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
 from openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread  # noqa: E402
 
 
@@ -272,16 +272,8 @@ def stub():
 
 def paid_catalog(home: Path, stub_root: str) -> None:
     """``stub-paid``, priced per token, and ``stub-free``, a hosted API priced at zero (a self-hosted vLLM)."""
-    (home / "catalog").mkdir(parents=True, exist_ok=True)
-    (home / "catalog" / "paid.yaml").write_text("".join(f"""- id: {card_id}
-  family: stub
-  task: chat
-  format: hosted
-  license: none
-  context_length: 8192
-  source: {{type: hosted, provider: openai-compatible, base_url: "{stub_root}/v1"}}
-  price: {{input_per_1m: {pin}, output_per_1m: {pout}}}
-""" for card_id, pin, pout in (("stub-paid", PRICE_IN, PRICE_OUT), ("stub-free", 0, 0))))
+    write_catalog(home, hosted_card("stub-paid", f"{stub_root}/v1", price=(PRICE_IN, PRICE_OUT)),
+                  hosted_card("stub-free", f"{stub_root}/v1"), name="paid.yaml")
 
 
 @pytest.fixture(scope="module")

@@ -26,7 +26,7 @@ from modelyard.store import UsageWriter
 
 TESTS = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(TESTS))
-from live_gateway import start_server  # noqa: E402
+from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
 from openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread  # noqa: E402
 
 _spec = importlib.util.spec_from_file_location("store_fixtures", TESTS / "store" / "conftest.py")
@@ -235,17 +235,8 @@ def test_a_window_in_a_bad_unit_is_a_clear_400(text):
 def gw(tmp_path_factory):
     root, stop = start_stub_in_thread()
     home = tmp_path_factory.mktemp("report") / "home"
-    (home / "catalog").mkdir(parents=True)
-    cards = "".join(f"""- id: {card_id}
-  family: stub
-  task: chat
-  format: hosted
-  license: none
-  context_length: 8192
-  source: {{type: hosted, provider: openai-compatible, base_url: "{root}/v1"}}
-  price: {{input_per_1m: {pin}, output_per_1m: {pout}}}
-""" for card_id, pin, pout in (("stub-cheap", 100.0, 200.0), ("stub-dear", 1000.0, 4000.0)))
-    (home / "catalog" / "stubs.yaml").write_text(cards)
+    write_catalog(home, hosted_card("stub-cheap", f"{root}/v1", price=(100.0, 200.0)),
+                  hosted_card("stub-dear", f"{root}/v1", price=(1000.0, 4000.0)))
     srv = start_server(home, "--no-defaults")
     r = srv.api("POST", "/api/endpoints", json={"name": "shop"})
     assert r.status_code == 201, r.text

@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import start_server  # noqa: E402
+from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
 from tier_stub import Script, TierStub, tier_cards  # noqa: E402
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
@@ -33,16 +33,8 @@ def stub():
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, stub):
     home = tmp_path_factory.mktemp("router") / "home"
-    (home / "catalog").mkdir(parents=True)
-    cards = tier_cards(stub, PRICES) + """- id: tier-embed
-  family: stub
-  task: embedding
-  format: hosted
-  license: none
-  context_length: 512
-  source: {type: hosted, provider: openai-compatible, base_url: "http://127.0.0.1:9/v1"}
-"""
-    (home / "catalog" / "tiers.yaml").write_text(cards)
+    write_catalog(home, tier_cards(stub, PRICES),
+                  hosted_card("tier-embed", "http://127.0.0.1:9/v1", task="embedding", context_length=512), name="tiers.yaml")
     srv = start_server(home, "--no-defaults")
     yield srv
     srv.stop()

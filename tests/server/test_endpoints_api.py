@@ -18,7 +18,7 @@ import openai
 import pytest
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import start_server  # noqa: E402
+from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
 from openai_stub import start_stub_in_thread  # noqa: E402
 
 pytestmark = pytest.mark.model
@@ -37,19 +37,8 @@ def stub():
 
 def hosted_catalog(home: Path, stub_root: str) -> None:
     """Two hosted cards on the stub (and one on a closed port), as a user catalog file."""
-    (home / "catalog").mkdir(parents=True, exist_ok=True)
-    cards = []
-    for card_id, url in (("stub-a", stub_root + "/v1"), ("stub-b", stub_root + "/v1"), ("stub-down", "http://127.0.0.1:9/v1")):
-        cards.append(f"""- id: {card_id}
-  family: stub
-  task: chat
-  format: hosted
-  license: none
-  context_length: 8192
-  source: {{type: hosted, provider: openai-compatible, base_url: "{url}"}}
-  price: {{input_per_1m: 1.0, output_per_1m: 2.0}}
-""")
-    (home / "catalog" / "stubs.yaml").write_text("".join(cards))
+    write_catalog(home, *(hosted_card(card_id, url, price=(1.0, 2.0)) for card_id, url in
+                          (("stub-a", stub_root + "/v1"), ("stub-b", stub_root + "/v1"), ("stub-down", "http://127.0.0.1:9/v1"))))
 
 
 @pytest.fixture(scope="module")

@@ -23,7 +23,7 @@ when they open.
 from __future__ import annotations
 
 import logging
-from typing import Protocol
+from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
 
@@ -197,3 +197,22 @@ class VectorIndex:
             total += part.matrix.nbytes if part.matrix is not None else int(part.ann.memory_usage)
             total += 120 * len(part.ids)  # the id strings and the slot maps
         return total
+
+
+async def nearest_live(index: "VectorIndex", get: Callable[[str], Awaitable[Any]], partition: str,
+                       vector: np.ndarray, threshold: float) -> tuple[Any, float]:
+    """The nearest entry of `partition` that `get` still returns, if its similarity reaches `threshold`;
+    and the best similarity seen. A candidate `get` drops (expired, corrupt) is left out and the search
+    repeated, a few times at most."""
+    best = 0.0
+    for _ in range(4):
+        entry_id, similarity = index.search(partition, vector)
+        if entry_id is None:
+            return None, best
+        best = max(best, similarity)
+        if similarity < threshold:
+            return None, best
+        entry = await get(entry_id)
+        if entry is not None:
+            return entry, similarity
+    return None, best

@@ -37,7 +37,7 @@ from typing import Any, Callable
 import numpy as np
 
 from .entry import CorruptEntry, Entry, decode_body, encode_body
-from .index import DIM, VectorIndex
+from .index import DIM, VectorIndex, nearest_live
 
 log = logging.getLogger(__name__)
 
@@ -174,18 +174,7 @@ class RedisStore:
 
     async def nearest(self, partition: str, vector: np.ndarray, threshold: float) -> tuple[Entry | None, float]:
         await self.sync()
-        best = 0.0
-        for _ in range(4):
-            entry_id, similarity = self.index.search(partition, vector)
-            if entry_id is None:
-                return None, best
-            best = max(best, similarity)
-            if similarity < threshold:
-                return None, best
-            entry = await self.get(entry_id)
-            if entry is not None:
-                return entry, similarity
-        return None, best
+        return await nearest_live(self.index, self.get, partition, vector, threshold)
 
     # --- writing --------------------------------------------------------------------------
 
