@@ -23,7 +23,7 @@ from .card import (
     Source,
     Task,
 )
-from .registry import BUILTIN_FILE, Catalog, load_cards_file, parse_size, user_catalog_files
+from .registry import BUILTIN_FILE, Catalog, format_size, load_cards_file, parse_size, user_catalog_files
 from .sources import (
     Progress,
     ProgressCallback,
@@ -51,6 +51,7 @@ __all__ = [
     "hub_dir",
     "is_available",
     "load_cards_file",
+    "format_size",
     "parse_size",
     "pull",
     "resolve_path",

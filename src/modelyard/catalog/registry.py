@@ -138,6 +138,16 @@ _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12,
           "ki": 2**10, "mi": 2**20, "gi": 2**30, "ti": 2**40}
 
 
+def format_size(size: int) -> str:
+    """``253113024`` -> ``253 MB`` (decimal units, as download sizes are quoted); the inverse of `parse_size`."""
+    value = float(size)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit in ("B", "KB", "MB") else f"{value:.1f} {unit}"
+        value /= 1000
+    return f"{value:.1f} TB"
+
+
 def parse_size(text: str | int) -> int:
     """Bytes in a human size: ``500MB`` -> 500_000_000, ``2GiB`` -> 2_147_483_648, ``1024`` -> 1024.
 

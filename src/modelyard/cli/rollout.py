@@ -21,12 +21,12 @@ from typing import Any
 from urllib.parse import quote
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ModelyardError
 from ..serving.rollout import validate_steps
+from .output import out
 from .remote import _api
 
 app = typer.Typer(name="rollout", no_args_is_help=True,
@@ -34,10 +34,6 @@ app = typer.Typer(name="rollout", no_args_is_help=True,
 
 _UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FINAL_STYLE = {"succeeded": "green", "rolled_back": "red", "cancelled": "yellow", "reverted": "yellow"}
-
-
-def _out() -> Console:
-    return Console(highlight=False)
 
 
 # --- arguments ----------------------------------------------------------------------
@@ -96,7 +92,7 @@ def _history_line(entry: dict[str, Any]) -> str:
 
 
 def print_rollout(r: dict[str, Any], *, history: bool = True) -> None:
-    console = _out()
+    console = out()
     percent = f" ({r['percent']}%)" if r.get("percent") is not None else ""
     console.print(f"[bold]rollout {r['id']}[/]: {escape(r['endpoint'])}/{escape(r['deployment'])}  "
                   f"{_state(r['state'])}, step {r.get('step_label')}{percent} of "
@@ -124,7 +120,7 @@ def print_rollout(r: dict[str, Any], *, history: bool = True) -> None:
 
 def _follow(rollout: dict[str, Any], poll_s: float) -> dict[str, Any]:
     """Print each new history entry until the rollout ends; the final rollout."""
-    console = _out()
+    console = out()
     seen = 0
     try:
         while True:
@@ -170,7 +166,7 @@ def rollout(
             "max_p95_ms": max_p95_ms, "min_requests": min_requests}
     path = "/api/endpoints/" + quote(endpoint, safe="") + "/deployments/" + quote(deployment, safe="") + "/rollout"
     started = _api("POST", path, json=body)
-    console = _out()
+    console = out()
     if not wait:
         print_rollout(started, history=False)
         console.print(f"[dim]follow it with `modelyard rollout status {escape(endpoint)}`; "
@@ -192,7 +188,7 @@ def rollout_status(
     """Progress and history of the endpoint's latest rollout: step, live split, state and why."""
     rows = _api("GET", "/api/endpoints/" + quote(endpoint, safe="") + "/rollouts")["data"]
     if not rows:
-        _out().print(f"endpoint {escape(endpoint)} has had no rollouts")
+        out().print(f"endpoint {escape(endpoint)} has had no rollouts")
         return
     if not all_rollouts:
         print_rollout(rows[0])
@@ -204,7 +200,7 @@ def rollout_status(
         table.add_row(str(r["id"]), escape(r["deployment"]), _state(r["state"]), r.get("step_label") or "-",
                       ",".join(map(str, r["steps"])), escape((r.get("created_at") or "-")[:19]),
                       escape(r.get("reason") or ""))
-    _out().print(table)
+    out().print(table)
 
 
 @app.command("cancel")
@@ -213,4 +209,4 @@ def rollout_cancel(
 ) -> None:
     """Stop a running rollout and restore the traffic split from before it."""
     r = _api("POST", f"/api/rollouts/{rollout_id}/cancel")
-    _out().print(f"rollout {r['id']} {_state(r['state'])}: traffic now {escape(_split(r.get('traffic_now')))}")
+    out().print(f"rollout {r['id']} {_state(r['state'])}: traffic now {escape(_split(r.get('traffic_now')))}")

@@ -15,18 +15,16 @@ from __future__ import annotations
 
 import json
 import time
-from collections.abc import Iterator
-from contextlib import contextmanager
 from enum import Enum
 from pathlib import Path
 from typing import Any, Optional
 
 import typer
-from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
 from ..errors import ModelyardError
+from .output import friendly_errors as _friendly_errors, out as _out
 
 app = typer.Typer(name="router", help="Cost-aware routers: train, evaluate offline.", no_args_is_help=True)
 
@@ -45,25 +43,6 @@ TABLE_SHARES = [i / 10 for i in range(11)]
 DataOption = typer.Option(..., "--data", help="outcome data: a CSV/JSONL file, or a folder of them (one file per subject)")
 WeakColumn = typer.Option(None, "--weak-column", help="the weak model's outcome column (default: found or guessed)")
 StrongColumn = typer.Option(None, "--strong-column", help="the strong model's outcome column (default: found or guessed)")
-
-
-def _out() -> Console:
-    return Console(highlight=False)
-
-
-def _err() -> Console:
-    return Console(stderr=True, highlight=False)
-
-
-@contextmanager
-def _friendly_errors() -> Iterator[None]:
-    """Print a modelyard error as one line on stderr and exit 1, instead of a traceback."""
-    try:
-        yield
-    except ModelyardError as exc:
-        where = f" ({exc.param})" if exc.param else ""
-        _err().print(f"[red]error{escape(where)}:[/red] {escape(exc.message)}", soft_wrap=True)
-        raise typer.Exit(1) from None
 
 
 def _pct(value: float | None) -> str:

@@ -4,20 +4,15 @@ from __future__ import annotations
 
 from typing import Any
 
+from ...catalog import format_size
+
 #: The header that sends a request to one deployment, whatever the traffic split.
 DEPLOYMENT_HEADER = "modelyard-deployment"
 
 
 def human_bytes(size: int | None) -> str:
-    """``253113024`` -> ``253 MB`` (decimal units, as download sizes are quoted)."""
-    if size is None:
-        return "—"
-    value = float(size)
-    for unit in ("B", "KB", "MB", "GB", "TB"):
-        if value < 1000 or unit == "TB":
-            return f"{value:.0f} {unit}" if unit in ("B", "KB", "MB") else f"{value:.1f} {unit}"
-        value /= 1000
-    return f"{size} B"  # pragma: no cover
+    """``253113024`` -> ``253 MB``; ``—`` when unknown."""
+    return "—" if size is None else format_size(size)
 
 
 def memory_text(mb: int | None) -> str:
