@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 import time
-from typing import Any, Literal, Union
+from typing import Any, AsyncIterator, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -265,6 +265,11 @@ def replay(kind: str, body: dict[str, Any], *, include_usage: bool = False) -> l
     if include_usage:
         chunks.append({**base, "choices": [], "usage": body.get("usage") or usage(0, 0)})
     return chunks
+
+
+async def replay_stream(kind: str, body: dict[str, Any], *, include_usage: bool = False) -> AsyncIterator[bytes]:
+    """A whole answer as a client's SSE stream: its `replay` chunks and ``[DONE]``, in one write."""
+    yield b"".join(sse(c) for c in replay(kind, body, include_usage=include_usage)) + SSE_DONE
 
 
 def answer_text(kind: str, body: dict[str, Any]) -> str:

@@ -71,11 +71,6 @@ def decode_body(raw: bytes | str | None, kind: str) -> dict[str, Any]:
     return body
 
 
-def answer_text(body: dict[str, Any], kind: str) -> str:
-    choice = body["choices"][0]
-    return choice["message"]["content"] if kind == "chat" else choice["text"]
-
-
 def storable(body: dict[str, Any] | None) -> bool:
     """Whether an answer may be cached: one whole choice, not cut short by the token limit."""
     if not isinstance(body, dict) or "error" in body:

@@ -14,8 +14,7 @@ Endpoints without a budget cost one dictionary look-up here.
 
 from __future__ import annotations
 
-from ..errors import ModelyardError
-from .pipeline import Call, Next
+from .pipeline import Call, Next, resolve_endpoint
 
 
 class Budget:
@@ -24,10 +23,7 @@ class Budget:
         self.endpoints = endpoints
 
     async def __call__(self, call: Call, call_next: Next) -> None:
-        try:
-            endpoint = self.endpoints.get(call.request.model)
-        except ModelyardError:
-            endpoint = None  # the policy stage says what is wrong with the name
+        endpoint = resolve_endpoint(call, self.endpoints)
         spec = endpoint.spec.budget if endpoint is not None else None
         if spec is not None:
             state = self.tracker.state(endpoint.name, call.key.id if call.key is not None else None, spec)

@@ -36,12 +36,11 @@ from typing import Any, AsyncIterator
 import anyio
 import orjson
 
-from ..cache.entry import answer_text, storable
+from ..cache.entry import storable
 from ..cache.keys import cache_control, not_repeatable, request_keys
 from ..cache.service import Lookup, ResponseCache
-from ..errors import ModelyardError
-from ..wire import SSE_DONE, gather, new_id, now, sse, usage
-from .pipeline import Call, Next
+from ..wire import SSE_DONE, gather, new_id, now, replay_stream, usage
+from .pipeline import Call, Next, resolve_endpoint
 
 log = logging.getLogger(__name__)
 
@@ -69,14 +68,12 @@ class Cache:
         await self.cache.close()
 
     async def __call__(self, call: Call, call_next: Next) -> None:
-        try:
-            endpoint = self.endpoints.get(call.request.model)
-        except ModelyardError:
+        endpoint = resolve_endpoint(call, self.endpoints)
+        if endpoint is None:
             return await call_next(call)  # the policy stage says what is wrong with the name
         spec = endpoint.spec.cache
         if spec.mode == "off" or call.kind == "embedding":
             return await call_next(call)
-        call.endpoint = endpoint
         try:
             keys = self._keys(call, endpoint, spec)
         except Exception:  # the cache never fails a request
@@ -146,7 +143,7 @@ class Cache:
         body["usage"] = usage(0, 0)
         if call.streaming:
             call.ttft_s = call.elapsed_s()
-            call.stream = _replay_stream(entry.kind, body, call.request.include_usage)
+            call.stream = replay_stream(entry.kind, body, include_usage=call.request.include_usage)
         else:
             call.body = body
 
@@ -202,24 +199,3 @@ def _gathered(kind: str, raw: bytes) -> dict[str, Any] | None:
     if not chunks:
         return None
     return gather(kind, chunks)
-
-
-async def _replay_stream(kind: str, body: dict[str, Any], include_usage: bool) -> AsyncIterator[bytes]:
-    """A cached answer as one write of SSE events, framed as the deployment would have sent them."""
-    choice = body["choices"][0]
-    text = answer_text(body, kind)
-    base = {"id": body["id"], "created": body["created"], "model": body.get("model")}
-    if kind == "chat":
-        base["object"] = "chat.completion.chunk"
-        role = (choice.get("message") or {}).get("role") or "assistant"
-        first = {"index": 0, "delta": {"role": role, "content": text}, "logprobs": None, "finish_reason": None}
-        last = {"index": 0, "delta": {}, "logprobs": None, "finish_reason": choice.get("finish_reason") or "stop"}
-    else:
-        base["object"] = "text_completion"
-        first = {"index": 0, "text": text, "logprobs": None, "finish_reason": None}
-        last = {"index": 0, "text": "", "logprobs": None, "finish_reason": choice.get("finish_reason") or "stop"}
-    events = [sse({**base, "choices": [first]}), sse({**base, "choices": [last]})]
-    if include_usage:
-        events.append(sse({**base, "choices": [], "usage": usage(0, 0)}))
-    events.append(SSE_DONE)
-    yield b"".join(events)

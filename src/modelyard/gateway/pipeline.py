@@ -22,6 +22,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
+from ..errors import ModelyardError
 from ..wire import AnyRequest, new_id
 
 Next = Callable[["Call"], Awaitable[None]]
@@ -82,6 +83,17 @@ class Call:
 
     def elapsed_s(self) -> float:
         return (self.finished or time.perf_counter()) - self.started
+
+
+def resolve_endpoint(call: Call, endpoints: Any) -> Any:
+    """The call's endpoint (its ``model``), looked up once for all stages; None when no endpoint has
+    that name (the policy stage answers 404 for it)."""
+    if call.endpoint is None:
+        try:
+            call.endpoint = endpoints.get(call.request.model)
+        except ModelyardError:
+            return None
+    return call.endpoint
 
 
 class Pipeline:

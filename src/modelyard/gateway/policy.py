@@ -24,7 +24,7 @@ class Policy:
         self.router = router
 
     async def __call__(self, call: Call, call_next: Next) -> None:
-        endpoint = self.endpoints.get(call.request.model)
+        endpoint = call.endpoint or self.endpoints.get(call.request.model)  # 404 for an unknown name
         call.endpoint = endpoint
         if call.target is not None:
             deployment = endpoint.deployments.get(call.target)

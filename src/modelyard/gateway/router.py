@@ -23,7 +23,7 @@ from ..routing import budget
 from ..routing import policy as router_policy
 from ..routing.responses import ResponseLog
 from ..telemetry.cost import deployment_cost
-from ..wire import SSE_DONE, answer_text, gather, replay, sse
+from ..wire import SSE_DONE, answer_text, gather, replay_stream, sse
 from .pipeline import Call
 
 log = logging.getLogger(__name__)
@@ -146,8 +146,7 @@ class TierContext:
             self.call.body = body
             return
         self.call.ttft_s = time.perf_counter() - self.call.started
-        chunks = replay(self.kind, body, include_usage=self.request.include_usage)
-        self.call.stream = _single(b"".join(sse(c) for c in chunks) + SSE_DONE)
+        self.call.stream = replay_stream(self.kind, body, include_usage=self.request.include_usage)
 
     async def stream(self, tier: Any, *, tail: Any = None, after_first: Any = None) -> None:
         """Stream `tier`'s answer to the client as it is generated.
@@ -231,10 +230,6 @@ class TierContext:
     def record_extra(self, tier: Any, entry: dict[str, Any], route: str) -> None:
         """A usage record for tier work that ended after the call's own record was written."""
         self.router.record_extra(self.call, tier, entry, route)
-
-
-async def _single(data: bytes) -> AsyncIterator[bytes]:
-    yield data
 
 
 class Router:
