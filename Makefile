@@ -1,30 +1,53 @@
 # modelyard: two commands.
 #   make run    set up .venv, assemble the embedded default model, start the gateway
 #   make test   set up .venv and run the whole test suite
-# Both are idempotent: the install step runs again only when pyproject.toml changes.
+# Both are idempotent: the install step runs again only when pyproject.toml or the lock changes.
+#
+# Every Python dependency is pinned with hashes in requirements.lock (resolved by uv for Linux, CPython
+# 3.11-3.13). Set-up installs exactly that file; nothing is resolved on a new machine.
+#   make lock        re-resolve after editing pyproject.toml (keeps every pin that still fits)
+#   make lock-check  fail when pyproject.toml and the lock disagree (CI runs it)
+#   make upgrade     move every pin to the newest release, then run the tests
 
+SHELL  := /bin/bash
 PYTHON ?= python3
 VENV   := .venv
 BIN    := $(VENV)/bin
 STAMP  := $(VENV)/.installed
+UV     := $(BIN)/uv
+LOCK   := requirements.lock
 # The web console's browser libraries (Chart.js, js-yaml) come from npm, pinned by the lock file.
 UI_DIR   := src/modelyard/server/ui
 UI_STAMP := $(UI_DIR)/node_modules/.installed
 
-# llama-cpp-python builds from source; do not tune the build to this CPU, so it runs elsewhere.
-export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF
+# torch stays out of the lock: 2.13.0 is the CPU build this project is tested with. pip installs it (on
+# this kind of machine pip finds that wheel in a local folder; elsewhere it comes from the registry).
+TORCH := torch==2.13.0
+# The resolver sees the same local CPU wheel, so the lock holds the CPU build's dependencies, not CUDA's.
+LOCAL_WHEELS := $(wildcard /opt/wheels)
+export UV_CUSTOM_COMPILE_COMMAND := make lock
+COMPILE = $(UV) pip compile pyproject.toml --all-extras --universal --python-version 3.11 \
+	--generate-hashes --no-emit-package torch $(if $(LOCAL_WHEELS),--find-links $(LOCAL_WHEELS)) --quiet
+
+# llama-cpp-python builds from source; do not tune the build to this CPU, so it runs elsewhere, and leave out
+# the multimodal (mtmd) library, which modelyard does not load (a third of the build).
+export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF
 # Nothing is fetched from a model hub at run time.
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install run test bench clean
+.PHONY: install run test bench clean lock lock-check upgrade
 
-$(STAMP): pyproject.toml
+$(UV): requirements-uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip wheel
-	# torch is pinned to the CPU build first, so nothing pulls a CUDA build.
-	$(BIN)/pip install --quiet torch==2.13.0
-	$(BIN)/pip install --quiet -e '.[local,test]'
+	$(BIN)/pip install --quiet --require-hashes -r requirements-uv.lock
+	touch $@
+
+$(STAMP): pyproject.toml $(LOCK) $(UV)
+	$(UV) pip install --python $(BIN)/python --require-hashes --no-deps -r $(LOCK)
+	$(BIN)/pip install --quiet $(TORCH)
+	$(UV) pip install --python $(BIN)/python --no-deps -e .
+	$(UV) pip check --python $(BIN)/python
 	touch $@
 
 $(UI_STAMP): $(UI_DIR)/package.json $(UI_DIR)/package-lock.json
@@ -58,3 +81,17 @@ bench: install
 
 clean:
 	rm -rf $(VENV) build src/*.egg-info .pytest_cache
+
+lock: $(UV)
+	$(COMPILE) -o $(LOCK)
+
+# Resolving again from the lock keeps every pin that still satisfies pyproject.toml, so any difference in the
+# pinned versions means the two disagree. (Hashes are left out of the comparison: a release can gain a wheel.)
+lock-check: $(UV)
+	tmp=$$(mktemp -d) && cp $(LOCK) $$tmp/lock && $(COMPILE) -o $$tmp/lock && \
+	if diff <(grep -E '^[A-Za-z0-9]' $(LOCK)) <(grep -E '^[A-Za-z0-9]' $$tmp/lock); then echo "lock: in step with pyproject.toml"; \
+	else echo "lock: requirements.lock disagrees with pyproject.toml (lines above); run 'make lock'" >&2; exit 1; fi
+
+upgrade: $(UV)
+	$(COMPILE) --upgrade -o $(LOCK)
+	$(MAKE) test

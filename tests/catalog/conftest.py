@@ -63,6 +63,8 @@ class FakeHub:
     url: str = ""
     files: dict[tuple[str, str, str], bytes] = field(default_factory=dict)
     requests: list[Request] = field(default_factory=list)
+    gated: set[str] = field(default_factory=set)
+    """Repositories that answer 401 with ``X-Error-Code: GatedRepo``, as the Hub does without an accepted license."""
     drop_first_get_after: int | None = None
     """When set, the first GET sends this many bytes of the body and then closes the connection."""
 
@@ -93,13 +95,18 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             if not match:
                 return None
             key = (unquote(match["repo"]), unquote(match["revision"]), unquote(match["file"]))
+            if key[0] in hub.gated:
+                return None
             return hub.files.get(key)
 
         def _not_found(self) -> None:
-            body = b'{"error": "Entry not found"}'
-            self.send_response(404)
-            self.send_header("X-Error-Code", "EntryNotFound")
-            self.send_header("X-Error-Message", "Entry not found")
+            match = _RESOLVE.match(self.path.split("?")[0])
+            gated = bool(match) and unquote(match["repo"]) in hub.gated
+            code, message = ("GatedRepo", "Access to this model is restricted") if gated else ("EntryNotFound", "Entry not found")
+            body = json.dumps({"error": message}).encode()
+            self.send_response(401 if gated else 404)
+            self.send_header("X-Error-Code", code)
+            self.send_header("X-Error-Message", message)
             self.send_header("X-Repo-Commit", COMMIT)
             self.send_header("Content-Type", "application/json")
             self.send_header("Content-Length", str(len(body)))

@@ -199,6 +199,28 @@ def test_missing_file_on_the_hub_is_a_clear_error(fake_hub, settings: Settings):
     assert "source.file" in info.value.message
 
 
+def test_missing_file_error_does_not_depend_on_digits_in_the_url(fake_hub, settings: Settings):
+    """The hint comes from the error's kind: a "401" in the repository name (or the port) is not a gated repo."""
+    card = _card().model_copy(update={"source": _card().source.model_copy(update={"repo": "test-org/model-401"})})
+
+    with pytest.raises(ModelyardError) as info:
+        pull(card, settings, progress=False)
+
+    assert "source.file" in info.value.message
+    assert "gated" not in info.value.message
+
+
+def test_gated_repository_asks_for_a_token(fake_hub, payload, settings: Settings):
+    fake_hub.add(REPO, FILE, payload)
+    fake_hub.gated.add(REPO)
+
+    with pytest.raises(ModelyardError) as info:
+        pull(_card(), settings, progress=False)
+
+    assert info.value.code == "download_failed"
+    assert "gated" in info.value.message and "HF_TOKEN" in info.value.message
+
+
 def test_hf_endpoint_is_read_when_pulling_not_when_imported(fake_hub, payload, settings: Settings, monkeypatch):
     """huggingface_hub freezes HF_ENDPOINT at import; modelyard passes the current value each time."""
     import huggingface_hub.constants as hf_constants

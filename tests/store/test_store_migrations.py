@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import sqlite3
+import subprocess
+import sys
 
 from alembic import command
 from alembic.autogenerate import compare_metadata
@@ -148,3 +150,49 @@ def test_processes_starting_together_migrate_one_after_the_other(sqlite_url):
     with ThreadPoolExecutor(max_workers=6) as pool:
         revisions = list(pool.map(lambda _: start(), range(6)))
     assert revisions == [_head()] * 6
+
+
+
+# One process of the gateway, an instance or the CLI, told when to open which fresh file: all of them open it
+# at the same moment, migrate it, and open one more connection (each applies the PRAGMAs) while the others
+# are still at it. Answers the revision it sees, or the error.
+_STARTING_PROCESS = """
+import sys
+from modelyard.store import Database
+print("ready", flush=True)
+for line in sys.stdin:
+    try:
+        db = Database(line.strip())
+        db.upgrade()
+        Database(line.strip()).close()
+        print(db.current_revision(), flush=True)
+        db.close()
+    except Exception as exc:
+        print(f"{type(exc).__name__}: {exc}".splitlines()[0], flush=True)
+"""
+
+# Keeps one core busy for at most two minutes, like another job on a shared machine.
+_CPU_BURNER = "import time\nend = time.monotonic() + 120\nwhile time.monotonic() < end: pass\n"
+
+
+def test_processes_started_together_on_a_busy_machine_never_see_database_is_locked(tmp_path):
+    rounds, processes = 12, 6
+    burners = [subprocess.Popen([sys.executable, "-c", _CPU_BURNER]) for _ in range(2)]
+    starters = [subprocess.Popen([sys.executable, "-c", _STARTING_PROCESS], stdin=subprocess.PIPE,
+                                 stdout=subprocess.PIPE, text=True) for _ in range(processes)]
+    seen: list[list[str]] = []
+    try:
+        for process in starters:
+            assert process.stdout.readline().strip() == "ready"
+        for round_ in range(rounds):
+            url = f"sqlite:///{tmp_path / f'round-{round_}.db'}"
+            for process in starters:
+                process.stdin.write(url + "\n")
+                process.stdin.flush()
+            seen.append([process.stdout.readline().strip() for process in starters])
+    finally:
+        for process in burners + starters:
+            process.kill()
+            process.wait()
+
+    assert seen == [[_head()] * processes] * rounds

@@ -297,12 +297,18 @@ def _hub_path(card: ModelCard, source: HubSource, settings: Settings, *, downloa
 
 
 def _download_error(card: ModelCard, source: HubSource, what: str, exc: Exception) -> ModelyardError:
+    from huggingface_hub import errors as hub_errors  # already imported by the failed download
+
     where = hub_endpoint() or "https://huggingface.co"
     kind = type(exc).__name__
+    # Decide by the exception's class and the HTTP status, never by the text: the message carries the URL,
+    # whose port or repository name may hold any digits.
+    status = getattr(getattr(exc, "response", None), "status_code", None)
     hint = ""
-    if kind == "GatedRepoError" or "401" in str(exc):
+    if isinstance(exc, hub_errors.GatedRepoError) or status == 401:
         hint = " The repository is gated: accept its license on the Hub and set HF_TOKEN."
-    elif kind in ("RepositoryNotFoundError", "RevisionNotFoundError", "RemoteEntryNotFoundError", "EntryNotFoundError"):
+    elif isinstance(exc, (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError,
+                          hub_errors.EntryNotFoundError)):
         hint = " Check `source.repo`, `source.file` and `source.revision` in the card."
     elif os.environ.get("HF_HUB_OFFLINE") or kind == "OfflineModeIsEnabled":
         hint = " HF_HUB_OFFLINE is set; unset it to download."

@@ -5,8 +5,12 @@
 - **SQLite** (the default, ``MODELYARD_HOME/modelyard.db``). Every new
   connection is switched to WAL mode with ``synchronous=NORMAL`` (readers never
   block the writer, and a commit does not wait for an fsync of the main file),
-  gets a 5 s ``busy_timeout`` (a second process waits for the write lock
-  instead of failing at once) and ``foreign_keys=ON``.
+  gets a 30 s ``busy_timeout`` (a second process waits for the write lock
+  instead of failing at once) and ``foreign_keys=ON``. SQLite answers
+  "database is locked" at once, without waiting, when waiting could deadlock
+  (switching a new file to WAL while another process holds its lock is the
+  common case when processes start together); those PRAGMAs are tried again
+  with jittered backoff for up to `SQLITE_LOCK_PATIENCE_S`.
 - **Postgres**, when ``DATABASE_URL`` is set, e.g.
   ``postgresql+psycopg://user:pass@host/modelyard`` (``pip install
   'modelyard[postgres]'``).
@@ -25,11 +29,13 @@ hands Alembic this database's own connection::
 from __future__ import annotations
 
 import logging
+import sqlite3
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import tenacity
 from sqlalchemy import create_engine, event, inspect
 from sqlalchemy.engine import URL, Engine, make_url
 from sqlalchemy.orm import Session, sessionmaker
@@ -53,6 +59,25 @@ SQLITE_PRAGMAS = (
     "PRAGMA journal_mode=WAL",
     "PRAGMA synchronous=NORMAL",
     "PRAGMA foreign_keys=ON",
+)
+
+#: How long a new connection keeps trying its PRAGMAs while other processes hold the file's lock.
+SQLITE_LOCK_PATIENCE_S = 60.0
+
+
+def _is_lock_contention(exc: BaseException) -> bool:
+    return isinstance(exc, sqlite3.OperationalError) and any(
+        word in str(exc).lower() for word in ("database is locked", "database is busy", "database table is locked"))
+
+
+# SQLite's busy handler is skipped where waiting could deadlock, so "locked" can come back at once:
+# back off with jitter (processes that collided once should not collide again) and try again.
+_retry_while_locked = tenacity.retry(
+    retry=tenacity.retry_if_exception(_is_lock_contention),
+    wait=tenacity.wait_random_exponential(multiplier=0.005, max=0.5),
+    stop=tenacity.stop_after_delay(SQLITE_LOCK_PATIENCE_S),
+    before_sleep=lambda state: log.debug("SQLite file is locked (try %d); waiting", state.attempt_number),
+    reraise=True,
 )
 
 
@@ -183,6 +208,6 @@ def _apply_sqlite_pragmas(dbapi_connection: Any, connection_record: Any) -> None
     cursor = dbapi_connection.cursor()
     try:
         for pragma in SQLITE_PRAGMAS:
-            cursor.execute(pragma)
+            _retry_while_locked(cursor.execute)(pragma)
     finally:
         cursor.close()
