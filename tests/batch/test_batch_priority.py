@@ -14,12 +14,13 @@ from pathlib import Path
 import pytest
 
 from batch_helpers import ScriptedStub, serve_in_thread
-from modelyard.batch.runner import _unbilled_wait
 from modelyard.catalog.card import ModelCard
+from modelyard.gateway.dispatch import dispatch
 from modelyard.gateway.pipeline import Call, Pipeline
 from modelyard.runtime.local import LocalRuntime
 from modelyard.serving import deployment as deployment_module
-from modelyard.serving.deployment import BACKGROUND, Deployment, background
+from modelyard.serving.deployment import Deployment
+from modelyard.telemetry.metering import BACKGROUND, background
 from modelyard.serving.spec import DeploymentSpec
 from modelyard.wire import ChatCompletionRequest
 
@@ -173,20 +174,26 @@ def test_the_wait_for_a_slot_is_not_billed(tmp_path):
 
     class FakeDeployment:  # a local model at 1 USD per busy second
         spec = None
+        name = "local"
 
         def __init__(self) -> None:
             self.card = card
 
-    async def dispatch(call: Call, call_next) -> None:
-        BACKGROUND.get().waited_s += 2.0  # two seconds waiting for a slot …
-        call.upstream_s, call.cost_usd = 3.0, 3.0  # … inside three seconds of dispatch
+        async def generate(self, kind: str, request):
+            await asyncio.sleep(0.3)  # waiting for a slot, as Deployment._acquire does for background work
+            BACKGROUND.get().waited_s += 0.3
+            yield {"id": "x", "object": "chat.completion.chunk", "created": 1, "model": "local",
+                   "choices": [{"index": 0, "delta": {"role": "assistant", "content": "hi"}, "finish_reason": "stop"}],
+                   "usage": {"prompt_tokens": 3, "completion_tokens": 1, "total_tokens": 4}}
 
     async def main() -> Call:
         call = Call("chat", ask(0), None)
         call.deployment = FakeDeployment()
         with background(1.0):
-            await Pipeline([_unbilled_wait, dispatch])(call)
+            await Pipeline([dispatch])(call)
         return call
 
     call = run(main())
-    assert call.upstream_s == pytest.approx(1.0) and call.cost_usd == pytest.approx(1.0)
+    assert call.body["choices"][0]["message"]["content"] == "hi"
+    assert call.upstream_s < 0.2  # the 0.3 s in the queue is not work …
+    assert call.cost_usd == pytest.approx(call.upstream_s)  # … so it is not billed

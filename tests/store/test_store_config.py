@@ -1,11 +1,12 @@
-"""ConfigStore keeps endpoint and deployment specs across restarts, exactly as written."""
+"""ConfigStore (serving/config.py) keeps endpoint and deployment specs across restarts, exactly as written."""
 
 from __future__ import annotations
 
 from sqlalchemy import select
 
 from modelyard.serving.spec import DeploymentSpec, EndpointSpec, RequestSettings
-from modelyard.store import ConfigStore, Database
+from modelyard.serving.config import ConfigStore
+from modelyard.store import Database
 from modelyard.store.models import Deployment, Endpoint
 
 

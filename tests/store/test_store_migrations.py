@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import sqlite3
 import subprocess
 import sys
@@ -13,7 +14,8 @@ from alembic.script import ScriptDirectory
 from sqlalchemy import inspect, select, text
 
 from modelyard.settings import Settings
-from modelyard.store import ConfigStore, Database
+from modelyard.serving.config import ConfigStore
+from modelyard.store import Database
 from modelyard.store.db import MIGRATIONS_DIR
 from modelyard.store.models import Base, Endpoint
 from modelyard.serving.spec import EndpointSpec
@@ -196,3 +198,20 @@ def test_processes_started_together_on_a_busy_machine_never_see_database_is_lock
             process.wait()
 
     assert seen == [[_head()] * processes] * rounds
+
+
+# A migration is never edited once it has shipped: a database stamped at its revision would never see the edit.
+# A change goes into a new migration; add the new file's sha256 here when it ships.
+SHIPPED_MIGRATIONS = {
+    "0001_initial.py": "276fa217d7aa6ceb7cc604b6086a169b369352f741b0364f13e3856cf3e2f532",
+    "0002_rollouts.py": "38cd7a78bffba84f66afca5e332d492ccceddda7dcd791d4b21645fa7f9f8ecb",
+    "0003_batch.py": "7550f369cbae4df3b363872712abe0afdb1b3bfcfe09219dcf6292e23d47902f",
+    "0004_router.py": "e754bbdc6fc82daa1d62919f19974bdff2892efe0e139b9f6e9773cda6861250",
+}
+
+
+def test_shipped_migrations_are_never_edited_or_removed():
+    files = {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in (MIGRATIONS_DIR / "versions").glob("*.py")}
+    assert {name: files.get(name) for name in SHIPPED_MIGRATIONS} == SHIPPED_MIGRATIONS
+    unlisted = sorted(set(files) - set(SHIPPED_MIGRATIONS) - {"__init__.py"})
+    assert unlisted == [] or max(unlisted) > max(SHIPPED_MIGRATIONS), f"new migrations must come last: {unlisted}"

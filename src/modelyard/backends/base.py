@@ -41,7 +41,12 @@ class Backend(Protocol):
 
 
 def load_backend(card: Any, options: dict[str, Any] | None = None) -> Backend:
-    """Build the backend for a catalog card. Heavy libraries are imported here, lazily."""
+    """Build the backend for a catalog card. Heavy libraries are imported here, lazily.
+
+    A local model's ``options`` carry ``path``, where its weights are on this
+    machine: whoever starts the backend resolves it (`catalog.resolve_path`),
+    so backends know nothing of the catalog or the settings.
+    """
     options = options or {}
     if card.format == "gguf":
         from .llamacpp import LlamaCppBackend
@@ -56,11 +61,3 @@ def load_backend(card: Any, options: dict[str, Any] | None = None) -> Backend:
 
         return OpenAICompatBackend.for_card(card, **options)
     raise ValueError(f"no backend runs format={card.format!r} task={card.task!r}")
-
-
-def weights_path(card: Any) -> str:
-    """Where a local card's weights are on this machine (assembled or pulled already)."""
-    from ..catalog.sources import resolve_path
-    from ..settings import Settings
-
-    return str(resolve_path(card, Settings.from_env()))

@@ -26,7 +26,6 @@ import numpy as np
 
 from ..errors import ModelyardError, invalid
 from ..wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, new_id, now, usage
-from .base import weights_path
 from .templates import get_template
 
 log = logging.getLogger(__name__)
@@ -70,7 +69,7 @@ class LlamaCppBackend:
     def _load(self) -> None:
         from llama_cpp import Llama
 
-        path = self.path or weights_path(self.card)
+        path = self.path or _no_path(self.card)
         log.info("loading %s from %s (n_ctx=%d, threads=%d)", self.card.id, path, self.n_ctx, self.threads)
         self.llm = Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.threads, n_threads_batch=self.threads_batch,
                          n_batch=self.batch_size,
@@ -370,3 +369,7 @@ def _legacy_logprobs(entries: list[dict[str, Any]]) -> dict[str, Any]:
         "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
         "text_offset": [],
     }
+
+
+def _no_path(card: Any) -> str:
+    raise ValueError(f"backend for '{card.id}' needs the path of its weights (options.path)")

@@ -15,7 +15,6 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from ..errors import invalid
-from .base import weights_path
 from ..wire import EmbeddingRequest
 
 log = logging.getLogger(__name__)
@@ -39,7 +38,7 @@ class SentenceBackend:
     def _load(self) -> None:
         from sentence_transformers import SentenceTransformer
 
-        path = self.path or weights_path(self.card)
+        path = self.path or _no_path(self.card)
         log.info("loading %s from %s", self.card.id, path)
         self.model = SentenceTransformer(path, device="cpu")
 
@@ -86,3 +85,7 @@ class SentenceBackend:
         limit = self.model.max_seq_length
         n_tokens = sum(min(len(ids), limit) for ids in self.model.tokenizer(texts, add_special_tokens=True)["input_ids"])
         return vectors, n_tokens
+
+
+def _no_path(card: Any) -> str:
+    raise ValueError(f"backend for '{card.id}' needs the path of its weights (options.path)")

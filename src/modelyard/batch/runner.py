@@ -52,15 +52,14 @@ from pydantic import ValidationError
 from ..errors import ModelyardError, from_validation_error, invalid, not_found
 from ..gateway.dispatch import dispatch
 from ..gateway.budget import Budget
-from ..gateway.pipeline import Call, Next, Pipeline
+from ..gateway.pipeline import Call, Pipeline
 from ..gateway.policy import Policy
 from ..gateway.record import Record
-from ..serving.deployment import BACKGROUND, background
+from ..telemetry.metering import background
 from ..serving.endpoints import TrafficSplit
 from ..store.batches import BatchStore, JobRecord, LineRecord, LineResult
 from ..store.models import utcnow
 from ..store.usage import normalize_record
-from ..telemetry.cost import deployment_cost
 from ..wire import KINDS
 from .files import FileStore
 from .jobs import NOT_RUN, BatchConfig, BatchCreate, output_line
@@ -98,20 +97,6 @@ class _Quiet:
     in_flight = _Gauge()
 
     def observe(self, *args: Any) -> None: ...
-
-
-async def _unbilled_wait(call: Call, call_next: Next) -> None:
-    """Time a line waited for a background slot is not time it used the deployment: cost excludes it."""
-    work = BACKGROUND.get()
-    before = work.waited_s if work is not None else 0.0
-    try:
-        await call_next(call)
-    finally:
-        waited = (work.waited_s - before) if work is not None else 0.0
-        if waited > 0 and call.deployment is not None:
-            call.upstream_s = max(call.upstream_s - waited, 0.0)
-            call.cost_usd = deployment_cost(call.deployment, call.prompt_tokens, call.completion_tokens,
-                                            call.upstream_s)
 
 
 class _Control:
@@ -190,7 +175,7 @@ class BatchRunner:
         self._usage = _UsageCapture()
         # A spent budget stops a job's paid lines like live requests (429, retried, then failed).
         stages = [Record(self._usage, _Quiet(), budget)] + ([Budget(budget, endpoints)] if budget is not None else [])
-        self.pipeline = Pipeline([*stages, Policy(endpoints, TrafficSplit()), _unbilled_wait, dispatch])
+        self.pipeline = Pipeline([*stages, Policy(endpoints, TrafficSplit()), dispatch])
         self._jobs: dict[str, _Control] = {}
         self._closing = False
 

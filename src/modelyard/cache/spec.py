@@ -22,6 +22,8 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from .. import durations
+
 #: The default similarity threshold, set on principle rather than fitted to any evaluation file.
 #: A cache must put precision first: a false hit serves someone a wrong answer, a miss only costs
 #: one generation. So the bar sits where all-MiniLM-L6-v2 scores mean "the same question reworded"
@@ -31,9 +33,6 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 #: any pairs file; an endpoint's ``similarity`` overrides it.
 DEFAULT_SIMILARITY = 0.92
 
-_TTL_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
-_TTL = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*$")
-
 
 def parse_duration(text: str | int | float, *, what: str = "ttl") -> float:
     """Seconds in a duration such as ``30s``, ``15m``, ``1h``, ``1d`` or ``7d`` (a bare number is seconds).
@@ -41,22 +40,11 @@ def parse_duration(text: str | int | float, *, what: str = "ttl") -> float:
     >>> parse_duration("1h")
     3600.0
     """
-    if isinstance(text, bool):
-        raise ValueError(f"{what} must be a duration such as 30s, 15m, 1h, 1d or 7d, not {text!r}")
-    if isinstance(text, (int, float)):
-        seconds = float(text)
-    else:
-        match = _TTL.match(str(text))
-        if not match:
-            raise ValueError(f"{what} must be a duration such as 30s, 15m, 1h, 1d or 7d, not {text!r}")
-        number, unit = match.groups()
-        unit = unit.lower() or "s"
-        if unit not in _TTL_UNITS:
-            raise ValueError(f"{what} {text!r} has an unknown unit {unit!r}; use s, m, h, d or w (30s, 15m, 1h, 1d, 7d)")
-        seconds = float(number) * _TTL_UNITS[unit]
-    if seconds <= 0:
-        raise ValueError(f"{what} must be longer than zero, not {text!r}")
-    return seconds
+    try:
+        return durations.parse_duration(text)
+    except ValueError as exc:
+        raise ValueError(f"{what} must be a duration such as 30s, 15m, 1h, 1d or 7d (units s, m, h, d, w), "
+                         f"not {text!r}: {exc}") from None
 
 
 class CacheSpec(BaseModel):

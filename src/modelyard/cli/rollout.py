@@ -14,7 +14,6 @@ running server's management API with the admin key.
 
 from __future__ import annotations
 
-import re
 import time
 from datetime import datetime
 from typing import Any
@@ -24,6 +23,7 @@ import typer
 from rich.markup import escape
 from rich.table import Table
 
+from .. import durations
 from ..errors import ModelyardError
 from ..serving.rollout import validate_steps
 from .output import out
@@ -32,7 +32,6 @@ from .remote import _api
 app = typer.Typer(name="rollout", no_args_is_help=True,
                   help="Rollouts: status and cancel (start one with `modelyard deployment rollout`).")
 
-_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0}
 _FINAL_STYLE = {"succeeded": "green", "rolled_back": "red", "cancelled": "yellow", "reverted": "yellow"}
 
 
@@ -41,14 +40,11 @@ _FINAL_STYLE = {"succeeded": "green", "rolled_back": "red", "cancelled": "yellow
 
 def parse_interval(value: str) -> float:
     """``30s``, ``2m``, ``1h``, ``1.5m`` or plain seconds (``90``) as seconds; `typer.BadParameter` otherwise."""
-    match = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*(ms|s|m|h)?\s*", value.lower())
-    if not match:
-        raise typer.BadParameter(f"{value!r} is not a duration like 30s, 2m, 1h or 90 (seconds)",
-                                 param_hint="--interval")
-    seconds = float(match.group(1)) * _UNITS[match.group(2) or "s"]
-    if seconds <= 0:
-        raise typer.BadParameter("the interval must be longer than 0", param_hint="--interval")
-    return seconds
+    try:
+        return durations.parse_duration(value, units=("ms", "s", "m", "h"))
+    except ValueError as exc:
+        raise typer.BadParameter(f"{value!r} is not a duration like 30s, 2m, 1h or 90 (seconds): {exc}",
+                                 param_hint="--interval") from None
 
 
 def parse_steps(value: str) -> list[int]:

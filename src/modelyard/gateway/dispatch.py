@@ -1,54 +1,50 @@
 """The dispatch stage: send the call to its deployment and account for it.
 
 Non-streaming calls get the whole body; streaming calls get an iterator of
-server-sent events that counts tokens and the time to the first token as
-they pass. The upstream is always asked for a usage chunk so every token is
-accounted; the client sees that chunk only if it asked for it
-(``stream_options.include_usage``), as with OpenAI.
+server-sent events. Either way the deployment is called through
+`telemetry.metering`, which counts the tokens, the time to the first token and
+the cost, and always asks the upstream for a usage chunk; the client sees
+that chunk only if it asked for it (``stream_options.include_usage``), as
+with OpenAI.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Any, AsyncIterator
+from typing import Any
 
 import anyio
 
 from ..errors import ModelyardError
 from ..routing.budget import check as check_budget
-from ..telemetry.cost import deployment_cost
-from ..wire import SSE_DONE, gather, sse
+from ..telemetry.metering import MeteredStream, MeteringError, complete
+from ..wire import SSE_DONE, sse
 from .pipeline import Call, Next
 
 
 async def dispatch(call: Call, call_next: Next) -> None:
     deployment = call.deployment
     check_budget(call, deployment)  # 429 when the budget is spent and the deployment is paid
-    t0 = time.perf_counter()
-    if call.kind == "embedding":
-        body = await deployment.embed(call.request)
-        call.upstream_s = time.perf_counter() - t0
-        _account(call, body.get("usage"))
-        call.body = body
+    if call.kind == "embedding" or not call.streaming:
+        try:
+            call.body, metered = await complete(deployment, call.kind, call.request)
+        except MeteringError as err:
+            call.add(err.metered)
+            raise
+        call.add(metered)
         return
-    chunks = deployment.generate(call.kind, call.request)
-    if not call.streaming:
-        body = gather(call.kind, [c async for c in chunks])
-        call.upstream_s = time.perf_counter() - t0
-        _account(call, body.get("usage"))
-        call.body = body
-        return
+    stream = MeteredStream(deployment, call.kind, call.request, since=call.started)
     try:
-        first = await anext(chunks)  # a failure before the first chunk is still a plain error response
-    except StopAsyncIteration:
-        raise ModelyardError("the deployment closed the stream without an answer", status=502, code="empty_stream") from None
-    call.upstream_s = time.perf_counter() - t0  # until the stream ends: the upstream's share of the first chunk
-    call.stream = _events(call, first, chunks, t0)
+        first = await stream.start()  # a failure before the first chunk is still a plain error response
+    except MeteringError as err:
+        call.add(err.metered)
+        raise
+    call.upstream_s = stream.elapsed_s()  # the upstream's share of the first chunk, for the overhead header
+    call.stream = _events(call, stream, first)
     await call_next(call)
 
 
-async def _events(call: Call, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], t0: float) -> AsyncIterator[bytes]:
+async def _events(call: Call, stream: MeteredStream, first: dict[str, Any]):
     """The client's SSE bytes. Events that arrive together leave together.
 
     A pump task reads the upstream and queues each event's bytes; this
@@ -58,8 +54,7 @@ async def _events(call: Call, first: dict[str, Any], chunks: AsyncIterator[dict[
     one, like a model generating token by token, is forwarded event by event.
     """
     queue: asyncio.Queue[bytes | None] = asyncio.Queue()
-    state = {"pieces": 0, "usage": None}
-    pump = asyncio.create_task(_pump(call, first, chunks, queue, state))
+    pump = asyncio.create_task(_pump(call, stream, first, queue))
     try:
         while True:
             item = await queue.get()
@@ -82,48 +77,26 @@ async def _events(call: Call, first: dict[str, Any], chunks: AsyncIterator[dict[
             pump.cancel()
         with anyio.CancelScope(shield=True):
             await asyncio.gather(pump, return_exceptions=True)
-            await chunks.aclose()  # type: ignore[attr-defined]
-        call.upstream_s = time.perf_counter() - t0
-        # Without a usage chunk (a cut-off stream), each content chunk counts as one token.
-        _account(call, state["usage"] or {"prompt_tokens": 0, "completion_tokens": max(state["pieces"] - 1, 0)})
+            metered = await stream.aclose()
+        call.upstream_s = 0.0  # until now the share of the first chunk (for the overhead header); now the whole
+        call.add(metered)
 
 
-async def _pump(call: Call, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]],
-                queue: asyncio.Queue[bytes | None], state: dict[str, Any]) -> None:
+async def _pump(call: Call, stream: MeteredStream, first: dict[str, Any], queue: asyncio.Queue[bytes | None]) -> None:
     want_usage = call.request.include_usage
-    text_key = "delta" if call.kind == "chat" else "text"
     put = queue.put_nowait
+
+    def forward(chunk: dict[str, Any]) -> None:
+        if chunk.get("choices") or want_usage or not stream.usage:
+            put(sse(chunk))
+
     try:
-        chunk: dict[str, Any] | None = first
-        while chunk is not None:
-            if chunk.get("usage"):
-                state["usage"] = chunk["usage"]
-            choices = chunk.get("choices")
-            if choices:
-                if call.ttft_s is None and _has_text(choices, text_key):
-                    call.ttft_s = time.perf_counter() - call.started
-                state["pieces"] += 1
-                put(sse(chunk))
-            elif want_usage or not state["usage"]:
-                put(sse(chunk))
-            chunk = await anext(chunks, None)
+        forward(first)
+        async for chunk in stream:
+            forward(chunk)
         put(SSE_DONE)
     except ModelyardError as err:
         call.status, call.error_code = err.status, err.code
         put(sse(err.body()) + SSE_DONE)
     finally:
         put(None)
-
-
-def _has_text(choices: list[dict[str, Any]], key: str) -> bool:
-    c = choices[0]
-    if key == "delta":
-        return bool((c.get("delta") or {}).get("content"))
-    return bool(c.get("text"))
-
-
-def _account(call: Call, usage: dict[str, Any] | None) -> None:
-    if usage:
-        call.prompt_tokens = int(usage.get("prompt_tokens") or 0)
-        call.completion_tokens = int(usage.get("completion_tokens") or 0)
-    call.cost_usd = deployment_cost(call.deployment, call.prompt_tokens, call.completion_tokens, call.upstream_s)

@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from typing import Any, AsyncIterator, Awaitable, Callable, Sequence
 
 from ..errors import ModelyardError
+from ..telemetry.metering import Metered, TierStep
 from ..wire import AnyRequest, new_id
 
 Next = Callable[["Call"], Awaitable[None]]
@@ -63,7 +64,7 @@ class Call:
     saved_tokens: int = 0
     saved_usd: float = 0.0
     #: a routed call: each tier called, in order (see `UsageRecord.tiers`)
-    tiers: list[dict[str, Any]] | None = None
+    tiers: list[TierStep] | None = None
     #: the tightest spending limit left for this call (`routing.budget.BudgetState`; None: no budget)
     budget: Any = None
     #: response headers a stage adds (``x-modelyard-cache``, ``x-modelyard-route`` …)
@@ -80,6 +81,16 @@ class Call:
     @property
     def deployment_name(self) -> str:
         return self.deployment.name if self.deployment is not None else ""
+
+    def add(self, metered: Metered) -> None:
+        """Count one deployment call's tokens, busy time and cost on this call (a routed call adds each tier
+        whose work is its own). The first time to first token seen is the call's."""
+        self.prompt_tokens += metered.prompt_tokens
+        self.completion_tokens += metered.completion_tokens
+        self.cost_usd += metered.cost_usd
+        self.upstream_s += metered.busy_s
+        if self.ttft_s is None and metered.ttft_s is not None:
+            self.ttft_s = metered.ttft_s
 
     def elapsed_s(self) -> float:
         return (self.finished or time.perf_counter()) - self.started

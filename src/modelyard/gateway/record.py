@@ -16,6 +16,7 @@ from typing import AsyncIterator
 import anyio
 
 from ..errors import ModelyardError
+from ..telemetry.metering import Ledger, usage_record
 from .pipeline import Call, Next
 
 CLIENT_CLOSED = 499
@@ -23,9 +24,9 @@ CLIENT_CLOSED = 499
 
 class Record:
     def __init__(self, writer, metrics, budget=None) -> None:
-        self.writer = writer
         self.metrics = metrics
-        self.budget = budget  # routing.budget.BudgetTracker: counts what each endpoint and key spent
+        # the writer, and the budgets (routing.budget.BudgetTracker) that count what each endpoint and key spent
+        self.ledger = Ledger(writer, budget)
 
     async def __call__(self, call: Call, call_next: Next) -> None:
         gauge = self.metrics.in_flight
@@ -70,27 +71,24 @@ class Record:
         # Metric labels only name endpoints that exist, so made-up model names cannot grow the label set.
         self.metrics.observe(call.endpoint.name if call.endpoint is not None else "", deployment, call.status, call.prompt_tokens, call.completion_tokens,
                              call.cost_usd, latency, call.ttft_s)
-        if self.budget is not None and call.endpoint is not None:
-            self.budget.add(call.endpoint.name, call.key.id if call.key is not None else None, call.cost_usd)
-        self.writer.submit({
-            "request_id": call.request_id,
-            "endpoint": call.endpoint_name,
-            "deployment": deployment or None,
-            "model": call.deployment.card.id if call.deployment is not None else None,
-            "key_id": call.key.id if call.key is not None else None,
-            "kind": call.kind,
-            "stream": call.streaming,
-            "prompt_tokens": call.prompt_tokens,
-            "completion_tokens": call.completion_tokens,
-            "cost_usd": call.cost_usd,
-            "latency_ms": latency * 1000,
-            "ttft_ms": call.ttft_s * 1000 if call.ttft_s is not None else None,
-            "status": call.status,
-            "error_code": call.error_code,
-            "cache": call.cache,
-            "route": call.route or None,
-            "batch_id": call.batch_id,
-            "saved_tokens": call.saved_tokens,
-            "saved_usd": call.saved_usd,
-            "tiers": list(call.tiers) if call.tiers is not None else None,
-        })
+        self.ledger.submit(usage_record(
+            endpoint=call.endpoint_name,
+            kind=call.kind,
+            key_id=call.key.id if call.key is not None else None,
+            prompt_tokens=call.prompt_tokens,
+            completion_tokens=call.completion_tokens,
+            cost_usd=call.cost_usd,
+            status=call.status,
+            deployment=call.deployment,
+            tiers=list(call.tiers) if call.tiers is not None else None,
+            route=call.route,
+            request_id=call.request_id,
+            stream=call.streaming,
+            latency_ms=latency * 1000,
+            ttft_ms=call.ttft_s * 1000 if call.ttft_s is not None else None,
+            error_code=call.error_code,
+            cache=call.cache,
+            batch_id=call.batch_id,
+            saved_tokens=call.saved_tokens,
+            saved_usd=call.saved_usd,
+        ))

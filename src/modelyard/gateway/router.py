@@ -16,32 +16,36 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, AsyncIterator
+from typing import Any, AsyncIterator, Callable, Coroutine
 
 from ..errors import ModelyardError
 from ..routing import budget
 from ..routing import policy as router_policy
+from ..routing.context import Tail
+from ..routing.models import Models
 from ..routing.responses import ResponseLog
-from ..telemetry.cost import deployment_cost
-from ..wire import SSE_DONE, answer_text, gather, replay_stream, sse
+from ..telemetry import metering
+from ..serving.deployment import Deployment
+from ..telemetry.metering import Ledger, MeteredStream, MeteringError, TierStep, step_record
+from ..wire import SSE_DONE, AnyRequest, answer_text, replay_stream, sse
 from .pipeline import Call
 
 log = logging.getLogger(__name__)
 
 
 class TierContext:
-    """What a strategy may do with one call: call tiers, answer, and say why.
+    """What a strategy may do with one call (`routing.context.TierCalls`): call tiers, answer, say why.
 
     ``tiers`` are the endpoint's deployments, cheapest first. Every tier
-    called is appended to ``call.tiers`` with an ``outcome``: ``answered``
-    (its answer went to the client), ``escalated`` (judged not good enough),
-    ``checked`` / ``corrected`` (a speculative check), ``error``.
+    called is appended to ``call.tiers`` as a `TierStep` with an ``outcome``:
+    ``answered`` (its answer went to the client), ``escalated`` (judged not
+    good enough), ``checked`` / ``corrected`` (a speculative check), ``error``.
     """
 
-    def __init__(self, call: Call, tiers: list[Any], router: "Router") -> None:
+    def __init__(self, call: Call, tiers: list[Deployment], router: "Router") -> None:
         self.call = call
-        self.kind = call.kind
-        self.request = call.request
+        self.kind: str = call.kind
+        self.request: AnyRequest = call.request
         self.tiers = tiers
         self.router = router
         self.response_id: str | None = None
@@ -61,11 +65,19 @@ class TierContext:
         state = self.call.budget
         return bool(state is not None and state.low)
 
-    def allows(self, tier: Any) -> bool:
+    @property
+    def endpoint_name(self) -> str:
+        return self.call.endpoint_name
+
+    @property
+    def request_headers(self) -> Any:
+        return self.call.request_headers
+
+    def allows(self, tier: Deployment) -> bool:
         """Whether the budget lets this call use `tier` (local tiers always; paid ones while money is left)."""
         return budget.allows(self.call, tier)
 
-    def refuse_for_budget(self, tier: Any) -> ModelyardError:
+    def refuse_for_budget(self, tier: Deployment) -> ModelyardError:
         return budget.refusal(self.call, tier)
 
     @property
@@ -78,21 +90,10 @@ class TierContext:
 
     # --- calling tiers -----------------------------------------------------------------
 
-    def _entry(self, tier: Any, prompt: int, completion: int, cost: float, outcome: str, *,
-               attach: bool = True) -> dict[str, Any]:
-        entry = {"deployment": tier.name, "model": tier.card.id, "prompt_tokens": prompt,
-                 "completion_tokens": completion, "cost_usd": cost, "outcome": outcome}
-        if attach:
-            self.attach(entry)
-        return entry
-
-    def attach(self, entry: dict[str, Any]) -> None:
+    def attach(self, step: TierStep) -> None:
         """Count a tier's work in this call's usage record."""
-        call = self.call
-        call.tiers.append(entry)
-        call.prompt_tokens += entry["prompt_tokens"]
-        call.completion_tokens += entry["completion_tokens"]
-        call.cost_usd += entry["cost_usd"]
+        self.call.tiers.append(step)
+        self.call.add(step.metered)
         self._savings()
 
     def _savings(self) -> None:
@@ -104,51 +105,55 @@ class TierContext:
         top = self.tiers[-1].card
         if not (top.price.input_per_1m or top.price.output_per_1m):
             return
-        answered = [e for e in self.call.tiers if e["outcome"] == "answered"]
+        answered = [s for s in self.call.tiers if s.outcome == "answered"]
         if not answered:
             return
-        a = answered[-1]
-        counterfactual = top.price.token_cost(a["prompt_tokens"], a["completion_tokens"])
+        a = answered[-1].metered
+        counterfactual = top.price.token_cost(a.prompt_tokens, a.completion_tokens)
         self.call.saved_usd = max(counterfactual - self.call.cost_usd, 0.0)
 
-    async def complete(self, tier: Any, *, attach: bool = True, **overrides: Any) -> tuple[dict[str, Any], dict[str, Any]]:
-        """Call `tier` for a whole answer; returns the body and the tier's entry.
+    async def complete(self, tier: Deployment, *, attach: bool = True, **overrides: Any) -> tuple[dict[str, Any], TierStep]:
+        """Call `tier` for a whole answer; returns the body and the tier's step.
 
-        The entry is counted in the call's usage record unless `attach` is
+        The step is counted in the call's usage record unless `attach` is
         false (work that may outlive the call: see `attach`, `record_extra`).
+        A failed call is counted too (outcome ``error``), then raised.
         """
         request = self.request.model_copy(update={"stream": False, "stream_options": None, **overrides})
-        t0 = time.perf_counter()
         try:
-            if self.kind == "embedding":
-                body = await tier.embed(request)
-            else:
-                body = gather(self.kind, [c async for c in tier.generate(self.kind, request)])
-        except ModelyardError:
-            self._entry(tier, 0, 0, 0.0, "error", attach=attach)
+            body, metered = await metering.complete(tier, self.kind, request)
+        except MeteringError as err:
+            if attach:
+                self.attach(err.metered.step("error"))
             raise
-        elapsed = time.perf_counter() - t0
+        step = metered.step("answered")
         if attach:
-            self.call.upstream_s += elapsed
-        usage = body.get("usage") or {}
-        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        return body, self._entry(tier, p, c, deployment_cost(tier, p, c, elapsed), "answered", attach=attach)
+            self.attach(step)
+        return body, step
 
-    def answer(self, tier: Any, body: dict[str, Any], *, strip_logprobs: bool = False) -> None:
+    def answer(self, tier: Deployment, body: dict[str, Any], *, strip_logprobs: bool = False) -> None:
         """Send a whole answer (as JSON, or replayed as a stream to a streaming client)."""
         if strip_logprobs:
             for choice in body.get("choices") or ():
                 choice["logprobs"] = None
         self.call.deployment = tier
         self.response_id = body.get("id")
-        self.router.responses.answered(self, tier, answer_text(self.kind, body))
+        self._log_answer(tier, answer_text(self.kind, body))
         if not self.streaming:
             self.call.body = body
             return
         self.call.ttft_s = time.perf_counter() - self.call.started
         self.call.stream = replay_stream(self.kind, body, include_usage=self.request.include_usage)
 
-    async def stream(self, tier: Any, *, tail: Any = None, after_first: Any = None) -> None:
+    def _log_answer(self, tier: Deployment, text: str) -> None:
+        call = self.call
+        self.router.responses.answered(
+            self.response_id, endpoint=call.endpoint_name, key_id=call.key.id if call.key is not None else None,
+            request=call.request, kind=call.kind, tier=tier.name, tier_index=self.tiers.index(tier), text=text,
+            checking=call.route.startswith("speculative:") and "+" in call.route)
+
+    async def stream(self, tier: Deployment, *, tail: Tail | None = None,
+                     after_first: Callable[[], None] | None = None) -> None:
         """Stream `tier`'s answer to the client as it is generated.
 
         `tail`, if given, is an async function called when the tier's stream
@@ -157,55 +162,32 @@ class TierContext:
         given, is called once the first chunk with text has been handed to the client.
         """
         request = self.request.model_copy(update={"stream": True})
-        t0 = time.perf_counter()
-        chunks = tier.generate(self.kind, request)
+        stream = MeteredStream(tier, self.kind, request, since=self.call.started)
         try:
-            first = await anext(chunks)
-        except StopAsyncIteration:
-            raise ModelyardError("the tier closed the stream without an answer", status=502, code="empty_stream") from None
-        except ModelyardError:
-            self._entry(tier, 0, 0, 0.0, "error")
+            first = await stream.start()
+        except MeteringError as err:
+            self.attach(err.metered.step("error"))
             raise
         self.call.deployment = tier
         self.response_id = first.get("id")
-        self.call.stream = self._events(tier, first, chunks, t0, tail, after_first)
+        self.call.stream = self._events(tier, stream, first, tail, after_first)
 
-    async def _events(self, tier: Any, first: dict[str, Any], chunks: AsyncIterator[dict[str, Any]], t0: float,
-                      tail: Any, after_first: Any = None) -> AsyncIterator[bytes]:
+    async def _events(self, tier: Deployment, stream: MeteredStream, first: dict[str, Any], tail: Tail | None,
+                      after_first: Callable[[], None] | None) -> AsyncIterator[bytes]:
         call = self.call
         want_usage = self.request.include_usage
-        key = "delta" if self.kind == "chat" else "text"
-        text: list[str] = []
-        usage: dict[str, Any] | None = None
-        pieces = 0
-        entry: dict[str, Any] | None = None
+        ended = False
         try:
-            chunk: dict[str, Any] | None = first
-            while chunk is not None:
-                if chunk.get("usage"):
-                    usage = chunk["usage"]
-                choices = chunk.get("choices")
-                if choices:
-                    piece = (choices[0].get("delta") or {}).get("content") if key == "delta" else choices[0].get("text")
-                    if piece:
-                        text.append(piece)
-                        if call.ttft_s is None:
-                            call.ttft_s = time.perf_counter() - call.started
-                    pieces += 1
+            async for chunk in _with_first(first, stream):
+                if chunk.get("choices") or want_usage:
                     yield sse(chunk)
-                elif want_usage:
-                    yield sse(chunk)
-                if after_first is not None and text:  # the first token, not the role chunk before it
+                if after_first is not None and stream.text:  # the first token, not the role chunk before it
                     after_first()
                     after_first = None
-                chunk = await anext(chunks, None)
-            elapsed = time.perf_counter() - t0
-            call.upstream_s += elapsed
-            usage = usage or {"prompt_tokens": 0, "completion_tokens": max(pieces - 1, 0)}
-            p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-            entry = self._entry(tier, p, c, deployment_cost(tier, p, c, elapsed), "answered")
-            full = "".join(text)
-            self.router.responses.answered(self, tier, full)
+            ended = True
+            full = stream.text
+            self.attach((await stream.aclose()).step("answered"))
+            self._log_answer(tier, full)
             if tail is not None:
                 extra = await tail(full)
                 if extra:
@@ -216,20 +198,31 @@ class TierContext:
             yield sse(err.body()) + SSE_DONE
         finally:
             self.stream_ended.set()
-            if entry is None:  # cut off: count what was sent
-                elapsed = time.perf_counter() - t0
-                self._entry(tier, int((usage or {}).get("prompt_tokens") or 0), max(pieces - 1, 0),
-                            deployment_cost(tier, 0, max(pieces - 1, 0), elapsed), "answered")
-            await chunks.aclose()  # type: ignore[attr-defined]
+            if not ended:  # failed or cut off: count what was sent, priced like any other call
+                self.attach((await stream.aclose()).step("answered"))
 
     # --- work after the answer -----------------------------------------------------------
 
-    def background(self, coro: Any) -> None:
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
         self.router.background(coro)
 
-    def record_extra(self, tier: Any, entry: dict[str, Any], route: str) -> None:
+    def record_extra(self, step: TierStep, route: str) -> None:
         """A usage record for tier work that ended after the call's own record was written."""
-        self.router.record_extra(self.call, tier, entry, route)
+        call = self.call
+        self.router.ledger.submit(step_record(step, endpoint=call.endpoint_name, kind=call.kind,
+                                              key_id=call.key.id if call.key is not None else None, route=route,
+                                              request_id=call.request_id))
+
+    async def checked(self, tier: Deployment | None, corrected_text: str | None, similarity: float | None, *,
+                      failed: str | None = None) -> None:
+        """Log the speculative check's verdict on this call's answer."""
+        await self.router.responses.checked(self.response_id, tier, corrected_text, similarity, failed=failed)
+
+
+async def _with_first(first: dict[str, Any], stream: MeteredStream) -> AsyncIterator[dict[str, Any]]:
+    yield first
+    async for chunk in stream:
+        yield chunk
 
 
 class Router:
@@ -238,10 +231,10 @@ class Router:
     def __init__(self, responses: ResponseLog, writer: Any, metrics: Any, *, models: Any = None,
                  budget: Any = None) -> None:
         self.responses = responses
-        self.budget = budget  # routing.budget.BudgetTracker
-        self.writer = writer
+        # usage records of work that ends after its call: written, and counted against the budgets
+        self.ledger = Ledger(writer, budget)
         self.metrics = metrics
-        self.models = models or router_policy.Models()
+        self.models = models or Models()
         self._tasks: set[asyncio.Task[Any]] = set()
         self._strategies: dict[str, tuple[Any, Any]] = {}
 
@@ -262,7 +255,7 @@ class Router:
         ctx = TierContext(call, tiers, self)
         await strategy.answer(ctx)
 
-    def background(self, coro: Any) -> None:
+    def background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)
         self._tasks.add(task)
         task.add_done_callback(self._done)
@@ -271,28 +264,6 @@ class Router:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
             log.error("router background work failed", exc_info=task.exception())
-
-    def submit_usage(self, record: dict[str, Any]) -> None:
-        """A usage record for work outside the pipeline's record stage; counted against budgets too."""
-        self.writer.submit(record)
-        if self.budget is not None:
-            self.budget.count(record)
-
-    def record_extra(self, call: Call, tier: Any, entry: dict[str, Any], route: str) -> None:
-        self.submit_usage({
-            "request_id": call.request_id,
-            "endpoint": call.endpoint_name,
-            "deployment": tier.name,
-            "model": tier.card.id,
-            "key_id": call.key.id if call.key is not None else None,
-            "kind": call.kind,
-            "prompt_tokens": entry["prompt_tokens"],
-            "completion_tokens": entry["completion_tokens"],
-            "cost_usd": entry["cost_usd"],
-            "status": 200,
-            "route": route[:64],
-            "tiers": [entry],
-        })
 
     async def close(self) -> None:
         for task in list(self._tasks):

@@ -9,7 +9,8 @@ and per (endpoint, key) for the current UTC day and month. At start-up it
 reads the sums of ``usage_records.cost_usd`` since the first of the month
 from the database (one grouped query on the ``created_at`` index, the same
 SQL on SQLite and Postgres); after that the record stage adds each finished
-call's cost (`BudgetTracker.add`: a few dictionary updates, no I/O). Every
+call's cost (`BudgetTracker.add`, called by `telemetry.metering.Ledger` for every usage
+record: a few dictionary updates, no I/O). Every
 usage record counts: live calls, mirrored copies, batch lines, each tier of
 a routed call (its total is the record's ``cost_usd``). At UTC midnight the
 day's sums start again from zero, on the first of the month the month's.
@@ -215,10 +216,6 @@ class BudgetTracker:
             key = (endpoint, key_id)
             day[key] = day.get(key, 0.0) + cost_usd
             month[key] = month.get(key, 0.0) + cost_usd
-
-    def count(self, record: dict[str, Any]) -> None:
-        """Count a usage record written without the record stage (work that ended after its call)."""
-        self.add(record["endpoint"], record.get("key_id"), float(record.get("cost_usd") or 0.0))
 
     def spent(self, endpoint: str, key_id: int | None = None, period: str = "day") -> float:
         """USD spent this ``period`` (``day`` or ``month``) by the endpoint, or by one key on it."""

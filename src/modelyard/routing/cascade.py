@@ -24,7 +24,8 @@ import re
 from typing import Any
 
 from ..wire import answer_text, prompt_text
-from .policy import Models, respond
+from .context import TierCalls, respond
+from .models import Models
 from .spec import CascadeRouter
 
 #: answers that decline or admit not knowing (English); matched at the start or as a whole phrase
@@ -63,7 +64,7 @@ class CascadePolicy:
             return t
         return t * 1.5 if self.spec.scorer in ("mean_logprob", "min_logprob") else t / 2
 
-    async def score(self, ctx: Any, body: dict[str, Any]) -> float:
+    async def score(self, ctx: TierCalls, body: dict[str, Any]) -> float:
         scorer = self.spec.scorer
         if scorer in ("mean_logprob", "min_logprob"):
             values = token_logprobs(ctx.kind, body)
@@ -77,19 +78,19 @@ class CascadePolicy:
         needs_strong = await asyncio.to_thread(model.score, [prompt_text(ctx.request)], [text])
         return 1.0 - float(needs_strong[0])
 
-    def _overrides(self, ctx: Any) -> dict[str, Any]:
+    def _overrides(self, ctx: TierCalls) -> dict[str, Any]:
         if self.spec.scorer not in ("mean_logprob", "min_logprob"):
             return {}
         return {"logprobs": True} if ctx.kind == "chat" else {"logprobs": 1}
 
-    async def answer(self, ctx: Any) -> None:
+    async def answer(self, ctx: TierCalls) -> None:
         threshold = self._threshold(ctx.budget_low)
         asked_logprobs = bool(getattr(ctx.request, "logprobs", None))
         path: list[str] = []
         for tier in ctx.tiers[:-1]:
             if not ctx.allows(tier):
                 raise ctx.refuse_for_budget(tier)
-            body, entry = await ctx.complete(tier, **self._overrides(ctx))
+            body, step = await ctx.complete(tier, **self._overrides(ctx))
             path.append(tier.name)
             score = await self.score(ctx, body)
             refused = self.spec.escalate_on_refusal and is_refusal(answer_text(ctx.kind, body))
@@ -97,8 +98,8 @@ class CascadePolicy:
                 ctx.route = f"cascade:{'>'.join(path)}"
                 ctx.answer(tier, body, strip_logprobs=not asked_logprobs)
                 return
-            entry["outcome"] = "escalated"
-            entry["score"] = None if math.isinf(score) else round(score, 4)
+            step.outcome = "escalated"
+            step.extra["score"] = None if math.isinf(score) else round(score, 4)
         last = ctx.tiers[-1]
         path.append(last.name)
         ctx.route = f"cascade:{'>'.join(path)}"

@@ -186,12 +186,11 @@ class MiniLMEmbedder:
 
         path = self.path
         if path is None:
-            from ..backends.base import weights_path
-            from ..catalog import Catalog
+            from ..catalog import Catalog, resolve_path
             from ..settings import Settings
 
             settings = Settings.from_env()
-            path = weights_path(Catalog.load(settings).get(self.card_id))
+            path = str(resolve_path(Catalog.load(settings).get(self.card_id), settings))
         t0 = time.perf_counter()
         model = SentenceTransformer(path, device="cpu")
         log.info("loaded %s from %s in %.1f s", self.card_id, path, time.perf_counter() - t0)

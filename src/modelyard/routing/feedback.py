@@ -16,14 +16,17 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ModelyardError
-from ..telemetry.cost import deployment_cost
-from ..wire import KINDS, answer_text, gather
+from ..telemetry import metering
+from ..telemetry.metering import MeteringError, step_record
+from ..wire import KINDS, answer_text
+
+if TYPE_CHECKING:
+    from ..telemetry.metering import Deployment
 
 log = logging.getLogger(__name__)
 
@@ -86,26 +89,19 @@ class FeedbackService:
             return None  # the top tier answered: nothing stronger to ask
         return endpoint.deployments.get(tiers[i + 1])
 
-    async def _improve(self, row: dict[str, Any], tier: Any, key: Any) -> None:
+    async def _improve(self, row: dict[str, Any], tier: Deployment, key: Any) -> None:
         kind = row["kind"]
         request = KINDS[kind].model_validate({**row["request"], "stream": False, "stream_options": None})
-        t0 = time.perf_counter()
+        route = f"feedback:{tier.name}"
         try:
-            body = gather(kind, [c async for c in tier.generate(kind, request)])
-        except ModelyardError as err:
+            body, metered = await metering.complete(tier, kind, request)
+        except MeteringError as err:
             log.warning("feedback escalation of %s to %s failed: %s", row["id"], tier.name, err.message)
+            self.router.ledger.submit(step_record(err.metered.step("error"), endpoint=row["endpoint"], kind=kind,
+                                                  key_id=row["key_id"], route=route))
             await self.responses.change(row["id"], status="improve_failed")
             return
-        elapsed = time.perf_counter() - t0
-        usage = body.get("usage") or {}
-        p, c = int(usage.get("prompt_tokens") or 0), int(usage.get("completion_tokens") or 0)
-        cost = deployment_cost(tier, p, c, elapsed)
-        self.router.submit_usage({
-            "endpoint": row["endpoint"], "deployment": tier.name, "model": tier.card.id, "key_id": row["key_id"],
-            "kind": kind, "prompt_tokens": p, "completion_tokens": c, "cost_usd": cost, "status": 200,
-            "latency_ms": elapsed * 1000, "route": f"feedback:{tier.name}",
-            "tiers": [{"deployment": tier.name, "model": tier.card.id, "prompt_tokens": p, "completion_tokens": c,
-                       "cost_usd": cost, "outcome": "answered"}],
-        })
+        self.router.ledger.submit(step_record(metered.step("answered"), endpoint=row["endpoint"], kind=kind,
+                                              key_id=row["key_id"], route=route))
         await self.responses.change(row["id"], status="improved", latest_tier=tier.name,
                                     latest_content=answer_text(kind, body))

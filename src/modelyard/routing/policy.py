@@ -7,6 +7,9 @@ cheapest first. A strategy calls tiers through the context
 and sets ``ctx.route`` to say why — the ``x-modelyard-route`` header and the
 usage record's ``route`` carry it.
 
+Strategies depend on `routing.context.TierCalls` (what they may ask of the
+gateway) and `routing.models.Models` (trained routers, the embedder).
+
 - ``rules``: the first rule whose conditions hold picks the tier (this file);
 - ``learned``: a trained model scores the prompt; above the threshold goes
   to the strongest tier (this file);
@@ -24,13 +27,15 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import os
 import re
-from pathlib import Path
 from typing import Any, Protocol
 
-from ..errors import ModelyardError, invalid
+from ..errors import invalid
 from ..wire import prompt_text
+from .cascade import CascadePolicy
+from .context import TierCalls, respond
+from .models import Models
+from .speculative import SpeculativePolicy
 from .spec import CascadeRouter, LearnedRouter, RulesRouter, SpeculativeRouter
 
 log = logging.getLogger(__name__)
@@ -39,19 +44,8 @@ MAX_COST_HEADER = "x-modelyard-max-cost"
 
 
 class RouterPolicy(Protocol):
-    async def answer(self, ctx: Any) -> None:
+    async def answer(self, ctx: TierCalls) -> None:
         """Answer the call in `ctx` through its tiers."""
-
-
-async def respond(ctx: Any, tier: Any) -> None:
-    """Let one tier answer, streaming when the client streams."""
-    if not ctx.allows(tier):
-        raise ctx.refuse_for_budget(tier)
-    if ctx.streaming and ctx.kind != "embedding":
-        await ctx.stream(tier)
-    else:
-        body, _ = await ctx.complete(tier)
-        ctx.answer(tier, body)
 
 
 # --- rules ------------------------------------------------------------------------------
@@ -119,8 +113,8 @@ class RulesPolicy:
             return rule.tier, rule.name or f"rule{i + 1}"
         return self.spec.default or "", "default"
 
-    async def answer(self, ctx: Any) -> None:
-        name, rule = self.choose(ctx.request, ctx.call.request_headers)
+    async def answer(self, ctx: TierCalls) -> None:
+        name, rule = self.choose(ctx.request, ctx.request_headers)
         tier = next((t for t in ctx.tiers if t.name == name), ctx.tiers[0])
         ctx.route = f"rules:{rule}>{tier.name}"
         await respond(ctx, tier)
@@ -143,12 +137,12 @@ class LearnedPolicy:
     halfway to 1, so fewer prompts go to the paid tier.
     """
 
-    def __init__(self, spec: LearnedRouter, models: "Models", endpoint: str) -> None:
+    def __init__(self, spec: LearnedRouter, models: Models, endpoint: str) -> None:
         self.spec = spec
         self.models = models
         self.endpoint = endpoint
 
-    async def answer(self, ctx: Any) -> None:
+    async def answer(self, ctx: TierCalls) -> None:
         model = self.models.router(self.endpoint)
         score = float((await asyncio.to_thread(model.score, [prompt_text(ctx.request)]))[0])
         threshold = self.spec.threshold
@@ -160,52 +154,8 @@ class LearnedPolicy:
         await respond(ctx, tier)
 
 
-class Models:
-    """Trained router models, loaded on first use and again when their file changes; and the embedder
-    (one all-MiniLM-L6-v2 for every endpoint, loaded in-process on first use)."""
-
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
-        self._routers: dict[str, tuple[float, Any]] = {}
-        self._embedder: Any = None
-
-    def path(self, endpoint: str) -> Path:
-        from .learned import router_path
-
-        return router_path(self.settings, endpoint)
-
-    def embedder(self) -> Any:
-        if self._embedder is None:
-            from .features import MiniLMEmbedder, server_threads
-
-            self._embedder = MiniLMEmbedder(threads=server_threads())
-        return self._embedder
-
-    def router(self, endpoint: str) -> Any:
-        from .learned import LearnedRouter
-
-        path = self.path(endpoint)
-        try:
-            mtime = os.stat(path).st_mtime
-        except FileNotFoundError:
-            raise ModelyardError(f"endpoint '{endpoint}' routes with a learned model, but none is trained yet: run "
-                                 f"`modelyard router train {endpoint} --data outcomes.csv`", status=503,
-                                 code="router_not_trained") from None
-        cached = self._routers.get(endpoint)
-        if cached is None or cached[0] != mtime:
-            self._routers[endpoint] = cached = (mtime, LearnedRouter.load(path, embedder=self.embedder()))
-        return cached[1]
-
-    def embed(self, texts: list[str]) -> Any:
-        """Unit-length sentence embeddings of `texts`."""
-        return self.embedder()(texts)
-
-
 def build(spec: Any, models: Models, endpoint: str) -> RouterPolicy:
     """The strategy object for a router spec."""
-    from .cascade import CascadePolicy
-    from .speculative import SpeculativePolicy
-
     if isinstance(spec, RulesRouter):
         return RulesPolicy(spec)
     if isinstance(spec, LearnedRouter):

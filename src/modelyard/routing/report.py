@@ -44,13 +44,14 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 from datetime import datetime, timedelta, timezone
 from typing import Any, Iterable, Mapping
 
 from sqlalchemy import case, func, select
 
+from .. import durations
+from ..catalog.card import Price
 from ..errors import invalid
 from ..store.models import UsageRecord
 
@@ -63,17 +64,17 @@ FOLLOW_UP_PREFIXES = ("speculative-check:", "feedback:")
 #: Outcomes of a tier step that mean the request went further than its first answer.
 ESCALATED = frozenset({"escalated", "corrected"})
 CACHE_ROW = "(cache)"
-WINDOW_UNITS = {"m": 60, "h": 3600, "d": 86400, "w": 7 * 86400}
 MAX_WINDOW = timedelta(days=366)
 
 
 def parse_window(text: str) -> timedelta:
     """``"15m"``, ``"1h"``, ``"24h"``, ``"7d"``, ``"30d"``, ``"2w"`` as a `timedelta`; a clear 400 otherwise."""
-    match = re.fullmatch(r"\s*(\d+)\s*([a-zA-Z]+)\s*", text or "")
-    if not match or match.group(2).lower() not in WINDOW_UNITS or int(match.group(1)) <= 0:
-        raise invalid(f"window {text!r} is not a duration: a whole number and a unit, m (minutes), h (hours), "
-                      "d (days) or w (weeks), e.g. 15m, 1h, 24h, 7d, 30d", param="window", code="invalid_window")
-    window = timedelta(seconds=int(match.group(1)) * WINDOW_UNITS[match.group(2).lower()])
+    try:
+        window = timedelta(seconds=durations.parse_duration(text, units=("m", "h", "d", "w"), whole=True, bare=None))
+    except ValueError as exc:
+        raise invalid(f"window {text!r} is not a duration ({exc}): a whole number and a unit, m (minutes), "
+                      "h (hours), d (days) or w (weeks), e.g. 15m, 1h, 24h, 7d, 30d", param="window",
+                      code="invalid_window") from None
     if window > MAX_WINDOW:
         raise invalid(f"window {text!r} is longer than the {MAX_WINDOW.days} days a report covers", param="window",
                       code="invalid_window")
@@ -95,23 +96,22 @@ class TierPrice:
 
     deployment: str
     model: str | None
-    input_per_1m: float
-    output_per_1m: float
+    price: Price
     #: ``card`` (the catalog's per-token price) or ``observed`` (the window's cost per token of a local tier)
     source: str
 
     def cost(self, prompt_tokens: int, completion_tokens: int) -> float:
-        return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1_000_000
+        return self.price.token_cost(prompt_tokens, completion_tokens)
 
     def describe(self) -> dict[str, Any]:
-        return {"deployment": self.deployment, "model": self.model, "input_per_1m": self.input_per_1m,
-                "output_per_1m": self.output_per_1m, "price_from": self.source}
+        return {"deployment": self.deployment, "model": self.model, "input_per_1m": self.price.input_per_1m,
+                "output_per_1m": self.price.output_per_1m, "price_from": self.source}
 
 
 def _card_price(name: str, card: Any) -> TierPrice | None:
     price = card.price
     if price.input_per_1m > 0 or price.output_per_1m > 0:
-        return TierPrice(name, card.id, price.input_per_1m, price.output_per_1m, "card")
+        return TierPrice(name, card.id, price, "card")
     return None
 
 
@@ -120,7 +120,8 @@ def _observed_price(name: str, card: Any, observed: Mapping[str, tuple[float, in
     if tokens <= 0 or cost <= 0:
         return None
     per_1m = cost / tokens * 1_000_000
-    return TierPrice(name, card.id if card is not None else None, per_1m, per_1m, "observed")
+    return TierPrice(name, card.id if card is not None else None, Price(input_per_1m=per_1m, output_per_1m=per_1m),
+                     "observed")
 
 
 def top_tier_price(spec: Any, cards: Mapping[str, Any], observed: Mapping[str, tuple[float, int]]) -> TierPrice | None:
@@ -137,9 +138,9 @@ def top_tier_price(spec: Any, cards: Mapping[str, Any], observed: Mapping[str, t
         return _card_price(top, card) or _observed_price(top, card, observed)
     priced = [p for p in (_card_price(n, c) for n, c in cards.items()) if p is not None]
     if priced:
-        return max(priced, key=lambda p: (p.input_per_1m + p.output_per_1m, p.deployment))
+        return max(priced, key=lambda p: (p.price.input_per_1m + p.price.output_per_1m, p.deployment))
     seen = [p for p in (_observed_price(n, c, observed) for n, c in cards.items()) if p is not None]
-    return max(seen, key=lambda p: (p.input_per_1m, p.deployment)) if seen else None
+    return max(seen, key=lambda p: (p.price.input_per_1m, p.deployment)) if seen else None
 
 
 def _answering_tokens(deployment: str | None, tiers: Any, prompt: int, completion: int) -> tuple[int, int]:

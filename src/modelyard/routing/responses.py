@@ -18,7 +18,7 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
-from ..wire import prompt_text
+from ..wire import AnyRequest, prompt_text
 from ..store.models import utcnow
 
 log = logging.getLogger(__name__)
@@ -41,17 +41,18 @@ class ResponseLog:
         if self._task is None:
             self._task = asyncio.create_task(self._run())
 
-    def answered(self, ctx: Any, tier: Any, text: str) -> None:
-        """Log the answer a call sent (its id is the response body's ``id``)."""
-        if not ctx.response_id:
+    def answered(self, response_id: str | None, *, endpoint: str, key_id: int | None, request: AnyRequest,
+                 kind: str, tier: str, tier_index: int, text: str, checking: bool) -> None:
+        """Log the answer a call sent (its id is the response body's ``id``); ``checking``: a speculative
+        check of it is under way."""
+        if not response_id:
             return
-        call = ctx.call
         now = utcnow()
         row = {
-            "id": ctx.response_id[:64], "endpoint": call.endpoint_name, "key_id": call.key.id if call.key is not None else None,
-            "kind": call.kind, "request": call.request.model_dump(mode="json", exclude_none=True),
-            "prompt": prompt_text(call.request), "tier": tier.name, "tier_index": ctx.tiers.index(tier), "content": text,
-            "status": "checking" if call.route.startswith("speculative:") and "+" in call.route else "answered",
+            "id": response_id[:64], "endpoint": endpoint, "key_id": key_id,
+            "kind": kind, "request": request.model_dump(mode="json", exclude_none=True),
+            "prompt": prompt_text(request), "tier": tier, "tier_index": tier_index, "content": text,
+            "status": "checking" if checking else "answered",
             "latest_tier": None, "latest_content": None, "similarity": None, "created_at": now, "updated_at": now,
         }
         self._remember(row)

@@ -29,14 +29,15 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any
 
 import numpy as np
 import orjson
 
 from ..errors import ModelyardError
+from ..telemetry.metering import MeteringError, TierStep
 from ..wire import answer_text
-from .policy import Models, respond
+from .context import TierCalls, respond
+from .models import Models
 from .spec import SpeculativeRouter
 
 log = logging.getLogger(__name__)
@@ -47,7 +48,7 @@ class SpeculativePolicy:
         self.spec = spec
         self.models = models
 
-    async def answer(self, ctx: Any) -> None:
+    async def answer(self, ctx: TierCalls) -> None:
         fast, strong = ctx.tiers[0], ctx.tiers[-1]
         check_strong = ctx.allows(strong) and not ctx.budget_low
         ctx.route = f"speculative:{fast.name}" + (f"+{strong.name}" if check_strong else "")
@@ -83,7 +84,7 @@ class SpeculativePolicy:
         ctx.answer(fast, body)
         ctx.background(self._check_later(ctx, pending, answer_text(ctx.kind, body), in_call=False))
 
-    async def _unless_taken(self, ctx: Any, pending: asyncio.Future, taken: list, asked: list) -> None:
+    async def _unless_taken(self, ctx: TierCalls, pending: asyncio.Future, taken: list, asked: list) -> None:
         """A client that hung up before the fast stream ended never reached the check: still account the
         strong tier's work (without a verdict: there is no whole fast answer to compare)."""
         await ctx.stream_ended.wait()
@@ -91,15 +92,14 @@ class SpeculativePolicy:
             return
         strong = ctx.tiers[-1]
         try:
-            _body, entry = await pending
-        except ModelyardError:
-            entry = {"deployment": strong.name, "model": strong.card.id, "prompt_tokens": 0, "completion_tokens": 0,
-                     "cost_usd": 0.0, "outcome": "error"}
+            _body, step = await pending
+        except MeteringError as err:
+            step = err.metered.step("error")
         else:
-            entry["outcome"] = "checked"
-        ctx.record_extra(strong, entry, f"speculative-check:{strong.name}")
+            step.outcome = "checked"
+        ctx.record_extra(step, f"speculative-check:{strong.name}")
 
-    async def _tail(self, ctx: Any, pending: asyncio.Future, fast_text: str, started: float) -> bytes | None:
+    async def _tail(self, ctx: TierCalls, pending: asyncio.Future, fast_text: str, started: float) -> bytes | None:
         """Runs when the fast stream has ended: wait for the strong answer within the grace period."""
         remaining = self.spec.grace_ms / 1000 - (time.perf_counter() - started)
         try:
@@ -116,32 +116,34 @@ class SpeculativePolicy:
                  "choices": [], "modelyard_correction": correction}
         return b"event: modelyard.correction\ndata: " + orjson.dumps(event) + b"\n\n"
 
-    async def _check_later(self, ctx: Any, pending: asyncio.Future, fast_text: str, *, in_call: bool) -> dict | None:
+    async def _check_later(self, ctx: TierCalls, pending: asyncio.Future, fast_text: str, *, in_call: bool) -> dict | None:
         """Compare the strong answer with the fast one; store the verdict. Returns the correction, if any."""
         strong = ctx.tiers[-1]
         try:
-            body, entry = await pending
-        except ModelyardError as err:
-            log.warning("speculative check of %s by %s failed: %s", ctx.call.endpoint_name, strong.name, err.message)
-            entry = {"deployment": strong.name, "model": strong.card.id, "prompt_tokens": 0, "completion_tokens": 0,
-                     "cost_usd": 0.0, "outcome": "error"}
-            ctx.attach(entry) if in_call else ctx.record_extra(strong, entry, f"speculative-check:{strong.name}")
-            await ctx.router.responses.checked(ctx.response_id, None, None, None, failed=err.message)
+            body, step = await pending
+        except MeteringError as err:
+            log.warning("speculative check of %s by %s failed: %s", ctx.endpoint_name, strong.name, err.message)
+            self._count(ctx, err.metered.step("error"), in_call)
+            await ctx.checked(None, None, None, failed=err.message)
             return None
         strong_text = answer_text(ctx.kind, body)
         vectors = await asyncio.to_thread(self.models.embed, [fast_text, strong_text])
         similarity = float(np.dot(vectors[0], vectors[1]))
         corrected = similarity < self.spec.similarity
-        entry["outcome"] = "corrected" if corrected else "checked"
-        entry["similarity"] = round(similarity, 4)
-        if in_call:
-            ctx.attach(entry)
-        else:  # the call's usage record is written already: the check gets one of its own
-            ctx.record_extra(strong, entry, f"speculative-check:{strong.name}")
-        await ctx.router.responses.checked(ctx.response_id, strong, strong_text if corrected else None, similarity)
+        step.outcome = "corrected" if corrected else "checked"
+        step.extra["similarity"] = round(similarity, 4)
+        self._count(ctx, step, in_call)
+        await ctx.checked(strong, strong_text if corrected else None, similarity)
         if not corrected:
             return None
         return {"content": strong_text, "tier": strong.name, "similarity": round(similarity, 4)}
+
+    @staticmethod
+    def _count(ctx: TierCalls, step: TierStep, in_call: bool) -> None:
+        if in_call:
+            ctx.attach(step)
+        else:  # the call's usage record is written already: the check gets one of its own
+            ctx.record_extra(step, f"speculative-check:{step.deployment.name}")
 
 
 def _settle(future: asyncio.Future, task: asyncio.Task) -> None:

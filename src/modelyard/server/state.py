@@ -11,14 +11,14 @@ from ..gateway import Mirror, Pipeline, Router, build_pipeline
 from ..gateway.cache import Cache
 from ..routing import budget as budgets
 from ..routing.feedback import FeedbackService
-from ..routing.policy import Models
+from ..routing.models import Models
 from ..routing.responses import ResponseLog
 from ..store.responses import ResponseStore
 from ..runtime.local import LocalRuntime
 from ..serving.endpoints import Endpoints, TrafficSplit
 from ..serving.spec import DeploymentSpec, EndpointSpec
 from ..settings import Settings
-from ..store.config import ConfigStore
+from ..serving.config import ConfigStore
 from ..store.db import Database
 from ..store.keys import KeyStore
 from ..store.usage import UsageWriter

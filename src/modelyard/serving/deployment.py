@@ -31,16 +31,15 @@ import asyncio
 import logging
 import os
 import time
-from contextlib import aclosing, contextmanager
-from contextvars import ContextVar
-from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator
+from contextlib import aclosing
+from typing import Any, AsyncIterator
 
 from ..backends.openai_compat import OpenAICompatBackend
 from ..catalog.card import ModelCard
 from ..errors import ModelyardError
 from ..runtime.local import Instance, InstanceSpec, LocalRuntime
 from ..runtime.procstats import CpuMeter
+from ..telemetry.metering import BACKGROUND, BackgroundWork
 from .spec import DeploymentSpec
 
 log = logging.getLogger(__name__)
@@ -54,32 +53,6 @@ HOSTED_CONCURRENCY = 64
 LIVE_RESERVE_S = 10.0
 #: how often a waiting background call looks again without being woken (the live reserve decays)
 BACKGROUND_POLL_S = 0.5
-
-
-@dataclass
-class BackgroundWork:
-    """Background calls of one task: the share of a deployment's capacity they may hold, and the
-    seconds they spent waiting for it (so that waiting is not billed as work)."""
-
-    share: float = 1.0
-    waited_s: float = 0.0
-
-
-#: set inside `background()`; None (the default) for live requests
-BACKGROUND: ContextVar[BackgroundWork | None] = ContextVar("modelyard_background", default=None)
-
-
-@contextmanager
-def background(share: float = 1.0) -> Iterator[BackgroundWork]:
-    """Deployment calls made inside this block (in this task and tasks it starts) are background work."""
-    if not 0 < share <= 1:
-        raise ValueError(f"share must be in (0, 1], not {share}")
-    work = BackgroundWork(share)
-    token = BACKGROUND.set(work)
-    try:
-        yield work
-    finally:
-        BACKGROUND.reset(token)
 
 
 class _HostedSlot:

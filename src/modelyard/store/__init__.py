@@ -3,7 +3,6 @@
 - `Database` — one engine (SQLite in WAL mode under MODELYARD_HOME, or
   Postgres via DATABASE_URL), sessions, and `Database.upgrade()` which runs the
   Alembic migrations shipped in this package.
-- `ConfigStore` — endpoint and deployment specs, stored as JSON.
 - `KeyStore` / `KeyInfo` — API keys, stored as sha256 digests, verified from
   memory on every request.
 - `UsageWriter` — usage records queued in memory and written in batches by a
@@ -19,13 +18,11 @@ Typical start-up::
 
 from __future__ import annotations
 
-from .config import ConfigStore
 from .db import Database
 from .keys import KeyInfo, KeyStore, generate_key, hash_key
 from .usage import UsageWriter, normalize_record, recent_usage, usage_summary
 
 __all__ = [
-    "ConfigStore",
     "Database",
     "KeyInfo",
     "KeyStore",

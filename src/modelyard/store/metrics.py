@@ -51,6 +51,7 @@ from typing import Any, NamedTuple
 
 from sqlalchemy import select
 
+from .. import durations
 from .db import Database
 from .models import UsageRecord, utcnow
 
@@ -388,10 +389,8 @@ def window_stats(
 
 
 def parse_window(text: str) -> timedelta:
-    """``"15m"``, ``"1h"``, ``"7d"``… as a `timedelta` (units s, m, h, d); `ValueError` otherwise."""
-    text = text.strip().lower()
-    units = {"s": 1, "m": 60, "h": 3600, "d": 86400}
-    number, unit = text[:-1], text[-1:]
-    if unit not in units or not number.isdigit() or int(number) <= 0:
-        raise ValueError(f"window {text!r} is not a duration like 15m, 1h, 6h, 24h or 7d")
-    return timedelta(seconds=int(number) * units[unit])
+    """``"15m"``, ``"1h"``, ``"7d"``… as a `timedelta` (whole numbers; units s, m, h, d); `ValueError` otherwise."""
+    try:
+        return timedelta(seconds=durations.parse_duration(text, units=("s", "m", "h", "d"), whole=True, bare=None))
+    except ValueError as exc:
+        raise ValueError(f"window {text!r} is not a duration like 15m, 1h, 6h, 24h or 7d: {exc}") from None

@@ -2,8 +2,8 @@
 
 | table | one row is | written by |
 |---|---|---|
-| ``endpoints`` | an `EndpointSpec`, stored as JSON under its unique name | `ConfigStore` |
-| ``deployments`` | a `DeploymentSpec`, unique per (endpoint, name) | `ConfigStore` |
+| ``endpoints`` | an `EndpointSpec`, stored as JSON under its unique name | `serving.config.ConfigStore` |
+| ``deployments`` | a `DeploymentSpec`, unique per (endpoint, name) | `serving.config.ConfigStore` |
 | ``api_keys`` | a key's sha256, display prefix, scope and revocation | `KeyStore` |
 | ``usage_records`` | one request: tokens, cost, latency, status, cache/route | `UsageWriter` |
 | ``rollouts`` | a gradual traffic shift to a deployment: steps, limits, state, history | `RolloutStore` |

@@ -11,6 +11,8 @@ import uvicorn
 
 from ..backends.base import load_backend
 from ..catalog.card import ModelCard
+from ..catalog.sources import resolve_path
+from ..settings import Settings
 from .app import build_app
 
 
@@ -24,7 +26,10 @@ def main() -> None:
                         format=f"%(asctime)s {args.name} %(levelname)s %(name)s: %(message)s")
     spec = orjson.loads(os.environ["MODELYARD_WORKER_SPEC"])
     card = ModelCard.model_validate(spec["card"])
-    backend = load_backend(card, spec.get("options") or {})
+    options = dict(spec.get("options") or {})
+    if not card.is_hosted and "path" not in options:
+        options["path"] = str(resolve_path(card, Settings.from_env()))  # the weights: assembled or pulled already
+    backend = load_backend(card, options)
     app = build_app(backend, name=args.name)
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", timeout_graceful_shutdown=5)

@@ -22,9 +22,9 @@ import logging
 
 from sqlalchemy import delete, select
 
-from ..serving.spec import DeploymentSpec, EndpointSpec
-from .db import Database
-from .models import Deployment, Endpoint, utcnow
+from .spec import DeploymentSpec, EndpointSpec
+from ..store.db import Database
+from ..store.models import Deployment, Endpoint, utcnow
 
 log = logging.getLogger(__name__)
 
