@@ -109,14 +109,14 @@ def main() -> None:
             r = client.post("/v1/embeddings", json={"model": "embed", "input": QUESTIONS[i % len(QUESTIONS)][1]})
             http_embed.append(time.perf_counter() - t0)
             r.raise_for_status()
-        from modelyard.cache.embed import MiniLMEmbedder
+        from modelyard.routing.features import MiniLMEmbedder
 
         local = MiniLMEmbedder()
-        local.encode(["warm up"])
+        local(["warm up"])
         in_process = []
         for i in range(60):
             t0 = time.perf_counter()
-            local.encode([QUESTIONS[i % len(QUESTIONS)][1]])
+            local([QUESTIONS[i % len(QUESTIONS)][1]])
             in_process.append(time.perf_counter() - t0)
         stats = api.get("/api/endpoints/cached/cache").json()
     finally:

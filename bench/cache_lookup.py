@@ -89,7 +89,7 @@ def write_cache_file(path: Path, vectors: np.ndarray) -> None:
 
 
 async def measure(args: argparse.Namespace) -> dict:
-    from modelyard.cache.embed import MiniLMEmbedder
+    from modelyard.routing.features import MiniLMEmbedder
     from modelyard.cache.local import LocalStore
 
     pairs = [(p["origin"], p["similar"]) for p in json.loads(PAIRS.read_text())] if PAIRS.exists() else FALLBACK
@@ -98,14 +98,14 @@ async def measure(args: argparse.Namespace) -> dict:
     t0 = time.perf_counter()
     embedder.load()
     load_model_s = time.perf_counter() - t0
-    origin_vecs = embedder.encode(origins)
+    origin_vecs = embedder(origins)
     index_of = {o: i for i, o in enumerate(origins)}
     queries = pairs[: args.queries]
-    query_vecs = embedder.encode([s for _, s in queries])
+    query_vecs = embedder([s for _, s in queries])
     embed_times = []
     for _, similar in queries[:200]:
         t0 = time.perf_counter()
-        embedder.encode([similar])
+        embedder([similar])
         embed_times.append(time.perf_counter() - t0)
 
     rng = np.random.default_rng(0)

@@ -101,7 +101,7 @@ def bench_learned(n: int, rounds: int, threads: int) -> dict:
     from modelyard.routing.features import MiniLMEmbedder
     from modelyard.routing.learned import LearnedRouter
 
-    embedder = MiniLMEmbedder(threads=threads)  # the gateway uses 1 (routing.policy.Models)
+    embedder = MiniLMEmbedder(threads=threads)  # the gateway uses 1 (routing.models.Models)
     if DATA.exists():
         from modelyard.routing.data import load_outcomes
 

@@ -41,7 +41,7 @@ _EXPORTS = {
     "EndpointSpec": "modelyard.serving.spec",
     "DeploymentSpec": "modelyard.serving.spec",
     "RouterSpec": "modelyard.routing.spec",
-    "BudgetSpec": "modelyard.routing.spec",
+    "BudgetSpec": "modelyard.telemetry.budget",
     "CacheSpec": "modelyard.cache.spec",
     # the OpenAI wire format
     "ChatCompletionRequest": "modelyard.wire",
@@ -90,7 +90,8 @@ if TYPE_CHECKING:  # for type checkers and editors; at run time the names above 
     from .gateway.pipeline import Call
     from .routing.data import load_outcomes
     from .routing.evaluate import evaluate as evaluate_router
-    from .routing.spec import BudgetSpec, RouterSpec
+    from .routing.spec import RouterSpec
+    from .telemetry.budget import BudgetSpec
     from .serving.spec import DeploymentSpec, EndpointSpec
     from .server.state import Gateway
     from .settings import Settings

@@ -264,7 +264,7 @@ async def test_service_semantic_lookup_with_a_fake_embedder(tmp_path):
     class Fake:
         dim = DIM
 
-        def encode(self, texts):
+        def __call__(self, texts):
             return np.stack([vec(len(t)) for t in texts])  # same length, same vector
 
     from modelyard.cache.embed import AsyncEmbedder

@@ -137,7 +137,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
             self.end_headers()
             self.wfile.write(body)
 
-        def _api(self) -> bool:
+        def call_api(self) -> bool:
             path = self.path.split("?")[0]
             if match := _REPO_INFO.match(path):
                 files = hub.listing(unquote(match["repo"]), unquote(match["revision"]))
@@ -152,7 +152,7 @@ def _handler(hub: FakeHub) -> type[BaseHTTPRequestHandler]:
         def do_GET(self) -> None:
             if self.path.startswith("/api/"):
                 hub.requests.append(Request(self.command, self.path, None))
-                if self._api():
+                if self.call_api():
                     return
             data = self._lookup()
             if data is None:

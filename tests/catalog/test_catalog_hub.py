@@ -210,6 +210,22 @@ def test_missing_file_error_does_not_depend_on_digits_in_the_url(fake_hub, setti
     assert "gated" not in info.value.message
 
 
+def test_offline_pull_says_hf_hub_offline_is_set(fake_hub, payload, settings: Settings, monkeypatch):
+    """Offline, huggingface_hub reports a file missing from its local cache as a missing entry: the hint is
+    about HF_HUB_OFFLINE, not about the card."""
+    import huggingface_hub.constants as hf_constants
+
+    fake_hub.add(REPO, FILE, payload)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(hf_constants, "HF_HUB_OFFLINE", True)
+
+    with pytest.raises(ModelyardError) as info:
+        pull(_card(), settings, progress=False)
+
+    assert "HF_HUB_OFFLINE" in info.value.message and "source.file" not in info.value.message
+    assert fake_hub.requests == []
+
+
 def test_gated_repository_asks_for_a_token(fake_hub, payload, settings: Settings):
     fake_hub.add(REPO, FILE, payload)
     fake_hub.gated.add(REPO)

@@ -14,7 +14,7 @@ so it happens only when an endpoint uses ``mode: semantic``, in a background
 thread.
 
 Torch runs on one thread by default (``MODELYARD_EMBED_THREADS``, see
-`routing.features.server_threads`): the gateway shares the machine's cores
+`settings.Settings.embed_threads`): the gateway shares the machine's cores
 with the instances, and with two OpenMP threads on a busy two-core machine
 one short sentence took 500 ms instead of 10 ms (the threads spin waiting
 for each other).
@@ -25,49 +25,21 @@ from __future__ import annotations
 import asyncio
 import logging
 from concurrent.futures import ThreadPoolExecutor
-from typing import Protocol
 
 import numpy as np
+
+from ..backends.sentence import Embedder
+from ..routing.features import MiniLMEmbedder
 
 log = logging.getLogger(__name__)
 
 
-
-class Embedder(Protocol):
-    """Turns texts into unit vectors."""
-
-    dim: int
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        """One unit-length float32 row per text (blocking)."""
-
-
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 from the packaged weights, on ``MODELYARD_EMBED_THREADS`` torch threads (default 1).
-
-    The model itself is the one `routing.features.MiniLMEmbedder` holds once
-    per process, so a gateway whose cache and router both embed loads it once.
-    """
-
-    dim = 384
-
-    def __init__(self, path: str | None = None, *, threads: int | None = None) -> None:
-        from ..routing.features import MiniLMEmbedder as Shared, server_threads
-
-        self._shared = Shared(path=path, threads=threads or server_threads())
-
-    def load(self) -> None:
-        self._shared.load()
-
-    def encode(self, texts: list[str]) -> np.ndarray:
-        return self._shared(texts)
-
-
 class AsyncEmbedder:
-    """Runs an `Embedder` on one dedicated thread, so the event loop never waits on torch."""
+    """Runs an `Embedder` (default: the gateway's all-MiniLM-L6-v2, shared with the router) on one dedicated
+    thread, so the event loop never waits on torch."""
 
     def __init__(self, embedder: Embedder | None = None) -> None:
-        self.embedder = embedder or MiniLMEmbedder()
+        self.embedder = embedder or MiniLMEmbedder(threads=1)
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="cache-embed")
         self._loading: asyncio.Future | None = None
 
@@ -78,7 +50,7 @@ class AsyncEmbedder:
             self._loading.add_done_callback(_log_failure)
 
     async def embed(self, text: str) -> np.ndarray:
-        vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self.embedder.encode, [text])
+        vectors = await asyncio.get_running_loop().run_in_executor(self._pool, self.embedder, [text])
         return vectors[0]
 
     def close(self) -> None:

@@ -32,6 +32,8 @@ from typing import Any
 
 import numpy as np
 
+from ..backends.sentence import Embedder
+from ..routing.features import MiniLMEmbedder
 from .entry import Entry
 from .spec import DEFAULT_SIMILARITY
 
@@ -79,19 +81,19 @@ def _ms(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples) * 1000, q)) if samples else 0.0
 
 
-async def _run(pairs: list[tuple[str, str]], thresholds: list[float], embedder: Any, seed: int) -> dict[str, Any]:
+async def _run(pairs: list[tuple[str, str]], thresholds: list[float], embedder: Embedder, seed: int) -> dict[str, Any]:
     from .local import LocalStore
 
     origins = sorted({o for o, _ in pairs})
     random.Random(seed).shuffle(origins)
     inserted = set(origins[: (len(origins) + 1) // 2])
     keep = sorted(inserted)
-    origin_vecs = embedder.encode(keep)
-    query_vecs = embedder.encode([s for _, s in pairs])
+    origin_vecs = embedder(keep)
+    query_vecs = embedder([s for _, s in pairs])
     embed_times = []
     for _, similar in pairs[:200]:
         t0 = time.perf_counter()
-        embedder.encode([similar])
+        embedder([similar])
         embed_times.append(time.perf_counter() - t0)
     with tempfile.TemporaryDirectory() as tmp:
         store = LocalStore(Path(tmp) / "eval.db", ttl_s=86400, max_entries=len(keep) + 1)
@@ -142,11 +144,9 @@ async def _measure(store: Any, pairs: list[tuple[str, str]], vectors: np.ndarray
 
 
 def evaluate(pairs: list[tuple[str, str]], thresholds: list[float], *, default: float = DEFAULT_SIMILARITY,
-             embedder: Any = None, seed: int = 0) -> dict[str, Any]:
+             embedder: Embedder | None = None, seed: int = 0) -> dict[str, Any]:
     """Precision, recall, false-hit rate and look-up time per threshold, and at `default`."""
     if embedder is None:
-        from .embed import MiniLMEmbedder
-
         embedder = MiniLMEmbedder()
     wanted = sorted(set(thresholds) | {default})
     result = asyncio.run(_run(pairs, wanted, embedder, seed))

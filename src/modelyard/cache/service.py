@@ -24,6 +24,7 @@ from typing import Any
 
 import numpy as np
 
+from ..settings import Settings
 from .embed import AsyncEmbedder
 from .entry import Entry
 from .keys import CacheKeys
@@ -73,9 +74,7 @@ class ResponseCache:
     @property
     def root(self) -> Path:
         if self._root is None:
-            from ..settings import Settings
-
-            self._root = Settings.from_env().home / "cache"
+            self._root = Settings.from_env().home / "cache"  # a cache made outside a gateway (tests, tools)
         return self._root
 
     @property

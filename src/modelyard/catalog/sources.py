@@ -307,11 +307,12 @@ def _download_error(card: ModelCard, source: HubSource, what: str, exc: Exceptio
     hint = ""
     if isinstance(exc, hub_errors.GatedRepoError) or status == 401:
         hint = " The repository is gated: accept its license on the Hub and set HF_TOKEN."
+    elif os.environ.get("HF_HUB_OFFLINE") or kind == "OfflineModeIsEnabled":
+        # offline, huggingface_hub looks only in its local cache and reports a miss there as a missing entry
+        hint = " HF_HUB_OFFLINE is set; unset it to download."
     elif isinstance(exc, (hub_errors.RepositoryNotFoundError, hub_errors.RevisionNotFoundError,
                           hub_errors.EntryNotFoundError)):
         hint = " Check `source.repo`, `source.file` and `source.revision` in the card."
-    elif os.environ.get("HF_HUB_OFFLINE") or kind == "OfflineModeIsEnabled":
-        hint = " HF_HUB_OFFLINE is set; unset it to download."
     return ModelyardError(
         f"Could not download {what} of '{card.id}' from {where} ({source.repo} at {source.revision}): "
         f"{kind}: {str(exc).rstrip('. ')}.{hint}",

@@ -21,7 +21,7 @@ from rich.markup import escape
 
 from .deployment import deployment_table
 from .endpoint import api_path, endpoint_table, out, print_new_keys
-from .remote import _api, admin_key, server_url
+from .remote import call_api, admin_key, server_url
 from .specfile import SpecDocument, dump_yaml, read_spec_files, spec_dict, spec_errors_exit, spec_from_description
 
 get_app = typer.Typer(name="get", help="Print an endpoint or deployment spec (yaml/json, for `apply -f`) or a summary.",
@@ -70,9 +70,9 @@ def apply(
         try:
             if doc.kind == "deployment":
                 with console.status(f"applying {escape(doc.label)}…"):
-                    result = _api("POST", "/api/apply", json={"kind": doc.kind, "spec": doc.body()})
+                    result = call_api("POST", "/api/apply", json={"kind": doc.kind, "spec": doc.body()})
             else:
-                result = _api("POST", "/api/apply", json={"kind": doc.kind, "spec": doc.body()})
+                result = call_api("POST", "/api/apply", json={"kind": doc.kind, "spec": doc.body()})
         except typer.Exit:
             console.print(f"[red]stopped at {escape(doc.label)}[/] ({escape(doc.source)}:{doc.line}); "
                           "the documents above it were applied")
@@ -95,7 +95,7 @@ def _print_spec(description: dict, kind: str, output: OutputFormat, endpoint_nam
 @get_app.command("endpoint")
 def get_endpoint(name: str = typer.Argument(..., help="endpoint name"), output: OutputFormat = Output) -> None:
     """An endpoint's spec (yaml/json) or a one-line summary (table)."""
-    desc = _api("GET", api_path(name))
+    desc = call_api("GET", api_path(name))
     if output is OutputFormat.table:
         out().print(endpoint_table([desc]))
     else:
@@ -109,7 +109,7 @@ def get_deployment(
     output: OutputFormat = Output,
 ) -> None:
     """A deployment's spec (yaml/json) or a one-line summary (table)."""
-    desc = _api("GET", api_path(endpoint, "deployments", name))
+    desc = call_api("GET", api_path(endpoint, "deployments", name))
     if output is OutputFormat.table:
         out().print(deployment_table(desc))
     else:

@@ -13,7 +13,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from .remote import _api, console
+from .remote import call_api, console
 
 app = typer.Typer(help="Response cache: stats, clear, eval.", no_args_is_help=True)
 
@@ -33,7 +33,7 @@ def stats(
     as_json: bool = typer.Option(False, "--json", help="print the API's JSON"),
 ) -> None:
     """Entries, memory, hit rate (exact and semantic) and the tokens and USD the cache saved."""
-    body = _api("GET", f"/api/endpoints/{endpoint}/cache", params={"window": window})
+    body = call_api("GET", f"/api/endpoints/{endpoint}/cache", params={"window": window})
     if as_json:
         print(json.dumps(body, indent=2))
         return
@@ -67,7 +67,7 @@ def clear(
 ) -> None:
     """Delete the endpoint's cached answers (all, or those older than --older-than)."""
     params = {"older_than": older_than} if older_than else None
-    body = _api("DELETE", f"/api/endpoints/{endpoint}/cache", params=params)
+    body = call_api("DELETE", f"/api/endpoints/{endpoint}/cache", params=params)
     console.print(f"deleted {body['deleted']:,} cached answer{'s' if body['deleted'] != 1 else ''} of {endpoint}")
 
 

@@ -30,7 +30,8 @@ from rich.progress import (
 from rich.table import Table
 
 from ..catalog import Catalog, ModelCard, format_size, is_available, parse_size, pull
-from ..catalog.card import HostedSource, HubSource, LocalSource, PackageSource
+from ..catalog.card import HostedSource, HubSource
+from ..catalog.status import availability
 from ..settings import Settings
 from .output import err, friendly_errors, out
 
@@ -93,18 +94,10 @@ def price_text(card: ModelCard) -> str:
 
 def availability_text(card: ModelCard, settings: Settings) -> str:
     """``yes``, or why not: ``not pulled``, ``not installed``, ``no OPENAI_API_KEY``, ``missing``."""
-    if is_available(card, settings):
+    available, why = availability(card, settings)
+    if available:
         return "[green]yes[/green]"
-    source = card.source
-    if isinstance(source, HubSource):
-        return "[yellow]not pulled[/yellow]"
-    if isinstance(source, PackageSource):
-        return "[yellow]not installed[/yellow]"
-    if isinstance(source, HostedSource):
-        return f"[yellow]no {source.api_key_env}[/yellow]"
-    if isinstance(source, LocalSource):
-        return "[red]missing[/red]"
-    return "no"  # pragma: no cover
+    return f"[red]{why}[/red]" if why == "missing" else f"[yellow]{why}[/yellow]"
 
 
 class _CardDumper(yaml.SafeDumper):

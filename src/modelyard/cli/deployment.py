@@ -24,7 +24,7 @@ from rich.table import Table
 
 from ..serving.spec import DeploymentSpec
 from .endpoint import api_path, deployments_table, err, instances_table, out, ready_count, state_text
-from .remote import _api
+from .remote import call_api
 from .specfile import SpecFileError, problem, read_spec_file, spec_errors_exit
 
 app = typer.Typer(name="deployment", help="Deployments: create, scale, show, logs, delete.", no_args_is_help=True)
@@ -74,7 +74,7 @@ def print_deployment(desc: dict[str, Any], endpoint: str, traffic: dict[str, int
 
 
 def _endpoint_splits(endpoint: str) -> tuple[dict[str, int], dict[str, int]]:
-    desc = _api("GET", api_path(endpoint))
+    desc = call_api("GET", api_path(endpoint))
     return desc.get("traffic") or {}, desc.get("mirror_traffic") or {}
 
 
@@ -124,7 +124,7 @@ def create(
     body = spec.model_dump(mode="json", exclude_unset=True, exclude={"endpoint_name"})
     with out().status(f"starting {spec.instance_count} instance(s) of {escape(spec.model)} for "
                       f"{escape(spec.endpoint_name)}/{escape(spec.name)}…"):
-        desc = _api("POST", api_path(spec.endpoint_name, "deployments"), json=body,
+        desc = call_api("POST", api_path(spec.endpoint_name, "deployments"), json=body,
                     params={"all_traffic": "true"} if all_traffic else None)
     out().print(f"[green]created[/] deployment [bold]{escape(spec.endpoint_name)}/{escape(desc['name'])}[/]")
     print_deployment(desc, spec.endpoint_name, *_endpoint_splits(spec.endpoint_name))
@@ -133,7 +133,7 @@ def create(
 @app.command("list")
 def list_deployments(endpoint: str = typer.Argument(..., help="endpoint name")) -> None:
     """The endpoint's deployments with their state and share of traffic."""
-    desc = _api("GET", api_path(endpoint))
+    desc = call_api("GET", api_path(endpoint))
     if not desc.get("deployments"):
         out().print(f"endpoint {escape(endpoint)} has no deployments yet")
         return
@@ -146,7 +146,7 @@ def show(
     name: str = typer.Argument(..., help="deployment name"),
 ) -> None:
     """One deployment: model, state, request settings and every instance."""
-    desc = _api("GET", api_path(endpoint, "deployments", name))
+    desc = call_api("GET", api_path(endpoint, "deployments", name))
     print_deployment(desc, endpoint, *_endpoint_splits(endpoint))
 
 
@@ -168,11 +168,11 @@ def update(
                                  param_hint="options")
     if settings:
         # The PATCH replaces request_settings as a whole: keep the fields not given here.
-        current = _api("GET", api_path(endpoint, "deployments", name)).get("request_settings") or {}
+        current = call_api("GET", api_path(endpoint, "deployments", name)).get("request_settings") or {}
         body["request_settings"] = {**current, **settings}
     doing = f"scaling to {instances} instance(s)" if instances is not None else "updating"
     with out().status(f"{doing} {escape(endpoint)}/{escape(name)}…"):
-        desc = _api("PATCH", api_path(endpoint, "deployments", name), json=body)
+        desc = call_api("PATCH", api_path(endpoint, "deployments", name), json=body)
     out().print(f"[green]updated[/] deployment [bold]{escape(endpoint)}/{escape(desc['name'])}[/]")
     print_deployment(desc, endpoint, *_endpoint_splits(endpoint))
 
@@ -186,7 +186,7 @@ def delete(
     """Stop and remove a deployment. One that still gets live traffic is refused: move its traffic first."""
     if not yes:
         typer.confirm(f"Delete deployment {endpoint}/{name} and stop its instances?", abort=True)
-    _api("DELETE", api_path(endpoint, "deployments", name))
+    call_api("DELETE", api_path(endpoint, "deployments", name))
     out().print(f"[green]deleted[/] deployment [bold]{escape(endpoint)}/{escape(name)}[/]")
 
 
@@ -197,7 +197,7 @@ def logs(
     lines: int = typer.Option(100, "--lines", "-n", min=1, help="last lines of each instance's log"),
 ) -> None:
     """The last lines of each instance's log."""
-    body = _api("GET", api_path(endpoint, "deployments", name, "logs"), params={"lines": lines})
+    body = call_api("GET", api_path(endpoint, "deployments", name, "logs"), params={"lines": lines})
     instances = body.get("instances") or {}
     if not instances:
         err().print(f"deployment {escape(endpoint)}/{escape(name)} has no instance logs (hosted, or no instances)")

@@ -30,7 +30,7 @@ from ..serving.consume import KEY_VARIABLE, snippets
 from ..serving.spec import NAME, EndpointSpec
 from ..settings import server_url
 from .output import err, out  # noqa: F401  (other command groups import them from here)
-from .remote import _api
+from .remote import call_api
 from .specfile import SpecFileError, problem, read_spec_file, spec_errors_exit
 
 app = typer.Typer(name="endpoint", help="Endpoints: create, list, show, update the traffic split, keys, delete.",
@@ -240,7 +240,7 @@ def create(
     if mirror is not None:
         fields["mirror_traffic"] = parse_split(mirror, "--mirror", allow_none=True)
     spec = validated_endpoint(fields)
-    desc = _api("POST", "/api/endpoints", json=spec.model_dump(mode="json", exclude_unset=True))
+    desc = call_api("POST", "/api/endpoints", json=spec.model_dump(mode="json", exclude_unset=True))
     out().print(f"[green]created[/] endpoint [bold]{escape(desc['name'])}[/] "
                 f"({escape(server_url().rstrip('/'))}/v1, model \"{escape(desc['name'])}\")")
     print_new_keys(desc)
@@ -260,7 +260,7 @@ def validated_endpoint(fields: dict[str, Any]) -> EndpointSpec:
 @app.command("list")
 def list_endpoints() -> None:
     """The endpoints with their deployments, traffic split, mirror and state."""
-    rows = _api("GET", "/api/endpoints")["data"]
+    rows = call_api("GET", "/api/endpoints")["data"]
     if not rows:
         out().print("no endpoints yet: [bold]modelyard endpoint create NAME[/]")
         return
@@ -270,7 +270,7 @@ def list_endpoints() -> None:
 @app.command("show")
 def show(name: str = typer.Argument(..., help="endpoint name")) -> None:
     """One endpoint: traffic, mirror, deployments and their instances."""
-    print_endpoint(_api("GET", api_path(name)))
+    print_endpoint(call_api("GET", api_path(name)))
 
 
 @app.command("update")
@@ -295,7 +295,7 @@ def update(
     if not body:
         raise typer.BadParameter("nothing to change: give --traffic, --mirror, --no-mirror or --description",
                                  param_hint="options")
-    desc = _api("PATCH", api_path(name), json=body)
+    desc = call_api("PATCH", api_path(name), json=body)
     out().print(f"[green]updated[/] endpoint [bold]{escape(desc['name'])}[/]: "
                 f"traffic {split_text(desc.get('traffic'))}; mirror {split_text(desc.get('mirror_traffic'))}")
 
@@ -308,14 +308,14 @@ def delete(
     """Delete an endpoint, its deployments and its keys."""
     if not yes:
         typer.confirm(f"Delete endpoint {name!r}, its deployments and its keys?", abort=True)
-    _api("DELETE", api_path(name))
+    call_api("DELETE", api_path(name))
     out().print(f"[green]deleted[/] endpoint [bold]{escape(name)}[/]")
 
 
 @app.command("keys")
 def keys(name: str = typer.Argument(..., help="endpoint name")) -> None:
     """The endpoint's two keys, by prefix (a key is shown in full only when it is made)."""
-    body = _api("GET", api_path(name, "keys"))
+    body = call_api("GET", api_path(name, "keys"))
     table = Table(title=f"keys of {escape(name)}", title_justify="left")
     for col in ("which", "prefix", "created"):
         table.add_column(col)
@@ -333,7 +333,7 @@ def regenerate_key(
     which: WhichKey = typer.Option(..., "--which", help="the key to replace; the other keeps working"),
 ) -> None:
     """Replace one of the endpoint's keys and print the new one (shown only now)."""
-    body = _api("POST", api_path(name, "keys", "regenerate"), json={"which": which.value})
+    body = call_api("POST", api_path(name, "keys", "regenerate"), json={"which": which.value})
     err().print(f"[yellow]New {escape(body.get('which', which.value))} key of {escape(name)}, shown only now;[/] "
                 "the old one no longer works:")
     print(body["key"])
@@ -342,7 +342,7 @@ def regenerate_key(
 @app.command("consume")
 def consume(name: str = typer.Argument(..., help="endpoint name")) -> None:
     """How to call the endpoint: Python (openai), curl and JavaScript, with its URL."""
-    desc = _api("GET", api_path(name))
+    desc = call_api("GET", api_path(name))
     console = out()
     deployments = [d["name"] for d in desc.get("deployments") or []]
     for snippet in snippets(desc["name"], server_url().rstrip("/") + "/v1"):

@@ -15,7 +15,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from .remote import _api, console
+from .remote import call_api, console
 
 #: How many of the newest buckets the per-bucket table shows.
 LAST_BUCKETS = 15
@@ -138,7 +138,7 @@ def endpoint_metrics(
         params["deployment"] = deployment
     if bucket:
         params["bucket"] = bucket
-    body = _api("GET", f"/api/endpoints/{name}/metrics", params=params)
+    body = call_api("GET", f"/api/endpoints/{name}/metrics", params=params)
     if as_json:
         print(json.dumps(body, indent=2))
         return

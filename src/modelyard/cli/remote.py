@@ -33,7 +33,9 @@ def admin_key() -> str:
         raise typer.Exit(2) from None
 
 
-def _api(method: str, path: str, **kwargs: Any) -> Any:
+def call_api(method: str, path: str, **kwargs: Any) -> Any:
+    """The server's JSON answer to one management request with the admin key; a readable message and exit
+    code 1 when the server cannot be reached or refuses."""
     url = server_url().rstrip("/") + path
     try:
         r = httpx.request(method, url, headers={"Authorization": f"Bearer {admin_key()}"}, timeout=600, **kwargs)
@@ -124,7 +126,7 @@ def chat(
 
 def usage(days: int = typer.Option(30, help="how many days back")) -> None:
     """Requests, tokens and cost by endpoint and day."""
-    rows = _api("GET", "/api/usage", params={"days": days})["data"]
+    rows = call_api("GET", "/api/usage", params={"days": days})["data"]
     table = Table(title=f"usage, last {days} days")
     for col in ("day", "endpoint", "requests", "errors", "prompt tokens", "completion tokens", "cost (USD)"):
         table.add_column(col, justify="right" if col not in ("day", "endpoint") else "left")
@@ -137,7 +139,7 @@ def usage(days: int = typer.Option(30, help="how many days back")) -> None:
 @keys_app.command("show")
 def keys_show() -> None:
     """List the keys (prefixes only; a key is shown once, when created)."""
-    rows = _api("GET", "/api/keys")["data"]
+    rows = call_api("GET", "/api/keys")["data"]
     table = Table()
     for col in ("id", "name", "prefix", "endpoint", "admin", "created", "revoked"):
         table.add_column(col)
@@ -153,6 +155,6 @@ def keys_create(
     endpoint: str = typer.Option(None, help="limit the key to one endpoint"),
 ) -> None:
     """Create an API key and print it once."""
-    body = _api("POST", "/api/keys", json={"name": name, "endpoint": endpoint})
+    body = call_api("POST", "/api/keys", json={"name": name, "endpoint": endpoint})
     console.print(f"key [bold]{body['name']}[/] (id {body['id']}); it is shown only now:")
     print(body["key"])

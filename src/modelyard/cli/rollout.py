@@ -27,7 +27,7 @@ from .. import durations
 from ..errors import ModelyardError
 from ..serving.rollout import validate_steps
 from .output import out
-from .remote import _api
+from .remote import call_api
 
 app = typer.Typer(name="rollout", no_args_is_help=True,
                   help="Rollouts: status and cancel (start one with `modelyard deployment rollout`).")
@@ -126,7 +126,7 @@ def _follow(rollout: dict[str, Any], poll_s: float) -> dict[str, Any]:
             if rollout["state"] != "running":
                 return rollout
             time.sleep(poll_s)
-            rollout = _api("GET", f"/api/rollouts/{rollout['id']}")
+            rollout = call_api("GET", f"/api/rollouts/{rollout['id']}")
     except KeyboardInterrupt:
         console.print(f"\n[dim]stopped following; rollout {rollout['id']} goes on in the server — "
                       f"`modelyard rollout status {rollout['endpoint']}` shows it[/]")
@@ -161,7 +161,7 @@ def rollout(
     body = {"steps": parse_steps(steps), "interval_s": parse_interval(interval), "max_error_rate": max_error_rate,
             "max_p95_ms": max_p95_ms, "min_requests": min_requests}
     path = "/api/endpoints/" + quote(endpoint, safe="") + "/deployments/" + quote(deployment, safe="") + "/rollout"
-    started = _api("POST", path, json=body)
+    started = call_api("POST", path, json=body)
     console = out()
     if not wait:
         print_rollout(started, history=False)
@@ -182,7 +182,7 @@ def rollout_status(
     all_rollouts: bool = typer.Option(False, "--all", help="list every rollout of the endpoint instead"),
 ) -> None:
     """Progress and history of the endpoint's latest rollout: step, live split, state and why."""
-    rows = _api("GET", "/api/endpoints/" + quote(endpoint, safe="") + "/rollouts")["data"]
+    rows = call_api("GET", "/api/endpoints/" + quote(endpoint, safe="") + "/rollouts")["data"]
     if not rows:
         out().print(f"endpoint {escape(endpoint)} has had no rollouts")
         return
@@ -204,5 +204,5 @@ def rollout_cancel(
     rollout_id: int = typer.Argument(..., help="the rollout's id (`modelyard rollout status` shows it)"),
 ) -> None:
     """Stop a running rollout and restore the traffic split from before it."""
-    r = _api("POST", f"/api/rollouts/{rollout_id}/cancel")
+    r = call_api("POST", f"/api/rollouts/{rollout_id}/cancel")
     out().print(f"rollout {r['id']} {_state(r['state'])}: traffic now {escape(_split(r.get('traffic_now')))}")

@@ -280,9 +280,9 @@ def _with_feedback(outcomes: Any, endpoint: str) -> Any:
 
     from ..routing.data import OutcomeData
     from .endpoint import api_path
-    from .remote import _api
+    from .remote import call_api
 
-    rows = _api("GET", api_path(endpoint, "router", "outcomes"))["data"]
+    rows = call_api("GET", api_path(endpoint, "router", "outcomes"))["data"]
     if outcomes is not None and outcomes.answers is not None:
         raise ModelyardError("feedback rows have no weak answers; train a verifier from --data alone", status=400,
                              param="from_feedback")

@@ -13,7 +13,7 @@ import json
 import typer
 
 from .endpoint import api_path
-from .remote import _api, console
+from .remote import call_api, console
 
 
 def calibrate(
@@ -23,7 +23,7 @@ def calibrate(
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Pick the threshold that sends about STRONG_SHARE of recent traffic to the strong tier, and set it."""
-    body = _api("POST", api_path(endpoint, "router", "calibrate"), json={"strong_share": strong_share})
+    body = call_api("POST", api_path(endpoint, "router", "calibrate"), json={"strong_share": strong_share})
     if as_json:
         print(json.dumps(body))
         return

@@ -16,7 +16,7 @@ from typing import Any
 import typer
 from rich.table import Table
 
-from .remote import _api, console
+from .remote import call_api, console
 
 
 def _usd(value: float | None) -> str:
@@ -127,7 +127,7 @@ def report(
     as_json: bool = typer.Option(False, "--json", help="print the API's JSON instead of tables"),
 ) -> None:
     """Spend, tier mix, escalation rate and savings against sending everything to the top tier."""
-    body = _api("GET", f"/api/endpoints/{endpoint}/router/report", params={"window": window})
+    body = call_api("GET", f"/api/endpoints/{endpoint}/router/report", params={"window": window})
     if plot_file is not None:
         plot(body, plot_file)
     if as_json:

@@ -13,7 +13,7 @@ from .record import Record
 from .router import Router
 
 
-def build_pipeline(*, keys, endpoints, split, writer, metrics, router=None, budget=None) -> Pipeline:
+def build_pipeline(*, keys, endpoints, split, writer, metrics, router=None, budget=None, cache=None) -> Pipeline:
     """The stages in the order a request meets them."""
     record = Record(writer, metrics, budget)
     # Mirrored copies skip auth and policy: they were decided on the live call.
@@ -22,7 +22,7 @@ def build_pipeline(*, keys, endpoints, split, writer, metrics, router=None, budg
         record,
         Auth(keys),
         *([Budget(budget, endpoints)] if budget is not None else []),
-        Cache(endpoints, metrics),
+        Cache(endpoints, metrics, cache),
         Policy(endpoints, split, router),
         Mirror(shadow),
         dispatch,

@@ -1,12 +1,12 @@
 """The budget stage: how much of the endpoint's (and the key's) spending limit is left.
 
 Right after auth, for an endpoint whose spec has a ``budget``, the stage
-puts a `routing.budget.BudgetState` on ``call.budget`` — the tightest of the
+puts a `telemetry.budget.BudgetState` on ``call.budget`` — the tightest of the
 limits that apply to this endpoint and key — and says what is left in the
 ``x-modelyard-budget-remaining-usd`` response header. It refuses nothing
 itself: whether a call may go ahead depends on where it goes (a paid hosted
 deployment, or one that runs here), so dispatch and the router decide with
-`routing.budget.check` once they know. The router also reads
+`telemetry.budget.check` once they know. The router also reads
 ``call.budget.low`` to prefer cheaper tiers as a limit runs low.
 
 Endpoints without a budget cost one dictionary look-up here.

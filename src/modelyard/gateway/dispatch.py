@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from ..errors import ModelyardError
-from ..routing.budget import check as check_budget
+from ..telemetry.budget import check as check_budget
 from ..telemetry.metering import MeteredStream, MeteringError, complete
 from ..wire import SSE_DONE, sse
 from .pipeline import Call, Next

@@ -65,7 +65,7 @@ class Call:
     saved_usd: float = 0.0
     #: a routed call: each tier called, in order (see `UsageRecord.tiers`)
     tiers: list[TierStep] | None = None
-    #: the tightest spending limit left for this call (`routing.budget.BudgetState`; None: no budget)
+    #: the tightest spending limit left for this call (`telemetry.budget.BudgetState`; None: no budget)
     budget: Any = None
     #: response headers a stage adds (``x-modelyard-cache``, ``x-modelyard-route`` …)
     headers: dict[str, str] = field(default_factory=dict)

@@ -25,7 +25,7 @@ CLIENT_CLOSED = 499
 class Record:
     def __init__(self, writer, metrics, budget=None) -> None:
         self.metrics = metrics
-        # the writer, and the budgets (routing.budget.BudgetTracker) that count what each endpoint and key spent
+        # the writer, and the budgets (telemetry.budget.BudgetTracker) that count what each endpoint and key spent
         self.ledger = Ledger(writer, budget)
 
     async def __call__(self, call: Call, call_next: Next) -> None:

@@ -19,7 +19,7 @@ import time
 from typing import Any, AsyncIterator, Callable, Coroutine
 
 from ..errors import ModelyardError
-from ..routing import budget
+from ..telemetry import budget
 from ..routing import policy as router_policy
 from ..routing.context import Tail
 from ..routing.models import Models

@@ -3,10 +3,10 @@
 `prompt_features` turns a prompt into a short vector of generic signals that
 predict how hard a prompt is for a small model — length, how much of it is
 numbers or mathematics, code, lists of choices, negations — none of which is
-tied to one benchmark. `Embedder` is the seam for the embedding part: any
-callable ``list[str] -> np.ndarray`` of L2-normalised rows. The default,
-`MiniLMEmbedder`, runs all-MiniLM-L6-v2 in this process from the packaged
-weights (loaded lazily, once per process); `CachedEmbedder` keeps vectors on
+tied to one benchmark. `Embedder` (`backends.sentence`) is the seam for the
+embedding part: any callable ``list[str] -> np.ndarray`` of L2-normalised
+rows. The default, `MiniLMEmbedder`, is the one `SentenceEmbedder` on the
+packaged all-MiniLM-L6-v2 (loaded lazily, once per process); `CachedEmbedder` keeps vectors on
 disk under ``MODELYARD_HOME/cache/embeddings`` keyed by a hash of the text
 and the model, so evaluating a data set twice embeds it once.
 """
@@ -19,12 +19,15 @@ import math
 import os
 import re
 import tempfile
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable, Protocol, runtime_checkable
+from typing import Callable
 
 import numpy as np
+
+from ..backends.sentence import SentenceEmbedder
+from ..catalog import Catalog, resolve_path
+from ..settings import Settings
 
 log = logging.getLogger(__name__)
 
@@ -104,137 +107,31 @@ def feature_matrix(texts: list[str]) -> np.ndarray:
 # --- embeddings ------------------------------------------------------------------------------
 
 
-@runtime_checkable
-class Embedder(Protocol):
-    """Turns texts into L2-normalised vectors, one row per text. ``name`` identifies the model."""
-
-    name: str
-
-    def __call__(self, texts: list[str]) -> np.ndarray: ...
-
-
 def embedder_name(embedder: Callable[[list[str]], np.ndarray]) -> str:
     """The model name of an embedder (its ``name`` attribute, else its type)."""
     return str(getattr(embedder, "name", None) or type(embedder).__name__)
 
 
-def server_threads() -> int:
-    """Torch threads for embeddings inside the gateway: ``MODELYARD_EMBED_THREADS``, default 1.
+class MiniLMEmbedder(SentenceEmbedder):
+    """all-MiniLM-L6-v2 in this process, from the weights its catalog card points at (a Python package).
 
-    The gateway shares the cores with its instances: with two threads on a
-    busy 2-core machine one short sentence took 100-500 ms instead of ~10-25
-    ms (the threads spin waiting for each other). On an idle machine two
-    threads embed a 400-character prompt in ~14 ms instead of ~23 ms
-    (bench/router_decision.py).
+    The weights are found when the model first loads (a few seconds, once per
+    process, whichever part asks first: the cache and the router share it).
+    ``settings`` say where the catalog is; without them they are read from
+    the environment.
     """
-    import os
-
-    try:
-        return max(1, int(os.environ.get("MODELYARD_EMBED_THREADS", "1")))
-    except ValueError:
-        return 1
-
-
-class MiniLMEmbedder:
-    """all-MiniLM-L6-v2 in this process, from the weights the catalog card points at (a Python package).
-
-    The model loads on the first call (a few seconds), once per process and
-    card, whichever instance asks; calls are serialised because one torch
-    model on a 2-core machine gains nothing from concurrent calls.
-    """
-
-    _models: dict[str, Any] = {}
-    _lock = threading.Lock()
 
     def __init__(self, card_id: str = DEFAULT_EMBEDDING_MODEL, *, path: str | None = None, batch_size: int = 64,
-                 threads: int | None = None) -> None:
+                 threads: int | None = None, settings: Settings | None = None) -> None:
+        super().__init__(path, name=card_id, batch_size=batch_size, threads=threads)
         self.card_id = card_id
-        self.name = card_id
-        self.path = path
-        self.batch_size = batch_size
-        #: torch threads (process-wide); a server sets 1: with two threads on a busy 2-core machine one
-        #: short sentence took 100-500 ms instead of ~10 ms (the threads spin waiting for each other)
-        self.threads = threads
+        self._settings = settings
 
-    def load(self) -> None:
-        """Load the model now (it otherwise loads on the first call)."""
-        self._model()
-
-    def _model(self) -> Any:
-        key = self.path or self.card_id
-        model = self._models.get(key)
-        if model is None:
-            with self._lock:
-                model = self._models.get(key)
-                if model is None:
-                    model = self._models[key] = self._load()
-        return model
-
-    def _load(self) -> Any:
-        from sentence_transformers import SentenceTransformer
-
-        if self.threads:
-            import torch
-
-            torch.set_num_threads(self.threads)
-        try:  # no "Loading weights" progress bar in a server's log or before `--json` output
-            from transformers.utils import logging as hf_logging
-
-            hf_logging.disable_progress_bar()
-        except ImportError:  # pragma: no cover
-            pass
-
-        path = self.path
-        if path is None:
-            from ..catalog import Catalog, resolve_path
-            from ..settings import Settings
-
-            settings = Settings.from_env()
-            path = str(resolve_path(Catalog.load(settings).get(self.card_id), settings))
-        t0 = time.perf_counter()
-        model = SentenceTransformer(path, device="cpu")
-        log.info("loaded %s from %s in %.1f s", self.card_id, path, time.perf_counter() - t0)
-        return model
-
-    def __call__(self, texts: list[str]) -> np.ndarray:
-        model = self._model()
-        texts = list(texts)
-        with self._lock:
-            if len(texts) <= 4:  # the per-request path: skip encode()'s batching machinery
-                fast = self._forward(model, texts)
-                if fast is not None:
-                    return fast
-            vectors = model.encode(texts, batch_size=self.batch_size, normalize_embeddings=True,
-                                   convert_to_numpy=True, show_progress_bar=False)
-        return np.asarray(vectors, dtype=np.float32)
-
-    @staticmethod
-    def _forward(model: Any, texts: list[str]) -> np.ndarray | None:
-        """Tokenise, run the transformer, mean-pool, normalise: what encode() does for this model, minus overhead.
-
-        Returns None when the model is not a plain transformer + mean pooling
-        (then encode() runs instead).
-        """
-        import torch
-
-        try:
-            transformer, pooling = model[0], model[1]
-            mode = getattr(pooling, "pooling_mode", None)
-            mean = mode == "mean" if mode is not None else getattr(pooling, "pooling_mode_mean_tokens", False)
-            if not mean or len(model) > 3 or (len(model) == 3 and type(model[2]).__name__ != "Normalize"):
-                return None
-            auto = transformer.auto_model
-            tokenizer = transformer.tokenizer
-        except (AttributeError, IndexError, TypeError):
-            return None
-        with torch.inference_mode():
-            batch = tokenizer(texts, return_tensors="pt", padding=True, truncation=True,
-                              max_length=model.max_seq_length)
-            hidden = auto(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1e-9)
-            pooled = torch.nn.functional.normalize(pooled, p=2, dim=1)
-        return pooled.float().numpy()
+    def weights_path(self) -> str:
+        if self.path:
+            return self.path
+        settings = self._settings or Settings.from_env()
+        return str(resolve_path(Catalog.load(settings).get(self.card_id), settings))
 
 
 class CachedEmbedder:
@@ -258,11 +155,11 @@ class CachedEmbedder:
         self.misses = 0
 
     @classmethod
-    def default(cls, embedder: Callable[[list[str]], np.ndarray] | None = None) -> "CachedEmbedder":
+    def default(cls, embedder: Callable[[list[str]], np.ndarray] | None = None, *,
+                settings: Settings | None = None) -> "CachedEmbedder":
         """The cache under ``MODELYARD_HOME/cache/embeddings`` around ``embedder`` (default: MiniLM)."""
-        from ..settings import Settings
-
-        return cls(embedder or MiniLMEmbedder(), Settings.from_env().home / "cache" / "embeddings")
+        settings = settings or Settings.from_env()
+        return cls(embedder or MiniLMEmbedder(settings=settings), settings.home / "cache" / "embeddings")
 
     def _load_index(self) -> dict[bytes, np.ndarray]:
         if self._index is None:

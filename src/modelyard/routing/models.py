@@ -4,35 +4,34 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
-from typing import Any
+
+import numpy as np
 
 from ..errors import ModelyardError
+from ..settings import Settings
+from .features import MiniLMEmbedder
+from .learned import LearnedRouter, router_path
 
 
 class Models:
     """Trained router models, loaded on first use and again when their file changes; and the embedder
-    (one all-MiniLM-L6-v2 for every endpoint, loaded in-process on first use)."""
+    (one all-MiniLM-L6-v2 for every endpoint, loaded in-process on first use, on ``settings.embed_threads``
+    torch threads)."""
 
-    def __init__(self, settings: Any = None) -> None:
-        self.settings = settings
-        self._routers: dict[str, tuple[float, Any]] = {}
-        self._embedder: Any = None
+    def __init__(self, settings: Settings | None = None) -> None:
+        self.settings = settings or Settings.from_env()
+        self._routers: dict[str, tuple[float, LearnedRouter]] = {}
+        self._embedder: MiniLMEmbedder | None = None
 
     def path(self, endpoint: str) -> Path:
-        from .learned import router_path
-
         return router_path(self.settings, endpoint)
 
-    def embedder(self) -> Any:
+    def embedder(self) -> MiniLMEmbedder:
         if self._embedder is None:
-            from .features import MiniLMEmbedder, server_threads
-
-            self._embedder = MiniLMEmbedder(threads=server_threads())
+            self._embedder = MiniLMEmbedder(threads=self.settings.embed_threads, settings=self.settings)
         return self._embedder
 
-    def router(self, endpoint: str) -> Any:
-        from .learned import LearnedRouter
-
+    def router(self, endpoint: str) -> LearnedRouter:
         path = self.path(endpoint)
         try:
             mtime = os.stat(path).st_mtime
@@ -45,6 +44,6 @@ class Models:
             self._routers[endpoint] = cached = (mtime, LearnedRouter.load(path, embedder=self.embedder()))
         return cached[1]
 
-    def embed(self, texts: list[str]) -> Any:
+    def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length sentence embeddings of `texts`."""
         return self.embedder()(texts)

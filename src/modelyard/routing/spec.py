@@ -121,21 +121,3 @@ class SpeculativeRouter(_Spec):
 
 RouterSpec = Annotated[Union[RulesRouter, CascadeRouter, LearnedRouter, SpeculativeRouter],
                        Field(discriminator="strategy")]
-
-
-class Limits(_Spec):
-    usd_per_day: float | None = Field(default=None, ge=0)
-    usd_per_month: float | None = Field(default=None, ge=0)
-
-
-class BudgetSpec(Limits):
-    """Spending limits in USD, per UTC day and calendar month, for the endpoint and for each of its keys.
-
-    As a limit runs low (under ``low_share`` of it left) the router prefers
-    cheaper tiers; once it is spent, requests that would need a paid tier are
-    refused with 429 while local tiers keep answering.
-    """
-
-    #: the same limits for each key that calls the endpoint
-    per_key: Limits | None = None
-    low_share: float = Field(default=0.2, ge=0, le=1)

@@ -20,7 +20,7 @@ from ..cache.usage import cache_usage
 from ..errors import ModelyardError, invalid
 from ..gateway.cache import Cache
 from .http import json_response
-from .manage_routes import _admin
+from .admin import require_admin
 
 router = APIRouter(prefix="/api")
 
@@ -43,7 +43,7 @@ def _duration(request: Request, name: str, default: str | None) -> float | None:
 
 
 @router.get("/endpoints/{name}/cache")
-async def cache_stats(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def cache_stats(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Entries, memory, hit rates (exact and semantic) and savings over ``window`` (default 24h)."""
     endpoint = gateway.endpoints.get(name)
     window = _duration(request, "window", "24h")
@@ -55,7 +55,7 @@ async def cache_stats(request: Request, name: str, gateway=Depends(_admin)) -> R
 
 
 @router.delete("/endpoints/{name}/cache")
-async def cache_clear(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def cache_clear(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Delete the endpoint's cached answers (``?older_than=1h``: only those stored more than an hour ago)."""
     endpoint = gateway.endpoints.get(name)
     older_than = _duration(request, "older_than", None)

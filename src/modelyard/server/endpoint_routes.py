@@ -18,7 +18,7 @@ from starlette.responses import Response
 from ..errors import from_validation_error, invalid
 from ..serving.spec import DeploymentSpec, EndpointSpec, RequestSettings
 from .http import json_response
-from .manage_routes import _admin, _json_model
+from .admin import read_model, require_admin
 
 router = APIRouter(prefix="/api")
 
@@ -55,26 +55,26 @@ class ApplyBody(BaseModel):
 
 
 @router.get("/endpoints")
-async def list_endpoints(request: Request, gateway=Depends(_admin)) -> Response:
+async def list_endpoints(request: Request, gateway=Depends(require_admin)) -> Response:
     return json_response({"data": [e.describe() for e in gateway.endpoints.all()]})
 
 
 @router.post("/endpoints")
-async def create_endpoint(request: Request, gateway=Depends(_admin)) -> Response:
+async def create_endpoint(request: Request, gateway=Depends(require_admin)) -> Response:
     """Create an endpoint; its primary and secondary keys are in this answer only."""
-    spec = await _json_model(request, EndpointSpec)
+    spec = await read_model(request, EndpointSpec)
     endpoint, keys = await gateway.endpoints.create_endpoint(spec)
     return json_response({**endpoint.describe(), "keys": keys}, 201)
 
 
 @router.get("/endpoints/{name}")
-async def get_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def get_endpoint(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     return json_response(gateway.endpoints.get(name).describe())
 
 
 @router.patch("/endpoints/{name}")
-async def update_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
-    patch = await _json_model(request, EndpointPatch)
+async def update_endpoint(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
+    patch = await read_model(request, EndpointPatch)
     changes = patch.model_dump(exclude_none=True)
     if "cache" in changes:  # a partial cache object changes only the settings it names
         changes["cache"] = {**gateway.endpoints.get(name).spec.cache.model_dump(), **changes["cache"]}
@@ -83,41 +83,41 @@ async def update_endpoint(request: Request, name: str, gateway=Depends(_admin)) 
 
 
 @router.delete("/endpoints/{name}")
-async def delete_endpoint(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def delete_endpoint(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     await gateway.endpoints.delete_endpoint(name)
     return json_response({"deleted": name})
 
 
 @router.get("/endpoints/{name}/keys")
-async def endpoint_keys(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def endpoint_keys(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """The endpoint's keys by prefix: keys are stored hashed and shown once, when made."""
     return json_response(gateway.endpoints.key_info(name))
 
 
 @router.post("/endpoints/{name}/keys/regenerate")
-async def regenerate_key(request: Request, name: str, gateway=Depends(_admin)) -> Response:
-    body = await _json_model(request, KeyRegenerate)
+async def regenerate_key(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
+    body = await read_model(request, KeyRegenerate)
     return json_response({"which": body.which, "key": gateway.endpoints.regenerate_key(name, body.which)})
 
 
 @router.post("/endpoints/{name}/deployments")
-async def create_deployment(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def create_deployment(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Create a deployment and wait until its instances are ready (``?all_traffic=true`` moves all traffic to it)."""
     all_traffic = request.query_params.get("all_traffic") in ("1", "true")
-    spec = await _json_model(request, DeploymentSpec, endpoint_name=name)
+    spec = await read_model(request, DeploymentSpec, endpoint_name=name)
     deployment = await gateway.endpoints.create_deployment(spec, all_traffic=all_traffic)
     return json_response(deployment.describe(), 201)
 
 
 @router.get("/endpoints/{name}/deployments/{deployment}")
-async def get_deployment(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+async def get_deployment(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
     return json_response(gateway.endpoints.deployment(name, deployment).describe())
 
 
 @router.patch("/endpoints/{name}/deployments/{deployment}")
-async def update_deployment(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+async def update_deployment(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
     """Scale (``instance_count``) or change ``request_settings``, live."""
-    patch = await _json_model(request, DeploymentPatch)
+    patch = await read_model(request, DeploymentPatch)
     if patch.request_settings is not None:
         unknown = set(patch.request_settings) - set(RequestSettings.model_fields)
         if unknown:
@@ -129,13 +129,13 @@ async def update_deployment(request: Request, name: str, deployment: str, gatewa
 
 
 @router.delete("/endpoints/{name}/deployments/{deployment}")
-async def delete_deployment(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+async def delete_deployment(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
     await gateway.endpoints.delete_deployment(name, deployment)
     return json_response({"deleted": deployment})
 
 
 @router.get("/endpoints/{name}/deployments/{deployment}/logs")
-async def deployment_logs(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+async def deployment_logs(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
     """The last ``lines`` (default 100) of each instance's log."""
     try:
         lines = max(1, min(int(request.query_params.get("lines", "100")), 10_000))
@@ -147,9 +147,9 @@ async def deployment_logs(request: Request, name: str, deployment: str, gateway=
 
 
 @router.post("/apply")
-async def apply(request: Request, gateway=Depends(_admin)) -> Response:
+async def apply(request: Request, gateway=Depends(require_admin)) -> Response:
     """Create or update an endpoint or a deployment from its spec; applying the same spec twice changes nothing."""
-    body = await _json_model(request, ApplyBody)
+    body = await read_model(request, ApplyBody)
     if body.kind == "endpoint":
         spec = await _spec(EndpointSpec, body.spec)
         action, endpoint, keys = await gateway.endpoints.apply_endpoint(spec)

@@ -12,7 +12,7 @@ from starlette.responses import Response
 from starlette.routing import Route
 
 from ..errors import ModelyardError, from_validation_error
-from ..routing.feedback import FeedbackRequest
+from ..gateway.feedback import FeedbackRequest
 from ..routing.responses import describe
 from .http import error_response, json_response, read_body
 from .openai_routes import _check_key

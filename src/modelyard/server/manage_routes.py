@@ -9,16 +9,15 @@ from __future__ import annotations
 
 import asyncio
 from datetime import datetime, timedelta, timezone
-from typing import Any
 
 from fastapi import APIRouter, Depends, Request
-from pydantic import BaseModel, ConfigDict, ValidationError
+from pydantic import BaseModel, ConfigDict
 from starlette.responses import Response
 
-from ..errors import ModelyardError, from_validation_error
+from ..errors import ModelyardError
 from ..store.usage import recent_usage, usage_summary
-from .http import api_key, json_response, parse_json, read_body
-from .ui.auth import console_session
+from .admin import read_model, require_admin
+from .http import json_response
 
 router = APIRouter(prefix="/api")
 
@@ -29,40 +28,15 @@ class KeyCreate(BaseModel):
     endpoint: str | None = None
 
 
-def _admin(request: Request):
-    gateway = request.app.state.gateway
-    key = api_key(request)
-    if key is None and console_session(request):  # the web console's session cookie (server/ui/auth.py)
-        return gateway
-    info = gateway.keys.verify(key or "")
-    if info is None:
-        raise ModelyardError("The management API needs the admin key (MODELYARD_HOME/admin.key).", status=401,
-                             code="invalid_api_key")
-    if not info.is_admin:
-        raise ModelyardError("This key is not an admin key.", status=403, code="not_admin")
-    return gateway
-
-
-async def _json_model(request: Request, model: type[BaseModel], **extra: Any):
-    raw = await read_body(request, request.app.state.gateway.settings.max_body_bytes)
-    data = parse_json(raw)
-    if not isinstance(data, dict):
-        raise ModelyardError("The request body must be a JSON object.", status=400, code="invalid_json")
-    try:
-        return model.model_validate({**data, **extra})
-    except ValidationError as exc:
-        raise from_validation_error(exc) from None
-
-
 @router.get("/status")
-async def status(request: Request, gateway=Depends(_admin)) -> Response:
+async def status(request: Request, gateway=Depends(require_admin)) -> Response:
     """Endpoints, deployments and instances with their states."""
     return json_response({"ready": gateway.endpoints.ready(),
                           "endpoints": [e.describe() for e in gateway.endpoints.all()]})
 
 
 @router.get("/keys")
-async def list_keys(request: Request, gateway=Depends(_admin)) -> Response:
+async def list_keys(request: Request, gateway=Depends(require_admin)) -> Response:
     keys = [{"id": k.id, "name": k.name, "endpoint": k.endpoint, "prefix": k.prefix, "is_admin": k.is_admin,
              "created_at": k.created_at.isoformat() if k.created_at else None, "revoked": k.revoked}
             for k in gateway.keys.list()]
@@ -70,8 +44,8 @@ async def list_keys(request: Request, gateway=Depends(_admin)) -> Response:
 
 
 @router.post("/keys")
-async def create_key(request: Request, gateway=Depends(_admin)) -> Response:
-    body = await _json_model(request, KeyCreate)
+async def create_key(request: Request, gateway=Depends(require_admin)) -> Response:
+    body = await read_model(request, KeyCreate)
     if body.endpoint is not None:
         gateway.endpoints.get(body.endpoint)
     plain, info = gateway.keys.create(body.name, body.endpoint)
@@ -79,7 +53,7 @@ async def create_key(request: Request, gateway=Depends(_admin)) -> Response:
 
 
 @router.get("/usage")
-async def usage(request: Request, gateway=Depends(_admin)) -> Response:
+async def usage(request: Request, gateway=Depends(require_admin)) -> Response:
     """Requests, tokens and cost by endpoint and day (``?days=N``, default 30)."""
     try:
         days = int(request.query_params.get("days", "30"))
@@ -92,7 +66,7 @@ async def usage(request: Request, gateway=Depends(_admin)) -> Response:
 
 
 @router.get("/usage/recent")
-async def usage_recent(request: Request, gateway=Depends(_admin)) -> Response:
+async def usage_recent(request: Request, gateway=Depends(require_admin)) -> Response:
     await gateway.writer.flush()
     limit = min(int(request.query_params.get("limit", "100")), 1000)
     rows = await asyncio.to_thread(recent_usage, gateway.db, limit, request.query_params.get("endpoint"))

@@ -30,7 +30,7 @@ from ..runtime.procstats import CpuMeter
 from ..store.metrics import parse_window, timeseries_by_deployment
 from ..store.models import utcnow
 from .http import json_response
-from .manage_routes import _admin
+from .admin import require_admin
 
 router = APIRouter(prefix="/api")
 
@@ -129,7 +129,7 @@ def _gateway_process(meter: CpuMeter) -> dict[str, Any] | None:
 
 
 @router.get("/endpoints/{name}/metrics")
-async def endpoint_metrics(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def endpoint_metrics(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """State now and time series over ``?window=`` for one endpoint and its deployments."""
     endpoint = gateway.endpoints.get(name)  # 404 for an unknown endpoint
     window_text, window, bucket_s = _parse_params(request)

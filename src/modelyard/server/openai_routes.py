@@ -20,6 +20,8 @@ from starlette.routing import Route
 
 from ..errors import ModelyardError, from_validation_error
 from ..gateway import Call
+from ..gateway.auth import verify_key
+from ..store.keys import KeyInfo
 from ..wire import KINDS
 from .http import api_key, error_response, json_response, read_body
 
@@ -89,15 +91,8 @@ async def embeddings(request: Request) -> Response:
     return await _handle("embedding", request)
 
 
-def _check_key(request: Request):
-    gateway = request.app.state.gateway
-    key = api_key(request)
-    if not key:
-        raise ModelyardError("You didn't provide an API key.", status=401, code="missing_api_key")
-    info = gateway.keys.verify(key)
-    if info is None:
-        raise ModelyardError("Incorrect API key provided.", status=401, code="invalid_api_key")
-    return info
+def _check_key(request: Request) -> KeyInfo:
+    return verify_key(request.app.state.gateway.keys, api_key(request))
 
 
 def _model_entry(endpoint) -> dict:

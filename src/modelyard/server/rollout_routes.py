@@ -21,7 +21,7 @@ from starlette.responses import Response
 
 from ..errors import ModelyardError
 from .http import json_response
-from .manage_routes import _admin, _json_model
+from .admin import read_model, require_admin
 
 router = APIRouter(prefix="/api")
 
@@ -48,9 +48,9 @@ def _controller(gateway):
 
 
 @router.post("/endpoints/{name}/deployments/{deployment}/rollout")
-async def start_rollout(request: Request, name: str, deployment: str, gateway=Depends(_admin)) -> Response:
+async def start_rollout(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
     """Start shifting live traffic to the deployment step by step; the first step's split is set at once."""
-    body = await _json_model(request, RolloutBody)
+    body = await read_model(request, RolloutBody)
     rollouts = _controller(gateway)
     record = await rollouts.start(name, deployment, body.steps, interval_s=body.interval_s,
                                   max_error_rate=body.max_error_rate, max_p95_ms=body.max_p95_ms,
@@ -59,19 +59,19 @@ async def start_rollout(request: Request, name: str, deployment: str, gateway=De
 
 
 @router.get("/endpoints/{name}/rollouts")
-async def list_rollouts(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def list_rollouts(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     rollouts = _controller(gateway)
     return json_response({"data": [rollouts.describe(r) for r in rollouts.list(name)]})
 
 
 @router.get("/rollouts/{rollout_id}")
-async def get_rollout(request: Request, rollout_id: int, gateway=Depends(_admin)) -> Response:
+async def get_rollout(request: Request, rollout_id: int, gateway=Depends(require_admin)) -> Response:
     rollouts = _controller(gateway)
     return json_response(rollouts.describe(rollouts.get(rollout_id)))
 
 
 @router.post("/rollouts/{rollout_id}/cancel")
-async def cancel_rollout(request: Request, rollout_id: int, gateway=Depends(_admin)) -> Response:
+async def cancel_rollout(request: Request, rollout_id: int, gateway=Depends(require_admin)) -> Response:
     """Stop a running rollout and restore the split from before it (409 once it has ended)."""
     rollouts = _controller(gateway)
     return json_response(rollouts.describe(await rollouts.cancel(rollout_id)))

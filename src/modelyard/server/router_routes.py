@@ -26,13 +26,13 @@ from pydantic import BaseModel, ConfigDict, Field
 from ..routing.calibrate import calibrate as calibrate_threshold
 from ..routing.report import parse_window, router_report
 from .http import json_response
-from .manage_routes import _admin, _json_model
+from .admin import read_model, require_admin
 
 router = APIRouter(prefix="/api")
 
 
 @router.get("/endpoints/{name}/router/report")
-async def report(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def report(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """The router report over ``?window=`` (default 24h; e.g. 15m, 1h, 24h, 7d, 30d)."""
     text = request.query_params.get("window", "24h")
     window = parse_window(text)
@@ -44,7 +44,7 @@ async def report(request: Request, name: str, gateway=Depends(_admin)) -> Respon
 
 
 @router.get("/endpoints/{name}/router/budget")
-async def budget(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def budget(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """The endpoint's budget: its limits, the tightest one for the endpoint as a whole, and this day's and month's spend."""
     endpoint = gateway.endpoints.get(name)
     tracker = gateway.budget
@@ -61,9 +61,9 @@ async def budget(request: Request, name: str, gateway=Depends(_admin)) -> Respon
 
 
 @router.post("/endpoints/{name}/router/calibrate")
-async def calibrate(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def calibrate(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Set a learned router's threshold so ``{"strong_share": 0.3}`` of recent prompts go to the strong tier."""
-    body = await _json_model(request, CalibrateBody)
+    body = await read_model(request, CalibrateBody)
     await gateway.router.responses.flush()
     return json_response(await calibrate_threshold(gateway, name, body.strong_share))
 
@@ -74,7 +74,7 @@ class CalibrateBody(BaseModel):
 
 
 @router.get("/endpoints/{name}/router/outcomes")
-async def outcomes(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def outcomes(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Training rows from the endpoint's feedback (``prompt``, ``weak_correct``, ``strong_correct``),
     and the ratings per tier."""
     gateway.endpoints.get(name)

@@ -22,7 +22,7 @@ from ..errors import invalid
 from ..store.models import utcnow
 from ..store.spend import decision_series, spend_report
 from .http import json_response
-from .manage_routes import _admin
+from .admin import require_admin
 from .metrics_routes import _parse_params
 
 router = APIRouter(prefix="/api")
@@ -32,7 +32,7 @@ MAX_DAYS = 366
 
 
 @router.get("/usage/spend")
-async def spend(request: Request, gateway=Depends(_admin)) -> Response:
+async def spend(request: Request, gateway=Depends(require_admin)) -> Response:
     """Spend and savings over the last ``days`` (default 30): totals, by endpoint, by key, by day."""
     raw = request.query_params.get("days", "30")
     try:
@@ -52,7 +52,7 @@ async def spend(request: Request, gateway=Depends(_admin)) -> Response:
 
 
 @router.get("/endpoints/{name}/decisions")
-async def decisions(request: Request, name: str, gateway=Depends(_admin)) -> Response:
+async def decisions(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Cache and router decisions of one endpoint over ``?window=`` (same parameters as ``/metrics``)."""
     gateway.endpoints.get(name)
     window_text, window, bucket_s = _parse_params(request)

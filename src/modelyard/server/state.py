@@ -8,9 +8,11 @@ from dataclasses import dataclass
 from ..batch import BatchRunner, open_batches
 from ..catalog.registry import Catalog
 from ..gateway import Mirror, Pipeline, Router, build_pipeline
+from ..cache.embed import AsyncEmbedder
+from ..cache.service import ResponseCache
 from ..gateway.cache import Cache
-from ..routing import budget as budgets
-from ..routing.feedback import FeedbackService
+from ..telemetry import budget as budgets
+from ..gateway.feedback import FeedbackService
 from ..routing.models import Models
 from ..routing.responses import ResponseLog
 from ..store.responses import ResponseStore
@@ -67,10 +69,13 @@ class Gateway:
         budget = budgets.BudgetTracker()
         budget.load(db)  # what was spent today and this month, from the usage records
         responses = ResponseStore(db)
-        # The router checks budgets itself (routing.budget.allows / refusal) before each paid tier.
-        router = Router(ResponseLog(responses), writer, metrics, models=Models(settings), budget=budget)
+        # The router checks budgets itself (telemetry.budget.allows / refusal) before each paid tier.
+        models = Models(settings)
+        router = Router(ResponseLog(responses), writer, metrics, models=models, budget=budget)
+        # the cache embeds with the router's all-MiniLM-L6-v2 (one copy per gateway), on its own thread
+        cache = ResponseCache(metrics.cache, root=settings.home / "cache", embedder=AsyncEmbedder(models.embedder()))
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics,
-                                  router=router, budget=budget)
+                                  router=router, budget=budget, cache=cache)
         feedback = FeedbackService(router.responses, responses, endpoints, router, metrics)
         rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)
         return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created,

@@ -26,7 +26,8 @@ from typing import Annotated, Any, Literal
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from ..cache.spec import CacheSpec
-from ..routing.spec import BudgetSpec, RouterSpec
+from ..routing.spec import RouterSpec
+from ..telemetry.budget import BudgetSpec
 
 #: endpoint and deployment names: 3-32 characters, letters, digits and dashes, starting with a letter
 NAME = r"^[A-Za-z][A-Za-z0-9-]{2,31}$"

@@ -12,7 +12,7 @@ a **session cookie** instead:
   gateway restart, and replacing the admin key ends every session. Signing
   out ends the session on this gateway process (its id is remembered as revoked).
 
-The management API (``/api/...``, `manage_routes._admin`) accepts the cookie
+The management API (``/api/...``, `server.admin.require_admin`) accepts the cookie
 in place of ``Authorization: Bearer ADMIN_KEY`` through `console_session`.
 State-changing requests (anything but GET/HEAD/OPTIONS) must also send the
 session's CSRF token in the ``X-Modelyard-CSRF`` header: a header a

@@ -16,17 +16,19 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from typing import TYPE_CHECKING, Any, Literal
+from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ModelyardError
+from ..routing.responses import ResponseLog
+from ..serving.endpoints import Endpoints
+from ..store.responses import ResponseStore
 from ..telemetry import metering
-from ..telemetry.metering import MeteringError, step_record
+from ..telemetry.metering import Deployment, MeteringError, step_record
+from ..telemetry.metrics import GatewayMetrics
 from ..wire import KINDS, answer_text
-
-if TYPE_CHECKING:
-    from ..telemetry.metering import Deployment
+from .router import Router
 
 log = logging.getLogger(__name__)
 
@@ -45,7 +47,10 @@ def not_found(response_id: str) -> ModelyardError:
 
 
 class FeedbackService:
-    def __init__(self, log_: Any, store: Any, endpoints: Any, router: Any, metrics: Any = None) -> None:
+    """Takes ratings of routed answers and escalates a down-rated one to the next tier (see the module docstring)."""
+
+    def __init__(self, log_: ResponseLog, store: ResponseStore, endpoints: Endpoints, router: Router,
+                 metrics: GatewayMetrics | None = None) -> None:
         self.responses = log_
         self.store = store
         self.endpoints = endpoints
@@ -65,7 +70,7 @@ class FeedbackService:
         saved = await asyncio.to_thread(self.store.add_feedback, response_id=row["id"], endpoint=row["endpoint"],
                                         tier=rated_tier, rating=fb.rating, comment=fb.comment,
                                         key_id=getattr(key, "id", None))
-        if self.metrics is not None and hasattr(self.metrics, "feedback"):
+        if self.metrics is not None:
             self.metrics.feedback(row["endpoint"], rated_tier, fb.rating)
         escalate_to = self._next_tier(row) if fb.rating < 0 and row["status"] not in ("improving",) else None
         if escalate_to is not None:

@@ -1,6 +1,6 @@
 """Budgets: what each endpoint, and each key on it, has spent this UTC day and calendar month.
 
-An endpoint spec may carry spending limits in USD (see `routing.spec.BudgetSpec`)::
+An endpoint spec may carry spending limits in USD (see `BudgetSpec` below)::
 
     budget: {usd_per_day: 5, usd_per_month: 100, per_key: {usd_per_day: 0.5}, low_share: 0.2}
 
@@ -43,11 +43,31 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 
 from ..errors import ModelyardError
 from ..store.models import UsageRecord
-from .spec import BudgetSpec
+
+class Limits(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    usd_per_day: float | None = Field(default=None, ge=0)
+    usd_per_month: float | None = Field(default=None, ge=0)
+
+
+class BudgetSpec(Limits):
+    """Spending limits in USD, per UTC day and calendar month, for the endpoint and for each of its keys.
+
+    As a limit runs low (under ``low_share`` of it left) the router prefers
+    cheaper tiers; once it is spent, requests that would need a paid tier are
+    refused with 429 while local tiers keep answering.
+    """
+
+    #: the same limits for each key that calls the endpoint
+    per_key: Limits | None = None
+    low_share: float = Field(default=0.2, ge=0, le=1)
+
 
 log = logging.getLogger(__name__)
 

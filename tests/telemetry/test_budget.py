@@ -28,9 +28,9 @@ import pytest
 from modelyard.catalog.card import ModelCard
 from modelyard.errors import ModelyardError
 from modelyard.gateway import Call, build_pipeline
-from modelyard.routing import budget as budgets
-from modelyard.routing.budget import BudgetTracker
-from modelyard.routing.spec import BudgetSpec
+from modelyard.telemetry import budget as budgets
+from modelyard.telemetry.budget import BudgetTracker
+from modelyard.telemetry.budget import BudgetSpec
 from modelyard.serving.endpoints import Endpoint, TrafficSplit
 from modelyard.serving.spec import EndpointSpec
 from modelyard.store import UsageWriter
