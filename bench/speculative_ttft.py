@@ -34,9 +34,9 @@ from pathlib import Path
 import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "tests"))
-from live_gateway import start_server  # noqa: E402
-from tier_stub import Script, TierStub, tier_cards  # noqa: E402
+sys.path.insert(0, str(ROOT))
+from tests.live_gateway import start_server
+from tests.tier_stub import Script, TierStub, tier_cards
 
 QUESTIONS = ["What is the capital of France?", "Name a colour of the sky.", "What do bees make?",
              "How many legs does a dog have?", "What is water made of?"]

@@ -13,6 +13,7 @@ import os
 import time
 from typing import Any, AsyncIterator, Literal, Union
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 4
@@ -229,11 +230,59 @@ def _merge_completion_logprobs(acc: dict[str, Any] | None, lp: dict[str, Any]) -
 SSE_DONE = b"data: [DONE]\n\n"
 
 
-def sse(chunk: dict[str, Any]) -> bytes:
-    """One server-sent event carrying a chunk, as OpenAI frames them."""
-    import orjson
+def sse(chunk: dict[str, Any], *, event: str | None = None) -> bytes:
+    """One server-sent event carrying a chunk, as OpenAI frames them (`event` names a modelyard event type,
+    such as ``modelyard.correction``; OpenAI's own events have none)."""
+    data = b"data: " + orjson.dumps(chunk) + b"\n\n"
+    return b"event: " + event.encode() + b"\n" + data if event else data
 
-    return b"data: " + orjson.dumps(chunk) + b"\n\n"
+
+class SSEDecoder:
+    """Split a server-sent-event byte stream into the ``data`` payloads of its events.
+
+    Works on bytes as they arrive (events may straddle reads), ignores comments
+    (``: keep-alive``) and ``event:``/``id:``/``retry:`` fields, and joins
+    multi-line ``data`` fields with a newline, as the SSE spec says.
+
+    >>> SSEDecoder().feed(b'data: {"a": 1}\\n\\n: ping\\n\\ndata: [DONE]\\n\\n')
+    [b'{"a": 1}', b'[DONE]']
+    """
+
+    __slots__ = ("_buffer", "_data")
+
+    def __init__(self) -> None:
+        self._buffer = b""
+        self._data: bytes | None = None
+
+    def feed(self, piece: bytes) -> list[bytes]:
+        """Add bytes; return the payloads of the events they completed."""
+        buffer = self._buffer + piece if self._buffer else piece
+        events: list[bytes] = []
+        start = 0
+        find = buffer.find
+        while True:
+            end = find(b"\n", start)
+            if end < 0:
+                break
+            line = buffer[start:end]
+            start = end + 1
+            if line.endswith(b"\r"):
+                line = line[:-1]
+            if not line:
+                if self._data is not None:
+                    events.append(self._data)
+                    self._data = None
+            elif line.startswith(b"data:"):
+                value = line[6:] if line.startswith(b"data: ") else line[5:]
+                self._data = value if self._data is None else self._data + b"\n" + value
+        self._buffer = buffer[start:]
+        return events
+
+    def flush(self) -> list[bytes]:
+        """The payload of an event the stream ended without terminating (lenient, unlike the spec)."""
+        events = self.feed(b"\n\n") if self._buffer else self.feed(b"\n")
+        self._buffer = b""
+        return events
 
 
 def replay(kind: str, body: dict[str, Any], *, include_usage: bool = False) -> list[dict[str, Any]]:

@@ -8,21 +8,19 @@ shows what it received, so these tests check what goes over the wire.
 from __future__ import annotations
 
 import socket
-import sys
 import uuid
-from pathlib import Path
 
 import httpx
 import pytest
 
 from modelyard.backends.base import Backend
-from modelyard.backends.openai_compat import OpenAICompatBackend, SSEDecoder
+from modelyard.backends.openai_compat import OpenAICompatBackend
+from modelyard.wire import SSEDecoder
 from modelyard.catalog.card import ModelCard
 from modelyard.errors import ModelyardError
 from modelyard.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, gather
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from openai_stub import EMBEDDING, start_stub_in_thread  # noqa: E402
+from tests.openai_stub import EMBEDDING, start_stub_in_thread
 
 pytestmark = pytest.mark.anyio
 

@@ -13,15 +13,13 @@ from __future__ import annotations
 
 import json
 import socket
-import sys
 import threading
 import time
 from pathlib import Path
 from typing import Any, Callable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import Server, hosted_card, write_catalog  # noqa: E402
-from openai_stub import StubServer  # noqa: E402
+from tests.live_gateway import Server, hosted_card, write_catalog
+from tests.openai_stub import StubServer
 
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
 

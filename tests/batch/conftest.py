@@ -3,14 +3,11 @@
 
 from __future__ import annotations
 
-import sys
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from batch_helpers import GATEWAY_ENV, ScriptedStub, make_endpoint, serve_in_thread, stub_catalog  # noqa: E402
-from live_gateway import Server, start_server  # noqa: E402
+from tests.batch.batch_helpers import GATEWAY_ENV, ScriptedStub, make_endpoint, serve_in_thread, stub_catalog
+from tests.live_gateway import Server, start_server
 
 
 @pytest.fixture(scope="module")

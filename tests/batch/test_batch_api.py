@@ -13,7 +13,7 @@ import httpx
 import openai
 import pytest
 
-from batch_helpers import chat_line, read_jsonl, submit, wait_batch, write_jsonl
+from tests.batch.batch_helpers import chat_line, read_jsonl, submit, wait_batch, write_jsonl
 
 LINE_COST = (10 * 1.0 + 20 * 2.0) / 1e6  # the stub's usage at stub-chat's price
 

@@ -12,7 +12,7 @@ import httpx
 import openai
 import pytest
 
-from batch_helpers import chat_line, read_jsonl, submit, wait_batch, write_jsonl
+from tests.batch.batch_helpers import chat_line, read_jsonl, submit, wait_batch, write_jsonl
 
 
 def failed_with(client, path, **extra) -> list:

@@ -9,7 +9,7 @@ import time
 import pytest
 from typer.testing import CliRunner
 
-from batch_helpers import chat_line, wait_batch, write_jsonl
+from tests.batch.batch_helpers import chat_line, wait_batch, write_jsonl
 from modelyard.cli import app
 from modelyard.cli import batch as batch_cli
 

@@ -8,8 +8,8 @@ import signal
 import sqlite3
 import time
 
-from batch_helpers import GATEWAY_ENV, chat_line, make_endpoint, read_jsonl, stub_catalog, submit, wait_batch, write_jsonl
-from live_gateway import start_server
+from tests.batch.batch_helpers import GATEWAY_ENV, chat_line, make_endpoint, read_jsonl, stub_catalog, submit, wait_batch, write_jsonl
+from tests.live_gateway import start_server
 
 LINES = 40
 

@@ -7,8 +7,8 @@ import time
 
 import pytest
 
-from batch_helpers import read_jsonl, submit, wait_batch, write_jsonl
-from live_gateway import start_server
+from tests.batch.batch_helpers import read_jsonl, submit, wait_batch, write_jsonl
+from tests.live_gateway import start_server
 
 pytestmark = pytest.mark.model
 

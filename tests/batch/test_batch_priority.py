@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from batch_helpers import ScriptedStub, serve_in_thread
+from tests.batch.batch_helpers import ScriptedStub, serve_in_thread
 from modelyard.catalog.card import ModelCard
 from modelyard.gateway.dispatch import dispatch
 from modelyard.gateway.pipeline import Call, Pipeline

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import sqlite3
-import sys
 from pathlib import Path
 
 import httpx
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
+from tests.live_gateway import hosted_card, start_server, write_catalog
 
 
 def hosted_catalog(home: Path, stub_root: str) -> None:

@@ -5,17 +5,13 @@ from __future__ import annotations
 
 import shutil
 import subprocess
-import sys
 import time
-from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import free_port  # noqa: E402
-sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cache_helpers import stub_gateway  # noqa: E402
-from echo_stub import start_echo_stub  # noqa: E402
+from tests.live_gateway import free_port
+from tests.cache.cache_helpers import stub_gateway
+from tests.cache.echo_stub import start_echo_stub
 
 
 @pytest.fixture(scope="session")

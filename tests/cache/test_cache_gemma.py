@@ -6,8 +6,8 @@ import time
 
 import pytest
 
-from cache_helpers import cached_endpoint, raw, usage_rows
-from live_gateway import start_server
+from tests.cache.cache_helpers import cached_endpoint, raw, usage_rows
+from tests.live_gateway import start_server
 
 pytestmark = pytest.mark.model
 

@@ -42,7 +42,7 @@ class Lookup:
     def __init__(self, vectors: dict[str, np.ndarray]) -> None:
         self.vectors = vectors
 
-    def encode(self, texts):
+    def __call__(self, texts):
         return np.stack([self.vectors[t] for t in texts])
 
 

@@ -9,7 +9,7 @@ import sqlite3
 import openai
 import pytest
 
-from cache_helpers import PRICE, ask, cached_endpoint, calls, metric, raw, stub_gateway, usage_rows
+from tests.cache.cache_helpers import PRICE, ask, cached_endpoint, calls, metric, raw, stub_gateway, usage_rows
 
 def test_an_exact_hit_is_replayed_as_json_and_as_a_stream_at_zero_cost(gw, stub):
     cached_endpoint(gw, "exact", {"mode": "exact"})

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from cache_helpers import ask, cached_endpoint, calls, metric, raw, stub_gateway, usage_rows
+from tests.cache.cache_helpers import ask, cached_endpoint, calls, metric, raw, stub_gateway, usage_rows
 
 pytestmark = pytest.mark.model  # loads the embedding model in the gateway
 

@@ -8,11 +8,8 @@ real gateway whose deployments are hosted cards on the local OpenAI stub.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import json
-import sys
 from datetime import datetime, timedelta, timezone
-from pathlib import Path
 
 import pytest
 from sqlalchemy import insert
@@ -24,16 +21,9 @@ from modelyard.routing.report import parse_window, router_report
 from modelyard.serving.spec import EndpointSpec
 from modelyard.store import UsageWriter
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
-from openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread  # noqa: E402
-
-_spec = importlib.util.spec_from_file_location("store_fixtures", TESTS / "store" / "conftest.py")
-_store_fixtures = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(_store_fixtures)
-sqlite_url, postgres_url, any_db, db = (_store_fixtures.sqlite_url, _store_fixtures.postgres_url, _store_fixtures.any_db,
-                                     _store_fixtures.db)
+from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread
+from tests.store.conftest import any_db, db, postgres_url, sqlite_url  # noqa: F401 - fixtures
 
 UTC = timezone.utc
 NOW = datetime(2025, 6, 15, 12, 0, tzinfo=UTC)

@@ -15,9 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
-from tier_stub import Script, TierStub, tier_cards  # noqa: E402
+from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.tier_stub import Script, TierStub, tier_cards
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 PRICES = {"small": (0.1, 0.2), "large": (10.0, 30.0), "mid": (1.0, 2.0)}

@@ -3,13 +3,11 @@ embedded default models behind it, driven by the official `openai` client."""
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import Server, start_server  # noqa: E402
+from tests.live_gateway import Server, start_server
 
 
 @pytest.fixture(scope="session")

@@ -8,7 +8,6 @@ real model (timeouts, queues, scaling) uses the embedded Gemma."""
 from __future__ import annotations
 
 import sqlite3
-import sys
 import threading
 import time
 from pathlib import Path
@@ -17,9 +16,8 @@ import httpx
 import openai
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
-from openai_stub import start_stub_in_thread  # noqa: E402
+from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.openai_stub import start_stub_in_thread
 
 pytestmark = pytest.mark.model
 

@@ -14,9 +14,7 @@ follows its configured instance-hour price.
 from __future__ import annotations
 
 import asyncio
-import importlib.util
 import sqlite3
-import sys
 import time
 from datetime import datetime, timedelta, timezone
 from pathlib import Path
@@ -37,25 +35,11 @@ from modelyard.store import UsageWriter
 from modelyard.telemetry.metrics import GatewayMetrics
 from modelyard.wire import ChatCompletionRequest
 
-TESTS = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(TESTS))
-from live_gateway import hosted_card, start_server, write_catalog  # noqa: E402
-from openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread  # noqa: E402
-
-
-
-def _load(name: str, path: Path):
-    spec = importlib.util.spec_from_file_location(name, path)
-    module = sys.modules[name] = importlib.util.module_from_spec(spec)  # dataclasses look their module up
-    spec.loader.exec_module(module)
-    return module
-
-
-# The store tests' database fixtures: SQLite, and Postgres when MODELYARD_TEST_POSTGRES_URL names one.
-_store_fixtures = _load("store_fixtures", TESTS / "store" / "conftest.py")
-sqlite_url, postgres_url, any_db = _store_fixtures.sqlite_url, _store_fixtures.postgres_url, _store_fixtures.any_db
-# The gateway tests' fakes: keys, endpoints, a scripted hosted deployment, a usage writer that keeps records.
-fakes = _load("pipeline_fakes", TESTS / "gateway" / "test_pipeline.py")
+from tests.gateway import test_pipeline as fakes  # keys, endpoints, a scripted deployment, a keeping writer
+from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread
+# the store tests' database fixtures: SQLite, and Postgres when MODELYARD_TEST_POSTGRES_URL names one
+from tests.store.conftest import any_db, postgres_url, sqlite_url  # noqa: F401 - fixtures
 
 UTC = timezone.utc
 

@@ -9,13 +9,11 @@ and at a 390 px phone width, go to ``test-artifacts/ui/`` (not committed).
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 
 import pytest
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from live_gateway import Server, start_server  # noqa: E402
+from tests.live_gateway import Server, start_server
 
 CHROMIUM = os.environ.get("MODELYARD_TEST_CHROMIUM", "/usr/bin/chromium")
 CHROMIUM_ARGS = ["--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--disable-background-networking",

@@ -25,6 +25,7 @@ from typing import Any, AsyncIterator
 import numpy as np
 
 from ..errors import ModelyardError, invalid
+from ..extras import require
 from ..wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, new_id, now, usage
 from .templates import get_template
 
@@ -67,7 +68,7 @@ class LlamaCppBackend:
         await asyncio.to_thread(self._load)
 
     def _load(self) -> None:
-        from llama_cpp import Llama
+        Llama = require("llama_cpp", "local", "a GGUF model (llama.cpp)").Llama
 
         path = self.path or _no_path(self.card)
         log.info("loading %s from %s (n_ctx=%d, threads=%d)", self.card.id, path, self.n_ctx, self.threads)

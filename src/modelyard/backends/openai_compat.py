@@ -40,7 +40,6 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
-import random
 from typing import Any, AsyncIterator
 
 import aiohttp
@@ -48,7 +47,8 @@ import orjson
 from yarl import URL
 
 from ..errors import ModelyardError
-from ..wire import ROUTES, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from ..retry import Backoff, retry_after_s
+from ..wire import ROUTES, ChatCompletionRequest, CompletionRequest, EmbeddingRequest, SSEDecoder
 
 logger = logging.getLogger(__name__)
 
@@ -337,7 +337,7 @@ class OpenAICompatBackend:
         if retry_after is not None:
             delay = min(retry_after, self.retry_after_cap)
         else:
-            delay = self.backoff * (2**attempt) * (0.75 + random.random() / 2)
+            delay = Backoff(self.backoff, max_s=self.retry_after_cap).delay(attempt)
         logger.warning(
             "%s: %s; retry %d/%d in %.2fs", self._label, error.final.message, attempt + 1, self.max_retries, delay
         )
@@ -353,11 +353,11 @@ class OpenAICompatBackend:
             body = raw.decode("utf-8", "replace")
         body = _openai_error(body)
         if status == 429:
-            return _Failure(ModelyardError.from_body(429, body), retryable=True), _retry_after(headers)
+            return _Failure(ModelyardError.from_body(429, body), retryable=True), retry_after_s(headers)
         if status >= 500:
             detail = ModelyardError.from_body(status, body).message
             final = ModelyardError(f"{self._label} failed: HTTP {status}: {detail}", status=502, code="upstream_error")
-            return _Failure(final, retryable=True), _retry_after(headers)
+            return _Failure(final, retryable=True), retry_after_s(headers)
         if status in (401, 403):
             # Our credentials for the upstream are wrong; the client's are fine. Their
             # message can quote part of our key, so it is not passed on.
@@ -445,68 +445,3 @@ def _openai_error(body: Any) -> Any:
     if isinstance(code, int):
         err = {**err, "code": None, "status": code}
     return {"error": err}
-
-
-def _retry_after(headers: Any) -> float | None:
-    """The upstream's requested wait: ``retry-after-ms`` (OpenAI) or ``Retry-After`` seconds."""
-    value = headers.get("retry-after-ms")
-    if value:
-        try:
-            return max(float(value) / 1000, 0.0)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value:
-        try:
-            return max(float(value), 0.0)
-        except ValueError:  # an HTTP date: fall back to our own backoff
-            return None
-    return None
-
-
-class SSEDecoder:
-    """Split a server-sent-event byte stream into the ``data`` payloads of its events.
-
-    Works on bytes as they arrive (events may straddle reads), ignores comments
-    (``: keep-alive``) and ``event:``/``id:``/``retry:`` fields, and joins
-    multi-line ``data`` fields with a newline, as the SSE spec says.
-
-    >>> SSEDecoder().feed(b'data: {"a": 1}\\n\\n: ping\\n\\ndata: [DONE]\\n\\n')
-    [b'{"a": 1}', b'[DONE]']
-    """
-
-    __slots__ = ("_buffer", "_data")
-
-    def __init__(self) -> None:
-        self._buffer = b""
-        self._data: bytes | None = None
-
-    def feed(self, piece: bytes) -> list[bytes]:
-        """Add bytes; return the payloads of the events they completed."""
-        buffer = self._buffer + piece if self._buffer else piece
-        events: list[bytes] = []
-        start = 0
-        find = buffer.find
-        while True:
-            end = find(b"\n", start)
-            if end < 0:
-                break
-            line = buffer[start:end]
-            start = end + 1
-            if line.endswith(b"\r"):
-                line = line[:-1]
-            if not line:
-                if self._data is not None:
-                    events.append(self._data)
-                    self._data = None
-            elif line.startswith(b"data:"):
-                value = line[6:] if line.startswith(b"data: ") else line[5:]
-                self._data = value if self._data is None else self._data + b"\n" + value
-        self._buffer = buffer[start:]
-        return events
-
-    def flush(self) -> list[bytes]:
-        """The payload of an event the stream ended without terminating (lenient, unlike the spec)."""
-        events = self.feed(b"\n\n") if self._buffer else self.feed(b"\n")
-        self._buffer = b""
-        return events

@@ -24,6 +24,7 @@ from typing import Any, AsyncIterator, Protocol
 import numpy as np
 
 from ..errors import invalid
+from ..extras import require
 from ..wire import EmbeddingRequest
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class SentenceEmbedder:
         self.model  # noqa: B018 - loading is the point
 
     def _load(self) -> Any:
-        from sentence_transformers import SentenceTransformer
+        SentenceTransformer = require("sentence_transformers", "local", "sentence embeddings").SentenceTransformer
 
         if self.threads:
             import torch

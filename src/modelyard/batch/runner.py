@@ -42,11 +42,11 @@ import asyncio
 import logging
 import math
 import os
-import time
 from datetime import timedelta
 from typing import Any
 
 import orjson
+import tenacity
 from pydantic import ValidationError
 
 from ..errors import ModelyardError, from_validation_error, invalid, not_found
@@ -55,6 +55,7 @@ from ..gateway.budget import Budget
 from ..gateway.pipeline import Call, Pipeline
 from ..gateway.policy import Policy
 from ..gateway.record import Record
+from ..retry import Backoff, retry_after_s
 from ..telemetry.metering import background
 from ..serving.endpoints import TrafficSplit
 from ..store.batches import BatchStore, JobRecord, LineRecord, LineResult
@@ -412,17 +413,17 @@ class BatchRunner:
         return await asyncio.shield(task)
 
     def _commit_blocking(self, job_id: str, results: list[LineResult]) -> JobRecord:
-        deadline = time.monotonic() + COMMIT_RETRY_S
-        delay = 0.2
-        while True:
-            try:
+        """Commit, trying again for up to `COMMIT_RETRY_S` while the database fails (busy, restarting)."""
+        for attempt in tenacity.Retrying(
+            stop=tenacity.stop_after_delay(COMMIT_RETRY_S),
+            wait=tenacity.wait_random_exponential(multiplier=0.2, max=5.0),
+            before_sleep=lambda state: log.warning("batch %s: could not commit %d results (%s); retrying", job_id,
+                                                   len(results), state.outcome.exception()),
+            reraise=True,
+        ):
+            with attempt:
                 return self.store.commit_results(job_id, results)
-            except Exception as exc:
-                if time.monotonic() > deadline:
-                    raise
-                log.warning("batch %s: could not commit %d results (%s); retrying", job_id, len(results), exc)
-                time.sleep(delay)
-                delay = min(delay * 2, 5.0)
+        raise AssertionError("unreachable")
 
     async def _drain(self, ctl: _Control) -> None:
         """Wait for commits in flight, then commit the lines that finished in interrupted mini-batches."""
@@ -450,7 +451,7 @@ class BatchRunner:
         except ModelyardError as err:
             return _failed(line, 1, None, err, [])
         usage: list[dict[str, Any]] = []
-        delay = self.config.retry_backoff_s
+        backoff = Backoff(self.config.retry_backoff_s, MAX_BACKOFF_S)
         for attempt in range(1, job.max_retries + 1):
             call = Call(line.kind, request, None, target=job.deployment, batch_id=job.id)
             call.key = owner
@@ -473,11 +474,10 @@ class BatchRunner:
                                   if job.output_action == "append_row" else None, usage=usage)
             if error.status not in RETRYABLE or attempt == job.max_retries:
                 return _failed(line, attempt, call.request_id, error, usage)
-            wait = _retry_after(error) or delay
+            wait = retry_after_s(error.headers, cap_s=MAX_BACKOFF_S) or backoff.delay(attempt - 1)
             log.info("batch %s line %d: attempt %d failed (%s %s); retrying in %.1fs", job.id, line.line, attempt,
                      error.status, error.code, wait)
             await asyncio.sleep(wait)
-            delay = min(delay * 2, MAX_BACKOFF_S)
         raise AssertionError("unreachable")
 
     # --- finishing --------------------------------------------------------------------
@@ -544,11 +544,3 @@ def _failed(line: LineRecord, attempts: int, request_id: str | None, err: Modely
     return LineResult(line_id=line.id, state="failed", attempts=attempts, status_code=err.status,
                       request_id=request_id, response=orjson.dumps(err.body()).decode(), error_code=err.code,
                       usage=usage)
-
-
-def _retry_after(err: ModelyardError) -> float | None:
-    value = (err.headers or {}).get("retry-after")
-    try:
-        return min(float(value), MAX_BACKOFF_S) if value is not None else None
-    except ValueError:
-        return None

@@ -27,6 +27,8 @@ from typing import Any, Awaitable, Callable, Protocol
 
 import numpy as np
 
+from ..extras import require
+
 log = logging.getLogger(__name__)
 
 #: a partition moves from an exhaustive NumPy scan to an HNSW graph past this many entries
@@ -135,7 +137,7 @@ class VectorIndex:
                 self._where[entry_id] = partition
 
     def _graph(self):
-        from usearch.index import Index as Graph
+        Graph = require("usearch.index", "cache", "the semantic cache's vector index").Index
 
         return Graph(ndim=self.dim, metric="ip", dtype="f16", connectivity=16, expansion_add=64, expansion_search=64)
 

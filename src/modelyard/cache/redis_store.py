@@ -38,6 +38,7 @@ import numpy as np
 
 from .entry import CorruptEntry, Entry, decode_body, encode_body
 from .index import DIM, VectorIndex, nearest_live
+from ..extras import require
 
 log = logging.getLogger(__name__)
 
@@ -52,7 +53,7 @@ class RedisStore:
 
     def __init__(self, url: str, endpoint: str, *, ttl_s: float, max_entries: int,
                  on_corrupt: Callable[[int], None] = lambda n: None, clock: Callable[[], float] = time.time) -> None:
-        import redis.asyncio as aioredis
+        aioredis = require("redis.asyncio", "cache", "a Redis response cache")
 
         self.url = url
         self.ns = f"modelyard:cache:{endpoint}"

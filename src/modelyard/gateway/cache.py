@@ -39,7 +39,7 @@ import orjson
 from ..cache.entry import storable
 from ..cache.keys import cache_control, not_repeatable, request_keys
 from ..cache.service import Lookup, ResponseCache
-from ..wire import SSE_DONE, gather, new_id, now, replay_stream, usage
+from ..wire import SSEDecoder, gather, new_id, now, replay_stream, usage
 from .pipeline import Call, Next, resolve_endpoint
 
 log = logging.getLogger(__name__)
@@ -185,17 +185,19 @@ class Cache:
 
 def _gathered(kind: str, raw: bytes) -> dict[str, Any] | None:
     """The whole answer carried by a stream's SSE bytes, or None when it holds an error."""
+    decoder = SSEDecoder()
     chunks = []
-    for event in raw.split(b"\n\n"):
-        if not event.startswith(b"data: ") or event == SSE_DONE.strip():
+    for data in decoder.feed(raw) + decoder.flush():
+        if data == b"[DONE]":
             continue
         try:
-            chunk = orjson.loads(event[6:])
+            chunk = orjson.loads(data)
         except orjson.JSONDecodeError:
             return None
         if "error" in chunk:
             return None
-        chunks.append(chunk)
+        if "modelyard_correction" not in chunk:  # a speculative correction event is not part of the answer
+            chunks.append(chunk)
     if not chunks:
         return None
     return gather(kind, chunks)

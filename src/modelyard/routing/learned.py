@@ -47,6 +47,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from ..errors import ModelyardError, invalid
+from ..extras import require
 from .features import FEATURE_NAMES, MiniLMEmbedder, embedder_name, feature_matrix
 
 log = logging.getLogger(__name__)
@@ -119,7 +120,7 @@ class LearnedRouter:
         (400) for empty or mismatched inputs and when no prompt is answered
         better by the strong model (nothing to learn).
         """
-        from sklearn.linear_model import LogisticRegression
+        LogisticRegression = require("sklearn.linear_model", "router", "the learned router").LogisticRegression
 
         prompts = list(prompts)
         weak_a = _outcomes(weak, "weak", len(prompts))

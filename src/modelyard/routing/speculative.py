@@ -31,11 +31,10 @@ import logging
 import time
 
 import numpy as np
-import orjson
 
 from ..errors import ModelyardError
 from ..telemetry.metering import MeteringError, TierStep
-from ..wire import answer_text
+from ..wire import answer_text, sse
 from .context import TierCalls, respond
 from .models import Models
 from .spec import SpeculativeRouter
@@ -114,7 +113,7 @@ class SpeculativePolicy:
             return None
         event = {"id": ctx.response_id, "object": "chat.completion.chunk" if ctx.kind == "chat" else "text_completion",
                  "choices": [], "modelyard_correction": correction}
-        return b"event: modelyard.correction\ndata: " + orjson.dumps(event) + b"\n\n"
+        return sse(event, event="modelyard.correction")
 
     async def _check_later(self, ctx: TierCalls, pending: asyncio.Future, fast_text: str, *, in_call: bool) -> dict | None:
         """Compare the strong answer with the fast one; store the verdict. Returns the correction, if any."""

@@ -26,10 +26,14 @@ from typing import Any
 import httpx
 import orjson
 
+from ..retry import Backoff
+
 log = logging.getLogger(__name__)
 
 READY_TIMEOUT_S = 300.0
 MAX_BACKOFF_S = 30.0
+#: waits before restarting an instance that exited: 1 s, 2 s, 4 s … 30 s
+RESTART_BACKOFF = Backoff(1.0, MAX_BACKOFF_S, jitter=0)
 
 
 def free_port() -> int:
@@ -135,7 +139,7 @@ class Instance:
         return False
 
     async def _supervise(self) -> None:
-        backoff = 1.0
+        restarts_in_a_row = 0  # reset once an instance has stayed up a minute
         while not self._stopping:
             exited = asyncio.create_task(self.process.wait())  # type: ignore[union-attr]
             failures = 0
@@ -151,7 +155,7 @@ class Instance:
                         self.state = "ready"
                     failures = 0
                     if time.monotonic() - self.started_at > 60:
-                        backoff = 1.0
+                        restarts_in_a_row = 0
                     continue
                 failures += 1
                 if failures >= self.spec.failure_threshold:
@@ -163,10 +167,11 @@ class Instance:
             await exited
             code = self.process.returncode if self.process else None
             self.last_error = f"process exited with code {code}"
+            backoff = RESTART_BACKOFF.delay(restarts_in_a_row)
+            restarts_in_a_row += 1
             log.warning("%s exited (code %s); restarting in %.0fs", self.name, code, backoff)
             self.state = "restarting"
             await asyncio.sleep(backoff)
-            backoff = min(backoff * 2, MAX_BACKOFF_S)
             if self._stopping:
                 return
             self.restarts += 1
