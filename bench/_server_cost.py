@@ -35,7 +35,7 @@ def fastapi_app():
     from starlette.exceptions import HTTPException as StarletteHTTPException
     from starlette.responses import Response, StreamingResponse
 
-    import openai_stub as stub
+    from tests import openai_stub as stub
 
     router = APIRouter(prefix="/v1")
     headers = {"x-request-id": "req-0123456789abcdef01234567", "x-modelyard-endpoint": "bench",

@@ -82,20 +82,6 @@ def start_server(home: Path, *args: str, extra_env: dict[str, str] | None = None
     return Server(url, home, key, proc, log)
 
 
-def hosted_card(card_id: str, base_url: str, *, task: str = "chat", price: tuple[float, float] = (0.0, 0.0),
-                context_length: int = 8192) -> str:
-    """A catalog card (YAML list item) for an OpenAI-compatible API at ``base_url`` (``.../v1``)."""
-    return f"""- id: {card_id}
-  family: stub
-  task: {task}
-  format: hosted
-  license: none
-  context_length: {context_length}
-  source: {{type: hosted, provider: openai-compatible, base_url: "{base_url}"}}
-  price: {{input_per_1m: {price[0]}, output_per_1m: {price[1]}}}
-"""
-
-
 def write_catalog(home: Path, *cards: str, name: str = "stubs.yaml") -> None:
     """Put hosted cards in ``home``'s user catalog."""
     (home / "catalog").mkdir(parents=True, exist_ok=True)

@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 from starlette.routing import Route
 
-from tests.live_gateway import hosted_card
+from tests.cards import hosted_card
 
 
 @dataclass

@@ -20,6 +20,7 @@ from modelyard.catalog.card import ModelCard
 from modelyard.errors import ModelyardError
 from modelyard.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, gather
 
+from tests.cards import hosted_model_card
 from tests.openai_stub import EMBEDDING, start_stub_in_thread
 
 pytestmark = pytest.mark.anyio
@@ -319,15 +320,7 @@ async def test_an_upstream_that_refuses_stream_options_still_streams(stub):
 
 
 def hosted_card(stub: str, **source) -> ModelCard:
-    return ModelCard(
-        id="gpt-4o-mini",
-        family="gpt-4o",
-        task="chat",
-        format="hosted",
-        license="proprietary",
-        context_length=128000,
-        source={"type": "hosted", "base_url": f"{stub}/v1", **source},
-    )
+    return hosted_model_card("gpt-4o-mini", f"{stub}/v1", context_length=128000, source=source)
 
 
 async def test_for_card_reads_the_key_from_the_named_env_var(stub, monkeypatch):

@@ -18,7 +18,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-from tests.live_gateway import Server, hosted_card, write_catalog
+from tests.cards import hosted_card
+from tests.live_gateway import Server, write_catalog
 from tests.openai_stub import StubServer
 
 TERMINAL = {"completed", "failed", "cancelled", "expired"}

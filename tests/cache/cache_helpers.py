@@ -7,7 +7,8 @@ from pathlib import Path
 
 import httpx
 
-from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.cards import hosted_card
+from tests.live_gateway import start_server, write_catalog
 
 
 def hosted_catalog(home: Path, stub_root: str) -> None:

@@ -203,7 +203,7 @@ def test_the_cache_survives_a_restart_and_drops_corrupt_entries(tmp_path, stub):
 
 
 def test_an_unreachable_redis_never_fails_a_request(gw, stub):
-    from live_gateway import free_port
+    from tests.live_gateway import free_port
 
     cached_endpoint(gw, "noredis", {"mode": "exact", "backend": f"redis://127.0.0.1:{free_port()}/0"})
     client = gw.openai()

@@ -243,7 +243,7 @@ async def test_redis_entries_expire_by_themselves(redis_db):
 
 
 async def test_an_unreachable_redis_is_reported_not_raised(caplog):
-    from live_gateway import free_port
+    from tests.live_gateway import free_port
 
     metrics = GatewayMetrics().cache
     cache = ResponseCache(metrics)

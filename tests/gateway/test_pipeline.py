@@ -18,6 +18,7 @@ import orjson
 import pytest
 
 from modelyard.catalog.card import ModelCard
+from tests.cards import hosted_model_card
 from modelyard.errors import ModelyardError, not_found
 from modelyard.gateway import Call, build_pipeline
 from modelyard.serving.endpoints import Endpoint, TrafficSplit
@@ -41,9 +42,7 @@ def anyio_backend() -> str:
 
 
 def hosted_card(task: str = "chat") -> ModelCard:
-    return ModelCard(id=f"fake-{task}", family="fake", task=task, format="hosted", license="none", context_length=4096,
-                     source={"type": "hosted", "base_url": "http://upstream.invalid/v1"},
-                     price={"input_per_1m": 1.0, "output_per_1m": 2.0})
+    return hosted_model_card(f"fake-{task}", task=task, price=(1.0, 2.0), context_length=4096)
 
 
 def chunk(content: str | None = None, *, role: str | None = None, finish: str | None = None) -> dict[str, Any]:

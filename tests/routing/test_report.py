@@ -21,7 +21,9 @@ from modelyard.routing.report import parse_window, router_report
 from modelyard.serving.spec import EndpointSpec
 from modelyard.store import UsageWriter
 
-from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.cards import hosted_model_card
+from tests.cards import hosted_card
+from tests.live_gateway import start_server, write_catalog
 from tests.openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread
 from tests.store.conftest import any_db, db, postgres_url, sqlite_url  # noqa: F401 - fixtures
 
@@ -32,9 +34,7 @@ MINI_IN, MINI_OUT = 0.15, 0.6
 
 
 def hosted(card_id: str, input_per_1m: float, output_per_1m: float) -> ModelCard:
-    return ModelCard(id=card_id, family="t", task="chat", format="hosted", license="none", context_length=8192,
-                     source={"type": "hosted", "base_url": "http://upstream.invalid/v1"},
-                     price={"input_per_1m": input_per_1m, "output_per_1m": output_per_1m})
+    return hosted_model_card(card_id, price=(input_per_1m, output_per_1m))
 
 
 def local(card_id: str, per_hour: float) -> ModelCard:

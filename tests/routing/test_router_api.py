@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.cards import hosted_card
+from tests.live_gateway import start_server, write_catalog
 from tests.tier_stub import Script, TierStub, tier_cards
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]

@@ -16,7 +16,8 @@ import httpx
 import openai
 import pytest
 
-from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.cards import hosted_card
+from tests.live_gateway import start_server, write_catalog
 from tests.openai_stub import start_stub_in_thread
 
 pytestmark = pytest.mark.model

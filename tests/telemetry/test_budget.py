@@ -36,7 +36,8 @@ from modelyard.telemetry.metrics import GatewayMetrics
 from modelyard.wire import ChatCompletionRequest
 
 from tests.gateway import test_pipeline as fakes  # keys, endpoints, a scripted deployment, a keeping writer
-from tests.live_gateway import hosted_card, start_server, write_catalog
+from tests.cards import hosted_card
+from tests.live_gateway import start_server, write_catalog
 from tests.openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread
 # the store tests' database fixtures: SQLite, and Postgres when MODELYARD_TEST_POSTGRES_URL names one
 from tests.store.conftest import any_db, postgres_url, sqlite_url  # noqa: F401 - fixtures

@@ -15,6 +15,7 @@ import pytest
 from pydantic import ValidationError
 
 from modelyard.catalog.card import ModelCard
+from tests.cards import hosted_model_card
 from modelyard.serving.spec import DeploymentSpec
 from modelyard.telemetry.cost import deployment_cost, request_cost
 
@@ -26,9 +27,7 @@ def local_card(per_hour: float = 0.02, **tokens) -> ModelCard:
 
 
 def hosted_card() -> ModelCard:
-    return ModelCard(id="gpt-4o-mini", family="gpt", task="chat", format="hosted", license="proprietary",
-                     context_length=128000, source={"type": "hosted", "base_url": "http://127.0.0.1:9/v1"},
-                     price={"input_per_1m": 0.15, "output_per_1m": 0.6})
+    return hosted_model_card("gpt-4o-mini", "http://127.0.0.1:9/v1", price=(0.15, 0.6), context_length=128000)
 
 
 def deployment(card: ModelCard, **spec) -> SimpleNamespace:
