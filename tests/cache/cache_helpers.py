@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import time
 from pathlib import Path
 
 import httpx
@@ -27,6 +28,20 @@ def cached_endpoint(srv, name: str, cache: dict, model: str = "stub-chat") -> No
     assert r.status_code == 201, r.text
     r = srv.api("POST", f"/api/endpoints/{name}/deployments", json={"name": "main", "model": model})
     assert r.status_code == 201, r.text
+    if cache.get("mode", "off") != "off":
+        wait_until_warm(srv, name)
+
+
+def wait_until_warm(srv, name: str, timeout: float = 60.0) -> None:
+    """Wait until the endpoint's cache store has opened (a request meanwhile is answered, marked ``warming``:
+    on a busy machine opening can take longer than the second a request waits for it)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        stats = srv.api("GET", f"/api/endpoints/{name}/cache").json()
+        if not stats.get("warming"):
+            return
+        assert time.monotonic() < deadline, f"the cache of {name} is still warming after {timeout} s"
+        time.sleep(0.1)
 
 
 PRICE = (10 * 1.0 + 20 * 2.0) / 1e6  # the stub card's price for 10 prompt + 20 completion tokens
