@@ -24,14 +24,13 @@ cancelled, failed or expired first) has ``response: null`` and ``error:
 
 from __future__ import annotations
 
-import os
 import time
-from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..errors import from_validation_error, invalid
 from ..store.batches import JobRecord, LineRecord
@@ -48,9 +47,8 @@ NOT_RUN = {
 }
 
 
-@dataclass(frozen=True)
-class BatchConfig:
-    """Gateway-wide batch settings, from the environment.
+class BatchConfig(BaseSettings):
+    """Gateway-wide batch settings, from the environment (read once; a bad value names its variable).
 
     | variable | default | meaning |
     |---|---|---|
@@ -62,24 +60,19 @@ class BatchConfig:
     | MODELYARD_BATCH_COMPLETION_WINDOW_S | 86400 | what ``completion_window: "24h"`` gives a job before it expires |
     """
 
-    max_file_bytes: int = 200 * 1024 * 1024
-    max_lines: int = 50_000
-    max_share: float = 1.0
-    retry_backoff_s: float = 1.0
-    max_workers: int = 64
-    completion_window_s: float = COMPLETION_WINDOW_S
+    model_config = SettingsConfigDict(env_prefix="MODELYARD_BATCH_", env_ignore_empty=True, frozen=True,
+                                      extra="ignore")
+
+    max_file_bytes: int = Field(default=200 * 1024 * 1024, gt=0)
+    max_lines: int = Field(default=50_000, gt=0)
+    max_share: float = Field(default=1.0, gt=0, le=1)
+    retry_backoff_s: float = Field(default=1.0, ge=0)
+    max_workers: int = Field(default=64, ge=1)
+    completion_window_s: float = Field(default=COMPLETION_WINDOW_S, gt=0)
 
     @classmethod
     def from_env(cls) -> "BatchConfig":
-        env = os.environ.get
-        share = float(env("MODELYARD_BATCH_MAX_SHARE", 1.0))
-        if not 0 < share <= 1:
-            raise ValueError(f"MODELYARD_BATCH_MAX_SHARE must be in (0, 1], not {share}")
-        return cls(max_file_bytes=int(env("MODELYARD_BATCH_MAX_FILE_BYTES", 200 * 1024 * 1024)),
-                   max_lines=int(env("MODELYARD_BATCH_MAX_LINES", 50_000)), max_share=share,
-                   retry_backoff_s=float(env("MODELYARD_BATCH_RETRY_BACKOFF_S", 1.0)),
-                   max_workers=max(1, int(env("MODELYARD_BATCH_MAX_WORKERS", 64))),
-                   completion_window_s=float(env("MODELYARD_BATCH_COMPLETION_WINDOW_S", COMPLETION_WINDOW_S)))
+        return cls()
 
 
 class BatchCreate(BaseModel):
