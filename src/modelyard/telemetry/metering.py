@@ -26,6 +26,10 @@ The rules, the same on every path:
   for an answer, a cut-off stream and a failure alike (a failed local call
   still held its instance; a failed hosted call reported no tokens).
 
+Background work (batch lines) runs inside `background()`; the deployment's
+slot queue records there how long such a call waited, and the meter leaves
+that wait out of the busy seconds.
+
 ``Metered.step(outcome)`` makes it a `TierStep`: the deployment's part in a
 routed answer, and its entry in a usage record's ``tiers``. `usage_record`
 builds every usage record (a call's, or one for work that ended after its
@@ -102,10 +106,6 @@ class Metered:
     cost_usd: float = 0.0
     status: int = 200
     error_code: str | None = None
-
-    @property
-    def ok(self) -> bool:
-        return self.status < 400
 
     def step(self, outcome: str) -> "TierStep":
         return TierStep(self, outcome)
