@@ -284,3 +284,105 @@ def test_recent_usage_is_newest_first_and_filterable(any_db):
 
     assert [r["request_id"] for r in recent_usage(any_db, endpoint="embed")] == ["req-4", "req-5"]
     assert recent_usage(any_db, endpoint="nobody") == []
+
+
+# -- a record the database cannot store never blocks the others -----------------------------------
+
+
+def test_nul_characters_are_stored_as_replacement_characters(any_db):
+    """PostgreSQL refuses NUL in text and JSON; a model name sent as "x\\u0000" must not poison the writer."""
+    writer = UsageWriter(any_db)
+    writer.submit(_record(0, endpoint="x\x00", model="m\x00odel",
+                          tiers=[{"deployment": "d\x00", "outcome": "answered", "n\x00": ["\x00"]}]))
+    writer.submit(_record(1))
+    assert asyncio.run(writer.flush()) == 2
+    with any_db.session() as session:
+        rows = session.scalars(select(UsageRecord).order_by(UsageRecord.id)).all()
+        stored = [(r.endpoint, r.model, r.tiers) for r in rows]
+    assert stored[0] == ("x\ufffd", "m\ufffdodel", [{"deployment": "d\ufffd", "outcome": "answered", "n\ufffd": ["\ufffd"]}])
+    assert stored[1][0] == "chat"
+    assert writer.quarantined == 0 and writer.pending == 0
+
+
+def _refuse_endpoint(db: Database, name: str) -> None:
+    """Make the database itself refuse rows for endpoint ``name`` (a trigger), as it would a value it cannot store."""
+    from sqlalchemy import text
+
+    with db.engine.begin() as connection:
+        if db.engine.dialect.name == "sqlite":
+            connection.execute(text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON usage_records "
+                f"WHEN NEW.endpoint = '{name}' BEGIN SELECT RAISE(ABORT, 'refused by the test'); END"))
+        else:
+            connection.execute(text(
+                "CREATE FUNCTION refuse() RETURNS trigger AS $$ BEGIN "
+                f"IF NEW.endpoint = '{name}' THEN RAISE EXCEPTION 'refused by the test' USING ERRCODE = '22000'; "
+                "END IF; RETURN NEW; END $$ LANGUAGE plpgsql"))
+            connection.execute(text(
+                "CREATE TRIGGER refuse BEFORE INSERT ON usage_records FOR EACH ROW EXECUTE FUNCTION refuse()"))
+
+
+def test_a_row_the_database_refuses_is_quarantined_and_the_rest_are_written(any_db, caplog):
+    _refuse_endpoint(any_db, "poison")
+    writer = UsageWriter(any_db, flush_interval=0.02, batch_size=10)
+
+    async def scenario():
+        await writer.start()
+        for i in range(25):
+            writer.submit(_record(i, endpoint="poison" if i in (3, 17) else "chat"))
+        await _wait_until(lambda: writer.written == 23 and writer.quarantined == 2)
+        writer.submit(_record(99))  # the writer keeps going afterwards
+        await writer.close()
+
+    with caplog.at_level(logging.ERROR, logger="modelyard.store.usage"):
+        asyncio.run(scenario())
+
+    with any_db.session() as session:
+        ids = session.scalars(select(UsageRecord.request_id).order_by(UsageRecord.id)).all()
+    assert ids == [f"req-{i}" for i in range(25) if i not in (3, 17)] + ["req-99"]
+    assert writer.pending == 0 and writer.quarantined == 2
+    assert [row["request_id"] for row, _ in writer.quarantine] == ["req-3", "req-17"]
+    assert all("refused by the test" in reason for _, reason in writer.quarantine)
+    assert "req-3" in caplog.text and "quarantined" in caplog.text
+
+
+def test_an_outage_during_the_row_by_row_retry_puts_the_rest_back_in_order(db, monkeypatch):
+    from sqlalchemy.exc import IntegrityError
+
+    writer = UsageWriter(db, batch_size=10)
+    original = writer._write_batch
+    outage = iter([True])
+
+    def database(rows):
+        if len(rows) > 1 and any(r["endpoint"] == "poison" for r in rows):
+            raise IntegrityError("INSERT", {}, Exception("refused"))
+        if rows[0]["endpoint"] == "poison":
+            raise IntegrityError("INSERT", {}, Exception("refused"))
+        if rows[0]["request_id"] == "req-5" and next(outage, False):
+            raise OperationalError("INSERT", {}, Exception("server closed the connection"))
+        original(rows)
+
+    monkeypatch.setattr(writer, "_write_batch", database)
+    for i in range(8):
+        writer.submit(_record(i, endpoint="poison" if i == 2 else "chat"))
+
+    with pytest.raises(OperationalError):
+        asyncio.run(writer.flush())
+    assert writer.pending == 3  # req-5, 6, 7 wait; req-2 is quarantined, not queued
+    assert writer.quarantined == 1
+    assert asyncio.run(writer.flush()) == 3
+    with db.session() as session:
+        ids = session.scalars(select(UsageRecord.request_id).order_by(UsageRecord.id)).all()
+    assert ids == [f"req-{i}" for i in (0, 1, 3, 4, 5, 6, 7)]
+
+
+def test_a_database_that_stays_down_drops_records_past_the_bound_and_counts_them(db, monkeypatch):
+    writer = UsageWriter(db, batch_size=10, max_pending=50)
+    monkeypatch.setattr(writer, "_write_batch",
+                        lambda rows: (_ for _ in ()).throw(OperationalError("INSERT", {}, Exception("down"))))
+    for i in range(60):
+        writer.submit(_record(i))
+    assert writer.pending == 50 and writer.dropped == 10
+    monkeypatch.undo()
+    assert asyncio.run(writer.flush()) == 50
+    assert _count(db) == 50

@@ -66,6 +66,7 @@ class Gateway:
         endpoints = Endpoints(config, catalog, LocalRuntime(settings.logs_dir), keys)
         writer = UsageWriter(db, flush_interval=settings.usage_flush_s)
         metrics = GatewayMetrics()
+        metrics.watch_usage_writer(writer)
         budget = budgets.BudgetTracker()
         budget.load(db)  # what was spent today and this month, from the usage records
         responses = ResponseStore(db)

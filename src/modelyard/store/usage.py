@@ -14,11 +14,23 @@ request must not wait for that row, so writing is split in two halves:
    (`asyncio.to_thread`), so a slow disk or a busy database never blocks the
    event loop.
 
-**Retry, not loss.** When a write fails (SQLite busy past its timeout,
-Postgres restarting, a full disk), the batch goes back to the front of the
-queue in its original order, a warning is logged, and the next wake-up tries
-again. Records that arrive meanwhile queue up behind it. Records are checked
-when submitted, so a batch cannot fail forever because of its own content.
+**Retry, not loss.** When a write fails because the database is unavailable
+(SQLite busy past its timeout, Postgres restarting, a full disk), the batch
+goes back to the front of the queue in its original order, a warning is
+logged, and the next wake-up tries again. Records that arrive meanwhile queue
+up behind it, up to ``max_pending``; past that, new records are dropped and
+counted (``dropped``) rather than holding the gateway's memory hostage to a
+database that does not come back.
+
+**One bad row never blocks the others.** Records are checked and cleaned when
+submitted (NUL characters, which PostgreSQL refuses in text and JSON, become
+U+FFFD; strings are cut to their column). If a batch is still refused for
+its content (the database rejects a value: a ``DataError``, ``IntegrityError``
+and the like, not a lost connection), it is written again row by row and the
+rows the database refuses are *quarantined*: counted (``quarantined``),
+logged with their request id and the reason, and kept in `quarantine` (the
+last 100) for inspection — never put back at the front of the queue, where
+they would fail forever and hold every later record behind them.
 
 **Flush on shutdown.** `UsageWriter.close()` stops the task and writes
 everything still queued, retrying for a while if the database is briefly
@@ -42,6 +54,7 @@ from datetime import datetime
 from typing import Any
 
 from sqlalchemy import ColumnElement, String, case, cast, func, insert, literal_column, select
+from sqlalchemy.exc import DBAPIError, InterfaceError, OperationalError, StatementError
 
 from .db import Database
 from .models import USAGE_COLUMNS, USAGE_KINDS, UsageRecord, utcnow
@@ -121,9 +134,32 @@ def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
     for name, width in _WIDTHS.items():
         value = row[name]
         if value is not None:
-            value = str(value)
-            row[name] = value[:width]
+            row[name] = _clean(str(value))[:width]
+    if row["tiers"] is not None:
+        row["tiers"] = _clean(row["tiers"])
     return row
+
+
+def _clean(value: Any) -> Any:
+    """``value`` with NUL characters (refused by PostgreSQL's text and JSON types) replaced by U+FFFD,
+    in strings and, recursively, in the keys and values of JSON lists and objects."""
+    if isinstance(value, str):
+        return value.replace("\x00", "\ufffd") if "\x00" in value else value
+    if isinstance(value, list):
+        return [_clean(v) for v in value]
+    if isinstance(value, dict):
+        return {_clean(k) if isinstance(k, str) else k: _clean(v) for k, v in value.items()}
+    return value
+
+
+def refused_for_content(exc: BaseException) -> bool:
+    """Whether the database refused a write because of what was written (a value it cannot store),
+    as opposed to being unavailable (a lost or refused connection, a lock, a full disk), which passes."""
+    if not isinstance(exc, StatementError):
+        return False
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return False
+    return not (isinstance(exc, DBAPIError) and exc.connection_invalidated)
 
 
 class UsageWriter:
@@ -138,19 +174,32 @@ class UsageWriter:
         await writer.close()      # writes everything still queued
 
     ``written`` counts the records stored so far and ``failed_writes`` the
-    batch writes that had to be retried; `pending` is the queue length.
+    batch writes that had to be retried; `pending` is the queue length;
+    ``quarantined`` counts the records the database refused for their content
+    (the last ones are in ``quarantine``) and ``dropped`` those that arrived
+    while ``max_pending`` records already waited.
     """
 
-    def __init__(self, db: Database, *, flush_interval: float = 0.5, batch_size: int = 500) -> None:
+    #: how many quarantined records are kept for inspection
+    QUARANTINE_KEPT = 100
+
+    def __init__(self, db: Database, *, flush_interval: float = 0.5, batch_size: int = 500,
+                 max_pending: int = 200_000) -> None:
         if flush_interval <= 0:
             raise ValueError("flush_interval must be positive")
         if batch_size < 1:
             raise ValueError("batch_size must be at least 1")
+        if max_pending < batch_size:
+            raise ValueError("max_pending must be at least batch_size")
         self.db = db
         self.flush_interval = flush_interval
         self.batch_size = batch_size
+        self.max_pending = max_pending
         self.written = 0
         self.failed_writes = 0
+        self.quarantined = 0
+        self.dropped = 0
+        self.quarantine: deque[tuple[dict[str, Any], str]] = deque(maxlen=self.QUARANTINE_KEPT)
         self._pending: deque[dict[str, Any]] = deque()
         self._lock = asyncio.Lock()
         self._wake: asyncio.Event | None = None
@@ -158,6 +207,7 @@ class UsageWriter:
         self._task: asyncio.Task[None] | None = None
         self._stopping = False
         self._closed = False
+        self._last_outage: BaseException | None = None
 
     @property
     def pending(self) -> int:
@@ -175,6 +225,12 @@ class UsageWriter:
         row = normalize_record(record)
         if self._closed:
             log.warning("usage record %s submitted after the writer closed; it will not be written", row["request_id"])
+        if len(self._pending) >= self.max_pending:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("usage queue full (%d records wait for the database): %d records dropped so far",
+                          len(self._pending), self.dropped)
+            return
         self._pending.append(row)
         if len(self._pending) >= self.batch_size:
             self._poke()
@@ -259,10 +315,18 @@ class UsageWriter:
                 try:
                     await asyncio.to_thread(self._write_batch, batch)
                 except Exception as exc:
+                    if refused_for_content(exc):
+                        stored, rest = await asyncio.to_thread(self._write_rows, batch)
+                        written += stored
+                        self.written += stored
+                        if not rest:
+                            continue
+                        batch, count = rest, len(rest)
+                        exc = self._last_outage or exc
                     self._pending.extendleft(reversed(batch))
                     self.failed_writes += 1
                     if raise_errors:
-                        raise
+                        raise exc
                     log.warning(
                         "could not write %d usage records (%s: %s); %d queued, retrying in %.1fs",
                         count, type(exc).__name__, exc, len(self._pending), self.flush_interval,
@@ -276,6 +340,28 @@ class UsageWriter:
         """One bulk INSERT of ``rows`` in one transaction (runs in a worker thread)."""
         with self.db.engine.begin() as connection:
             connection.execute(insert(_TABLE), rows)
+
+    def _write_rows(self, rows: list[dict[str, Any]]) -> tuple[int, list[dict[str, Any]]]:
+        """Write a batch the database refused row by row (in a worker thread), quarantining the rows it
+        refuses for their content. Returns how many were stored and the rows left when the database
+        became unavailable meanwhile (to go back to the queue)."""
+        stored = 0
+        self._last_outage = None
+        for i, row in enumerate(rows):
+            try:
+                self._write_batch([row])
+            except Exception as exc:
+                if not refused_for_content(exc):
+                    self._last_outage = exc
+                    return stored, rows[i:]
+                reason = f"{type(exc).__name__}: {getattr(exc, 'orig', None) or exc}".splitlines()[0][:500]
+                self.quarantined += 1
+                self.quarantine.append((row, reason))
+                log.error("usage record %s (endpoint %r) quarantined: the database refused it (%s)",
+                          row.get("request_id"), row.get("endpoint"), reason)
+                continue
+            stored += 1
+        return stored, []
 
 
 # -- reading ----------------------------------------------------------------

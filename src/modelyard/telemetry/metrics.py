@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
 LATENCY_BUCKETS = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120)
 
@@ -66,6 +67,11 @@ class GatewayMetrics:
     def feedback(self, endpoint: str, deployment: str, rating: int) -> None:
         self.ratings.labels(endpoint, deployment, "up" if rating > 0 else "down").inc()
 
+    def watch_usage_writer(self, writer: Any) -> None:
+        """Export the usage writer's queue and losses, read at each scrape: records waiting, written,
+        quarantined (refused by the database for their content) and dropped (queue full)."""
+        self.registry.register(_UsageWriterCollector(writer))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -91,3 +97,18 @@ class CacheMetrics:
                              registry=registry)
         self.memory = Gauge("modelyard_cache_memory_bytes", "Memory the endpoint's cache index holds in this gateway", ep,
                             registry=registry)
+
+
+class _UsageWriterCollector:
+    def __init__(self, writer: Any) -> None:
+        self.writer = writer
+
+    def collect(self) -> Any:
+        w = self.writer
+        yield GaugeMetricFamily("modelyard_usage_pending", "Usage records waiting to be written", value=w.pending)
+        yield CounterMetricFamily("modelyard_usage_written", "Usage records written", value=w.written)
+        yield CounterMetricFamily("modelyard_usage_quarantined",
+                                  "Usage records the database refused for their content (logged, not retried)",
+                                  value=w.quarantined)
+        yield CounterMetricFamily("modelyard_usage_dropped", "Usage records dropped because the queue was full",
+                                  value=w.dropped)
