@@ -17,7 +17,7 @@ from typer.testing import CliRunner
 
 from modelyard.catalog.card import ModelCard
 from modelyard.errors import ModelyardError
-from modelyard.routing.report import parse_window, router_report
+from modelyard.telemetry.router_report import parse_window, router_report
 from modelyard.serving.spec import EndpointSpec
 from modelyard.store import UsageWriter
 

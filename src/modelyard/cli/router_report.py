@@ -1,7 +1,7 @@
 """``modelyard router report ENDPOINT``: spend, tier mix, escalations and savings, as tables and a plot.
 
 Thin: one call to ``GET /api/endpoints/{name}/router/report`` (definitions in
-`modelyard.routing.report`), then rich tables; ``--plot FILE.png`` draws
+`modelyard.telemetry.router_report`), then rich tables; ``--plot FILE.png`` draws
 spend per hour or day against the "everything to the top tier"
 counterfactual, and the tier mix over time (matplotlib, imported only then).
 """

@@ -9,7 +9,7 @@
     GET /api/endpoints/{name}/router/budget
         the endpoint's spending limits and what it (and each key) spent this day and month
 
-The report's definitions are in `modelyard.routing.report`. Both routes need
+The report's definitions are in `modelyard.telemetry.router_report`. Both routes need
 the admin key and work for split endpoints too (their "top tier" is the
 priciest deployment).
 """
@@ -24,7 +24,7 @@ from starlette.responses import Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..routing.calibrate import calibrate as calibrate_threshold
-from ..routing.report import parse_window, router_report
+from ..telemetry.router_report import parse_window, router_report
 from .http import json_response
 from .admin import read_model, require_admin
 
