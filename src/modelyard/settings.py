@@ -40,6 +40,9 @@ class Settings(BaseSettings):
     port: int = DEFAULT_PORT
     max_body_bytes: int = Field(default=8 * 1024 * 1024, gt=0)
     usage_flush_s: float = Field(default=0.5, gt=0)
+    #: how often each gateway re-reads the keys from the database, so a key revoked through another
+    #: gateway on the same database (or the CLI) stops working here within this time
+    keys_reload_s: float = Field(default=5.0, gt=0)
     #: torch threads for embeddings inside the gateway. It shares the cores with its instances: with two
     #: threads on a busy 2-core machine one short sentence took 100-500 ms instead of ~10-25 ms (the threads
     #: spin waiting for each other); on an idle machine two embed a 400-character prompt in ~14 ms, not ~23.

@@ -18,7 +18,7 @@ from rich.table import Table
 from ..settings import Settings, server_url
 
 console = Console()
-keys_app = typer.Typer(help="API keys: list and create.", no_args_is_help=True)
+keys_app = typer.Typer(help="API keys: list, create and revoke.", no_args_is_help=True)
 
 
 def admin_key() -> str:
@@ -158,3 +158,10 @@ def keys_create(
     body = call_api("POST", "/api/keys", json={"name": name, "endpoint": endpoint})
     console.print(f"key [bold]{body['name']}[/] (id {body['id']}); it is shown only now:")
     print(body["key"])
+
+
+@keys_app.command("revoke")
+def keys_revoke(key_id: int = typer.Argument(..., help="the key's id (see `modelyard keys show`)")) -> None:
+    """Revoke an API key: it stops working at once (on other gateways sharing the database within seconds)."""
+    body = call_api("DELETE", f"/api/keys/{key_id}")
+    console.print(f"key [bold]{body['name']}[/] (id {body['id']}) revoked")

@@ -7,6 +7,11 @@ the first one at ``GET /v1/responses/{id}`` (status ``improving``, then
 ``improved``). Every rated answer is a training row for the learned router
 (``modelyard router train ENDPOINT --from-feedback``).
 
+Escalation spends like any other call and so obeys the endpoint's and the
+key's budgets: once a budget is spent, a paid next tier is not asked; the
+rating is kept and the answer says why nothing was escalated
+(``escalation_refused``, the same message as the 429 a request would get).
+
 A key may rate only answers of endpoints it may call; any other id is
 answered 404, as if it did not exist, so ids of other endpoints cannot be
 probed.
@@ -24,7 +29,7 @@ from ..errors import ModelyardError
 from ..routing.responses import ResponseLog
 from ..serving.endpoints import Endpoints
 from ..store.responses import ResponseStore
-from ..telemetry import metering
+from ..telemetry import budget, metering
 from ..telemetry.metering import Deployment, MeteringError, step_record
 from ..telemetry.metrics import GatewayMetrics
 from ..wire import KINDS, answer_text
@@ -50,12 +55,13 @@ class FeedbackService:
     """Takes ratings of routed answers and escalates a down-rated one to the next tier (see the module docstring)."""
 
     def __init__(self, log_: ResponseLog, store: ResponseStore, endpoints: Endpoints, router: Router,
-                 metrics: GatewayMetrics | None = None) -> None:
+                 metrics: GatewayMetrics | None = None, budgets: budget.BudgetTracker | None = None) -> None:
         self.responses = log_
         self.store = store
         self.endpoints = endpoints
         self.router = router
         self.metrics = metrics
+        self.budgets = budgets
 
     async def response(self, response_id: str, key: Any) -> dict[str, Any]:
         row = await self.responses.get(response_id)
@@ -73,12 +79,32 @@ class FeedbackService:
         if self.metrics is not None:
             self.metrics.feedback(row["endpoint"], rated_tier, fb.rating)
         escalate_to = self._next_tier(row) if fb.rating < 0 and row["status"] not in ("improving",) else None
+        refused = self._budget_refusal(row, escalate_to) if escalate_to is not None else None
+        if refused is not None:
+            escalate_to = None
         if escalate_to is not None:
             await self.responses.change(row["id"], status="improving")
             self.router.background(self._improve(row, escalate_to, key))
-        return {"id": f"fb-{saved['id']}", "object": "modelyard.feedback", "response_id": row["id"],
-                "rating": fb.rating, "tier": rated_tier, "escalated_to": escalate_to.name if escalate_to else None,
-                "status": "improving" if escalate_to else row["status"]}
+        answer = {"id": f"fb-{saved['id']}", "object": "modelyard.feedback", "response_id": row["id"],
+                  "rating": fb.rating, "tier": rated_tier, "escalated_to": escalate_to.name if escalate_to else None,
+                  "status": "improving" if escalate_to else row["status"]}
+        if refused is not None:
+            answer["escalation_refused"] = {"code": refused.code, "message": refused.message}
+        return answer
+
+    def _budget_refusal(self, row: dict[str, Any], tier: Deployment) -> ModelyardError | None:
+        """Why the budget does not allow asking ``tier`` for this answer now, or None when it does."""
+        tracker = self.budgets
+        if tracker is None or not budget.is_paid(tier):
+            return None
+        try:
+            spec = self.endpoints.get(row["endpoint"]).spec.budget
+        except ModelyardError:
+            return None
+        state = tracker.state(row["endpoint"], row["key_id"], spec) if spec is not None else None
+        if state is None or not state.exhausted:
+            return None
+        return budget.exhausted_error(state, tier)
 
     def _next_tier(self, row: dict[str, Any]) -> Any:
         try:
@@ -98,6 +124,11 @@ class FeedbackService:
         kind = row["kind"]
         request = KINDS[kind].model_validate({**row["request"], "stream": False, "stream_options": None})
         route = f"feedback:{tier.name}"
+        refused = self._budget_refusal(row, tier)  # spent meanwhile, by other requests
+        if refused is not None:
+            log.info("feedback escalation of %s to %s refused: %s", row["id"], tier.name, refused.message)
+            await self.responses.change(row["id"], status="improve_failed")
+            return
         try:
             body, metered = await metering.complete(tier, kind, request)
         except MeteringError as err:

@@ -17,7 +17,7 @@ from starlette.responses import Response
 from ..errors import ModelyardError
 from ..store.usage import recent_usage, usage_summary
 from .admin import read_model, require_admin
-from .http import json_response
+from .http import api_key, json_response
 
 router = APIRouter(prefix="/api")
 
@@ -50,6 +50,23 @@ async def create_key(request: Request, gateway=Depends(require_admin)) -> Respon
         gateway.endpoints.get(body.endpoint)
     plain, info = gateway.keys.create(body.name, body.endpoint)
     return json_response({"id": info.id, "name": info.name, "endpoint": info.endpoint, "key": plain}, 201)
+
+
+@router.delete("/keys/{key_id}")
+async def revoke_key(key_id: str, request: Request, gateway=Depends(require_admin)) -> Response:
+    """Revoke a key: it stops working here at once and on other gateways sharing the database within
+    ``MODELYARD_KEYS_RELOAD_S``; batch jobs it created stop before their next request."""
+    number = int(key_id) if key_id.isdigit() and len(key_id) < 10 else None
+    info = await asyncio.to_thread(gateway.keys.get, number) if number is not None else None
+    if info is None:
+        raise ModelyardError(f"No API key with id '{key_id}'.", status=404, param="key_id", code="key_not_found")
+    caller = gateway.keys.verify(api_key(request) or "")
+    if caller is not None and caller.id == info.id:
+        raise ModelyardError("A key cannot revoke itself: revoke it with another admin key (to rotate the admin "
+                             "key, delete MODELYARD_HOME/admin.key and restart).", status=409, param="key_id",
+                             code="cannot_revoke_own_key")
+    await asyncio.to_thread(gateway.keys.revoke, info.id)
+    return json_response({"id": info.id, "name": info.name, "object": "modelyard.key", "revoked": True})
 
 
 @router.get("/usage")

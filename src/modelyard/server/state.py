@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from dataclasses import dataclass
 
@@ -52,6 +53,7 @@ class Gateway:
     feedback: FeedbackService | None = None
     budget: budgets.BudgetTracker | None = None
     batches: BatchRunner | None = None
+    _key_sync: asyncio.Task[None] | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -77,7 +79,7 @@ class Gateway:
         cache = ResponseCache(metrics.cache, root=settings.home / "cache", embedder=AsyncEmbedder(models.embedder()))
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics,
                                   router=router, budget=budget, cache=cache)
-        feedback = FeedbackService(router.responses, responses, endpoints, router, metrics)
+        feedback = FeedbackService(router.responses, responses, endpoints, router, metrics, budget)
         rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)
         return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created,
                    rollouts=rollouts, router=router, feedback=feedback, budget=budget)
@@ -91,6 +93,7 @@ class Gateway:
 
     async def start(self, *, wait: bool = False) -> None:
         await self.writer.start()
+        self._key_sync = asyncio.create_task(self._sync_keys(), name="modelyard-key-sync")
         if self.router is not None:
             await self.router.responses.start()
         await self.endpoints.load(wait=wait)
@@ -104,7 +107,18 @@ class Gateway:
                                         budget=getattr(self, "budget", None))
         await self.batches.start()  # batch jobs the last run left unfinished go on
 
+    async def _sync_keys(self) -> None:
+        """Re-read the keys now and then: a key revoked through another gateway (or the CLI) stops here too."""
+        while True:
+            await asyncio.sleep(self.settings.keys_reload_s)
+            try:
+                await asyncio.to_thread(self.keys.reload)
+            except Exception as exc:  # the database is briefly unavailable: keep the keys we have
+                log.warning("could not reload the api keys (%s: %s); trying again", type(exc).__name__, exc)
+
     async def close(self) -> None:
+        if self._key_sync is not None:
+            self._key_sync.cancel()
         if self.batches is not None:
             await self.batches.close()  # finished lines are committed; the rest run after a restart
         if self.rollouts is not None:

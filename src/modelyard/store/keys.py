@@ -11,7 +11,9 @@ loaded when it is constructed and kept current by `create()` and `revoke()`.
 Verifying costs one sha256, one dict lookup and one constant-time comparison
 (`hmac.compare_digest`) of the stored digest. Keys created or revoked by
 another process (a second server, the CLI writing to the database directly)
-are seen after `reload()`.
+are seen after `reload()`, which a running gateway calls every few seconds
+(``MODELYARD_KEYS_RELOAD_S``). `is_active()` answers whether a key id is still
+active (a batch job checks its owner's key before each request).
 
 The admin key lives in a file (``MODELYARD_HOME/admin.key``, mode 0600) that
 `ensure_admin_key()` creates on first start; the file is the authority, so a
@@ -102,13 +104,14 @@ class KeyStore:
         self.db = db
         #: sha256 hex -> (the digest as stored in the database, its KeyInfo), active keys only
         self._active: dict[str, tuple[str, KeyInfo]] = {}
+        self._active_ids: frozenset[int] = frozenset()
         self.reload()
 
     def reload(self) -> None:
         """Re-read the active keys from the database (after another process changed them)."""
         with self.db.session() as session:
             rows = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))).all()
-        self._active = {row.key_hash: (row.key_hash, KeyInfo.from_row(row)) for row in rows}
+        self._set_active({row.key_hash: (row.key_hash, KeyInfo.from_row(row)) for row in rows})
         log.debug("loaded %d active api keys", len(self._active))
 
     # -- the hot path -------------------------------------------------------
@@ -124,6 +127,10 @@ class KeyStore:
         stored, info = entry
         # The dict lookup found the bucket; the final equality check is done in constant time.
         return info if hmac.compare_digest(stored, digest) else None
+
+    def is_active(self, key_id: int) -> bool:
+        """Whether the key with this id exists and is not revoked (as of the last reload)."""
+        return key_id in self._active_ids
 
     # -- management ---------------------------------------------------------
 
@@ -157,7 +164,7 @@ class KeyStore:
             key_hash = row.key_hash
         active = dict(self._active)
         active.pop(key_hash, None)
-        self._active = active
+        self._set_active(active)
         log.info("api key %d revoked", key_id)
         return True
 
@@ -245,4 +252,8 @@ class KeyStore:
     def _remember(self, digest: str, info: KeyInfo) -> None:
         active = dict(self._active)
         active[digest] = (digest, info)
+        self._set_active(active)
+
+    def _set_active(self, active: dict[str, tuple[str, KeyInfo]]) -> None:
         self._active = active
+        self._active_ids = frozenset(info.id for _, info in active.values())
