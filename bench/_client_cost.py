@@ -23,6 +23,7 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
+from _common import free_port  # noqa: E402
 from _http import Connection, build_request  # noqa: E402
 
 BODY = b'{"model":"bench","messages":[{"role":"user","content":"Say hello in twenty tokens."}],"max_tokens":20%s}'
@@ -105,7 +106,7 @@ def main() -> int:
     import uvloop
 
     home = Path(tempfile.mkdtemp(prefix="modelyard-clientcost-"))
-    port = _procs.free_port()
+    port = free_port()
     stub = _procs.Child("stub", [sys.executable, str(HERE.parent / "tests" / "openai_stub.py"), "--port", str(port)],
                         log=home / "stub.log")
     try:

@@ -8,6 +8,8 @@ CPU time is read from ``/proc`` (Linux), two ways:
 - `cpu_ticks_s(pid)`: ``utime + stime`` from ``/proc/PID/stat`` (clock ticks,
   usually 10 ms), which also counts threads that have exited — used as a
   cross-check over whole scenarios.
+
+Ports and process trees (`free_port`, `children_of`) are in ``_common``.
 """
 
 from __future__ import annotations
@@ -15,7 +17,6 @@ from __future__ import annotations
 import atexit
 import os
 import signal
-import socket
 import subprocess
 import time
 import urllib.request
@@ -23,12 +24,6 @@ from pathlib import Path
 
 _TICK = os.sysconf("SC_CLK_TCK")
 _children: list["Child"] = []
-
-
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def cpu_ns(pid: int) -> int:
@@ -102,22 +97,6 @@ def io_syscalls(pid: int) -> tuple[int, int]:
             elif line.startswith(b"syscw:"):
                 w = int(line.split()[1])
     return r, w
-
-
-def children_of(pid: int) -> list[int]:
-    """Direct child processes of `pid`."""
-    out = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                fields = f.read().rsplit(b")", 1)[1].split()
-        except (FileNotFoundError, ProcessLookupError, PermissionError):
-            continue
-        if int(fields[1]) == pid:
-            out.append(int(entry))
-    return out
 
 
 class Child:

@@ -55,6 +55,7 @@ import urllib.request
 from collections import Counter
 from pathlib import Path
 
+from _common import percentile
 from _procs import cpu_ns, thread_split
 
 HERE = Path(__file__).resolve().parent
@@ -457,7 +458,7 @@ async def _profile_all(args, servers, bench, profiler, out_dir: Path) -> list[di
             await asyncio.sleep(bench.USAGE_FLUSH_WAIT_S)
             await profiler.start(sc.key, servers)
             c0, split0 = cpu_ns(servers.gateway.pid), thread_split(servers.gateway.pid)
-            samples = bench.Samples()
+            samples = bench.TargetSamples()
             t0 = time.perf_counter()
             await bench.run_block(gw, sc, args.requests, samples)
             wall = time.perf_counter() - t0
@@ -469,7 +470,7 @@ async def _profile_all(args, servers, bench, profiler, out_dir: Path) -> list[di
             r = {"scenario": sc.name, "key": sc.key, "requests": n, "errors": samples.errors,
                  "cpu_ms_per_request_profiled": cpu / n / 1e6, "wall_s": wall,
                  "event_loop_thread_ms_per_request": threads[0] / n / 1e6, "worker_threads_ms_per_request": threads[1] / n / 1e6,
-                 "latency_p50_ms": bench.pct(samples.latency_ms, 50), "profile": info}
+                 "latency_p50_ms": percentile(samples.latency_ms, 50), "profile": info}
             results.append(r)
             print(f"  {sc.name:<20} profiled: {n} requests, {r['cpu_ms_per_request_profiled']:.3f} ms gateway CPU/request "
                   f"(under {profiler.name})", flush=True)

@@ -124,13 +124,14 @@ def main() -> int:
     import uvloop
 
     import _procs
+    from _common import free_port
 
     home = Path(tempfile.mkdtemp(prefix="modelyard-servercost-"))
     try:
         servers = {}
         for name, argv in (("raw ASGI (stub)", [str(ROOT / "tests" / "openai_stub.py")]),
                            ("FastAPI", [str(Path(__file__).resolve()), "--serve", "fastapi"])):
-            port = _procs.free_port()
+            port = free_port()
             child = _procs.Child(name, [sys.executable, *argv, "--port", str(port)], log=home / f"{len(servers)}.log")
             child.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=60)
             servers[name] = (port, child)

@@ -15,8 +15,6 @@ import atexit
 import json
 import os
 import signal
-import socket
-import statistics
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,8 @@ import urllib.request
 from pathlib import Path
 from typing import Any
 
+from _common import descendants_of, free_port
+
 ROOT = Path(__file__).resolve().parent.parent
 RESULTS = Path(__file__).resolve().parent / "results"
 VENV_BIN = Path(sys.executable).parent
@@ -33,43 +33,12 @@ VENV_BIN = Path(sys.executable).parent
 _live: list["Gateway"] = []
 
 
-def free_port() -> int:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def loadavg() -> tuple[float, float, float]:
     one, five, fifteen = open("/proc/loadavg").read().split()[:3]
     return float(one), float(five), float(fifteen)
 
 
-def median(xs: list[float]) -> float | None:
-    xs = [x for x in xs if x is not None]
-    return statistics.median(xs) if xs else None
-
-
 # --- /proc ------------------------------------------------------------------------
-
-
-def children_of(pid: int) -> list[int]:
-    """Every live descendant of `pid` (any depth), from /proc/*/stat."""
-    parents: dict[int, list[int]] = {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat", "rb") as f:
-                ppid = int(f.read().rsplit(b")", 1)[1].split()[1])
-        except (OSError, IndexError, ValueError):
-            continue
-        parents.setdefault(ppid, []).append(int(entry))
-    out, todo = [], [pid]
-    while todo:
-        for child in parents.get(todo.pop(), []):
-            out.append(child)
-            todo.append(child)
-    return out
 
 
 def memory(pid: int) -> dict[str, float]:
@@ -123,7 +92,7 @@ class CpuMeter:
     def _snap(self) -> tuple[float, float, float]:
         me = os.getpid()
         ours = _proc_cpu_s(me, True)
-        for pid in children_of(me):
+        for pid in descendants_of(me):
             try:
                 ours += _proc_cpu_s(pid, True)
             except (OSError, IndexError):
@@ -232,7 +201,7 @@ class Gateway:
     def note_children(self) -> list[int]:
         if not self.alive():
             return []
-        kids = children_of(self.proc.pid)  # type: ignore[union-attr]
+        kids = descendants_of(self.proc.pid)  # type: ignore[union-attr]
         self.seen.update(kids)
         return kids
 

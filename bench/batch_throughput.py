@@ -57,6 +57,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _common import percentile  # noqa: E402
+
 THROUGHPUT_TARGET = 0.9
 LATENCY_TARGET = 1.5
 THINGS = ["animals", "birds", "fish", "trees", "flowers", "fruits", "vegetables", "colours", "countries", "cities",
@@ -191,11 +193,6 @@ async def live_load(gw: Any, seconds: float, max_tokens: int, start_job: Any = N
     return sorted(results, key=lambda r: r["i"])
 
 
-def p95(xs: list[float]) -> float:
-    xs = sorted(xs)
-    return xs[max(0, int(round(0.95 * len(xs))) - 1)]
-
-
 def run_latency(gw: Any, prompts: list[str], args: Any, work: Path) -> dict[str, Any]:
     import _up
 
@@ -228,12 +225,12 @@ def run_latency(gw: Any, prompts: list[str], args: Any, work: Path) -> dict[str,
         raise RuntimeError(f"live requests failed: {bad[:3]}")
     with_job = [r["latency_s"] for r in busy if r["sent"] >= job["in_progress"]]
     without = [r["latency_s"] for r in quiet]
-    return {"without_job": {"n": len(without), "p50_s": statistics.median(without), "p95_s": p95(without),
+    return {"without_job": {"n": len(without), "p50_s": percentile(without, 50), "p95_s": percentile(without, 95),
                             "foreign_cores": quiet_cpu["foreign_cores"]},
-            "with_job": {"n": len(with_job), "p50_s": statistics.median(with_job), "p95_s": p95(with_job),
+            "with_job": {"n": len(with_job), "p50_s": percentile(with_job, 50), "p95_s": percentile(with_job, 95),
                          "foreign_cores": busy_cpu["foreign_cores"], "job_lines_done": ran,
                          "job_final_status": final.status},
-            "ratio_p95": p95(with_job) / p95(without),
+            "ratio_p95": percentile(with_job, 95) / percentile(without, 95),
             "latencies_without": without, "latencies_with": with_job}
 
 

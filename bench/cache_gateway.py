@@ -24,15 +24,14 @@ Results: stdout and ``bench/results/cache_gateway.json``.
 from __future__ import annotations
 
 import argparse
-import statistics
 import sys
 import time
 from pathlib import Path
 
 import httpx
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import median, percentiles_ms  # noqa: E402
 from _up import Gateway, environment, install_signal_handlers, loadavg, table, write_json  # noqa: E402
 
 QUESTIONS = [
@@ -45,10 +44,6 @@ QUESTIONS = [
     ("What does a thermometer measure?", "What is measured by a thermometer?"),
     ("What is the chemical symbol for gold?", "Which chemical symbol stands for gold?"),
 ]
-
-
-def pct(xs: list[float], q: float) -> float | None:
-    return float(np.percentile(np.asarray(xs) * 1000, q)) if xs else None
 
 
 def chat(client: httpx.Client, question: str, max_tokens: int) -> tuple[float, str, dict]:
@@ -124,12 +119,12 @@ def main() -> None:
 
     result = {
         "questions": len(QUESTIONS), "rounds": args.rounds, "max_tokens": args.max_tokens,
-        "miss_generation_ms": {"p50": pct(misses, 50), "p99": pct(misses, 99), "n": len(misses)},
-        "exact_hit_ms": {"p50": pct(exact, 50), "p99": pct(exact, 99), "n": len(exact)},
-        "semantic_hit_ms": {"p50": pct(semantic, 50), "p99": pct(semantic, 99), "n": len(semantic)},
-        "semantic_hit_share": semantic_share, "semantic_similarity_median": statistics.median(similarity) if similarity else None,
-        "embedding_via_endpoint_ms": {"p50": pct(http_embed, 50), "p99": pct(http_embed, 99)},
-        "embedding_in_process_ms": {"p50": pct(in_process, 50), "p99": pct(in_process, 99)},
+        "miss_generation_ms": {**percentiles_ms(misses), "n": len(misses)},
+        "exact_hit_ms": {**percentiles_ms(exact), "n": len(exact)},
+        "semantic_hit_ms": {**percentiles_ms(semantic), "n": len(semantic)},
+        "semantic_hit_share": semantic_share, "semantic_similarity_median": median(similarity),
+        "embedding_via_endpoint_ms": percentiles_ms(http_embed),
+        "embedding_in_process_ms": percentiles_ms(in_process),
         "cache_stats": stats, "environment": {**env, "loadavg_end": loadavg()},
     }
     gen = result["miss_generation_ms"]["p50"]

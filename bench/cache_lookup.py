@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import percentiles_ms  # noqa: E402
 from _up import environment, loadavg, table, write_json  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -49,10 +50,6 @@ FALLBACK = [("What is the capital of France?", "Which city is the capital of Fra
             ("How do I reverse a list in Python?", "What is the way to reverse a Python list?"),
             ("Who wrote Pride and Prejudice?", "Who is the author of Pride and Prejudice?"),
             ("How many legs does a spider have?", "What is the number of legs on a spider?")]
-
-
-def pct(samples: list[float], q: float) -> float:
-    return float(np.percentile(np.asarray(samples) * 1000, q))
 
 
 def rss_mb() -> float:
@@ -185,12 +182,12 @@ async def measure(args: argparse.Namespace) -> dict:
         "entries": args.entries, "queries": len(queries), "repeats": args.repeats, "threshold": args.threshold,
         "pairs_file": str(PAIRS) if PAIRS.exists() else None,
         "model_load_s": load_model_s, "open_s": open_s, "rss_growth_mb": rss1 - rss0, "index_memory_mb": memory / 1e6,
-        "semantic_lookup_ms": {"p50": pct(lookup, 50), "p99": pct(lookup, 99)},
-        "brute_force_scan_ms": {"p50": pct(brute, 50), "p99": pct(brute, 99)},
-        "exact_lookup_ms": {"p50": pct(exact, 50), "p99": pct(exact, 99)},
-        "sqlite_pk_read_ms": {"p50": pct(pk, 50), "p99": pct(pk, 99)},
-        "embedding_ms": {"p50": pct(embed_times, 50), "p99": pct(embed_times, 99)},
-        "put_ms": {"p50": pct(puts, 50), "p99": pct(puts, 99)},
+        "semantic_lookup_ms": percentiles_ms(lookup),
+        "brute_force_scan_ms": percentiles_ms(brute),
+        "exact_lookup_ms": percentiles_ms(exact),
+        "sqlite_pk_read_ms": percentiles_ms(pk),
+        "embedding_ms": percentiles_ms(embed_times),
+        "put_ms": percentiles_ms(puts),
         "top1_agreement_with_exact_scan": agree / len(queries),
         "hits_at_threshold": hits, "hits_on_own_origin": correct,
     }

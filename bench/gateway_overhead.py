@@ -48,6 +48,7 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
+from _common import Samples, children_of, free_port, percentile  # noqa: E402
 from _http import CONTENT_MARK, Connection, ConnectionLost, build_request  # noqa: E402
 from _procs import Child, cpu_ns, cpu_ticks_s, ctx_switches, io_syscalls, thread_split  # noqa: E402
 
@@ -65,6 +66,7 @@ REFERENCE_CPU_MS = {
 #: What the stub answers: 20 tokens "tok ", 10 prompt + 20 completion tokens.
 EXPECTED_TEXT = b'"content":"' + b"tok " * 20 + b'"'
 STREAM_CHUNKS = 20
+#: The last event of a stream (= modelyard.wire.SSE_DONE): checked as bytes, so the load generator imports no modelyard.
 SSE_DONE = b"data: [DONE]\n\n"
 #: 10 prompt tokens at $1/1M + 20 completion tokens at $2/1M.
 EXPECTED_COST = b"%.8f" % ((10 * 1.0 + 20 * 2.0) / 1e6)
@@ -103,7 +105,7 @@ class Servers:
 
 
 def start_servers(home: Path, *, gateway_argv_prefix: list[str] | None = None) -> Servers:
-    stub_port = _procs.free_port()
+    stub_port = free_port()
     stub = Child("stub", [sys.executable, str(ROOT / "tests" / "openai_stub.py"), "--port", str(stub_port)],
                  log=home / "stub.log", cwd=str(ROOT))
     stub.wait_http(f"http://127.0.0.1:{stub_port}/healthz", timeout=30)
@@ -112,7 +114,7 @@ def start_servers(home: Path, *, gateway_argv_prefix: list[str] | None = None) -
     (home / "catalog" / "bench.yaml").write_text(CARD.format(port=stub_port))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_") and k != "DATABASE_URL"}
     env.update(MODELYARD_HOME=str(home), BENCH_STUB_KEY="sk-bench-stub", PYTHONUNBUFFERED="1")
-    gateway_port = _procs.free_port()
+    gateway_port = free_port()
     argv = (gateway_argv_prefix or [sys.executable, "-m", "modelyard.cli"]) + ["up", "--no-defaults", "--port", str(gateway_port)]
     gateway = Child("gateway", argv, env=env, log=home / "gateway.log", cwd=str(ROOT))
     gateway.wait_http(f"http://127.0.0.1:{gateway_port}/healthz", timeout=90)
@@ -145,7 +147,7 @@ def _api(base: str, key: str, method: str, path: str, body: dict | None = None, 
 
 def gateway_processes(servers: Servers) -> list[int]:
     """The gateway's child processes: a hosted deployment has no instances, so this should be empty."""
-    return _procs.children_of(servers.gateway.pid)
+    return children_of(servers.gateway.pid)
 
 
 # ---------------------------------------------------------------------------------------------
@@ -170,28 +172,17 @@ SCENARIOS = [Scenario(1, False), Scenario(1, True), Scenario(32, False), Scenari
 
 
 @dataclass
-class Samples:
-    """What one target did in one scenario."""
+class TargetSamples(Samples):
+    """What one target did in one scenario: `Samples`, and what the processes spent meanwhile."""
 
-    latency_ms: list[float] = field(default_factory=list)
     ttft_ms: list[float] = field(default_factory=list)
-    overhead_header_ms: list[float] = field(default_factory=list)  # the gateway's own x-modelyard-overhead-ms
-    ok: int = 0
-    errors: int = 0
-    error_examples: list[str] = field(default_factory=list)
     reconnects: int = 0
-    wall_s: float = 0.0
     client_cpu_s: float = 0.0
     gateway_cpu_ns: int = 0  # gateway CPU while this target's blocks ran
     stub_cpu_ns: int = 0  # stub CPU while this target's blocks ran
     gateway_rw: list[int] = field(default_factory=lambda: [0, 0])  # gateway read, write syscalls in these blocks
     stub_rw: list[int] = field(default_factory=lambda: [0, 0])  # stub read, write syscalls in these blocks
     gateway_ctx: list[int] = field(default_factory=lambda: [0, 0])  # gateway voluntary, involuntary context switches
-
-    def error(self, message: str) -> None:
-        self.errors += 1
-        if len(self.error_examples) < 5:
-            self.error_examples.append(message)
 
 
 class Target:
@@ -241,7 +232,7 @@ def check(target: Target, streaming: bool, resp) -> str | None:
     return None
 
 
-async def run_block(target: Target, sc: Scenario, n: int, samples: Samples | None) -> None:
+async def run_block(target: Target, sc: Scenario, n: int, samples: TargetSamples | None) -> None:
     """`n` requests at `target` with `sc.concurrency` in flight; results into `samples` (None: warm-up)."""
     raw = target.raw[sc.streaming]
     left = n
@@ -304,7 +295,7 @@ async def run_scenario(sc: Scenario, stub: Target, gw: Target, servers: Servers,
         await run_block(t, sc, args.warmup, None)
     await asyncio.sleep(USAGE_FLUSH_WAIT_S)  # the warm-up's usage rows are written before measuring starts
 
-    res = {stub.name: Samples(), gw.name: Samples()}
+    res = {stub.name: TargetSamples(), gw.name: TargetSamples()}
     block = args.block or max(100, 8 * sc.concurrency)
     blocks = split(args.requests, block)
     g_ns0, g_tick0, s_ns0, split0 = cpu_ns(gpid), cpu_ticks_s(gpid), cpu_ns(spid), thread_split(gpid)
@@ -344,15 +335,9 @@ async def run_scenario(sc: Scenario, stub: Target, gw: Target, servers: Servers,
 # statistics and report
 
 
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
-
-
 def dist(values: list[float]) -> dict:
-    return {"n": len(values), "p50": pct(values, 50), "p90": pct(values, 90), "p99": pct(values, 99),
+    """n, p50/p90/p99 (`percentile`: linear interpolation), mean and max of `values`."""
+    return {"n": len(values), **{f"p{p}": percentile(values, p) for p in (50, 90, 99)},
             "mean": sum(values) / len(values) if values else None, "max": max(values) if values else None}
 
 
@@ -360,7 +345,7 @@ def _sub(a, b):
     return None if a is None or b is None else a - b
 
 
-def summarize(sc: Scenario, stub: Samples, gw: Samples, *, wall: float, g_total_ns: int, g_total_tick_s: float,
+def summarize(sc: Scenario, stub: TargetSamples, gw: TargetSamples, *, wall: float, g_total_ns: int, g_total_tick_s: float,
               s_total_ns: int, idle_ns_per_s: float, blocks: list[int]) -> dict:
     n_gw = max(gw.ok + gw.errors, 1)
     n_stub = max(stub.ok + stub.errors, 1)
@@ -390,8 +375,8 @@ def summarize(sc: Scenario, stub: Samples, gw: Samples, *, wall: float, g_total_
                     "context_switches_per_request": [x / n_gw for x in gw.gateway_ctx]},
         "added_ms": {"p50": _sub(lat_g["p50"], lat_s["p50"]), "p90": _sub(lat_g["p90"], lat_s["p90"]),
                      "p99": _sub(lat_g["p99"], lat_s["p99"]), "mean": _sub(lat_g["mean"], lat_s["mean"])},
-        "added_ttft_ms": ({"p50": _sub(pct(gw.ttft_ms, 50), pct(stub.ttft_ms, 50)),
-                           "p99": _sub(pct(gw.ttft_ms, 99), pct(stub.ttft_ms, 99))} if sc.streaming else None),
+        "added_ttft_ms": ({"p50": _sub(percentile(gw.ttft_ms, 50), percentile(stub.ttft_ms, 50)),
+                           "p99": _sub(percentile(gw.ttft_ms, 99), percentile(stub.ttft_ms, 99))} if sc.streaming else None),
         "gateway_cpu": {
             "ms_per_request": cpu_ms,
             "ms_per_request_in_gateway_blocks_only": gw.gateway_cpu_ns / n_gw / 1e6,

@@ -73,6 +73,8 @@ from typing import Any
 HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
+from _common import median, sse_chunks  # noqa: E402
+
 TARGET_RATIO = 0.9
 STOP = "\nUser:"
 #: List prompts: the packaged Gemma 3 270M is a base model that the `dialogue` template keeps brief
@@ -227,10 +229,7 @@ async def _stream(port: int, key: str, model: str, prompt: str, max_tokens: int)
     if resp.status != 200:
         out["error"] = resp.body[:300].decode(errors="replace")
         return out
-    for line in resp.body.split(b"\n"):
-        if not line.startswith(b"data: ") or line == b"data: [DONE]":
-            continue
-        chunk = json.loads(line[6:])
+    for chunk in sse_chunks([resp.body]):
         if chunk.get("error"):
             out["error"] = chunk["error"]
         if chunk.get("usage"):
@@ -374,8 +373,8 @@ def main() -> int:
     for v in variants:
         b = [x for x in runs if x["variant"] == v and x["side"] == "baseline"]
         g = [x for x in runs if x["variant"] == v and x["side"] == "gateway"]
-        bt, gt = _up.median([x["tps"] for x in b]), _up.median([x["tps"] for x in g])
-        paired = _up.median([gg["tps"] / bb["tps"] for bb, gg in zip(b, g)])
+        bt, gt = median([x["tps"] for x in b]), median([x["tps"] for x in g])
+        paired = median([gg["tps"] / bb["tps"] for bb, gg in zip(b, g)])
         ratio = gt / bt if bt and gt else None
         same = [p for p in PROMPTS if b and g and b[-1]["per_prompt"][p]["text"] == g[-1]["per_prompt"][p]["text"]]
         summary[v] = {
@@ -394,9 +393,9 @@ def main() -> int:
         s = summary[v]
         rows.append([f"{v} ({VARIANTS[v][0] or 'baseline only'}, threads {VARIANTS[v][2]}"
                      f"{', batch ' + str(VARIANTS[v][3]) if VARIANTS[v][3] else ''})", _up.fmt(bt), _up.fmt(gt), _up.fmt(ratio, 3),
-                     _up.fmt(paired, 3), f"{_up.median(s['baseline_tokens'])}/{_up.median(s['gateway_tokens'])}",
+                     _up.fmt(paired, 3), f"{median(s['baseline_tokens'])}/{median(s['gateway_tokens'])}",
                      f"{len(same)}/8",
-                     f"{_up.fmt(_up.median(s['foreign_cores_baseline']), 2)}/{_up.fmt(_up.median(s['foreign_cores_gateway']), 2)}",
+                     f"{_up.fmt(median(s['foreign_cores_baseline']), 2)}/{_up.fmt(median(s['foreign_cores_gateway']), 2)}",
                      len(b),
                      f">= {TARGET_RATIO}", s["verdict"]])
     print()

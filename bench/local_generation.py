@@ -54,6 +54,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _up  # noqa: E402
+from _common import median, sse_chunks  # noqa: E402
 
 DEFAULT_PROMPT = ("Write a long, detailed story of at least 500 words about a dragon who learns to fly. "
                   "Use many paragraphs.")
@@ -173,8 +174,6 @@ def gateway_request(client: Any, prompt: str, max_tokens: int, cold: bool, model
 def raw_request(http: Any, url: str, key: str | None, prompt: str, max_tokens: int, cold: bool,
                 model: str = "default") -> dict[str, Any]:
     """The same request with a bare httpx stream (no openai client): separates the client's own cost."""
-    import json
-
     body: dict[str, Any] = {"model": model, "messages": [{"role": "user", "content": prompt}], "temperature": 0,
                             "max_tokens": max_tokens, "stream": True, "stream_options": {"include_usage": True}}
     if cold:
@@ -185,10 +184,7 @@ def raw_request(http: Any, url: str, key: str | None, prompt: str, max_tokens: i
     with http.stream("POST", url + "/chat/completions", json=body, headers=headers) as resp:
         if resp.status_code != 200:
             raise RuntimeError(f"{url}: {resp.status_code} {resp.read()[:300]!r}")
-        for line in resp.iter_lines():
-            if not line.startswith("data: ") or line == "data: [DONE]":
-                continue
-            chunk = json.loads(line[6:])
+        for chunk in sse_chunks(resp.iter_bytes()):
             if chunk.get("usage"):
                 n = chunk["usage"]["completion_tokens"]
             for c in chunk.get("choices") or []:
@@ -209,10 +205,10 @@ def raw_request(http: Any, url: str, key: str | None, prompt: str, max_tokens: i
 def summarize(rows: list[dict[str, Any]]) -> dict[str, Any]:
     return {
         "n": len(rows),
-        "ttft_ms": _up.median([r["ttft_ms"] for r in rows]),
-        "decode_tps": _up.median([r["decode_tps"] for r in rows]),
-        "e2e_s": _up.median([r["e2e_s"] for r in rows]),
-        "e2e_tps": _up.median([r["e2e_tps"] for r in rows]),
+        "ttft_ms": median([r["ttft_ms"] for r in rows]),
+        "decode_tps": median([r["decode_tps"] for r in rows]),
+        "e2e_s": median([r["e2e_s"] for r in rows]),
+        "e2e_tps": median([r["e2e_tps"] for r in rows]),
         "tokens": sorted({r["tokens"] for r in rows}),
         "finish": sorted({str(r["finish"]) for r in rows}),
         "texts": sorted({r["text_sha"] for r in rows}),
@@ -341,10 +337,10 @@ def main() -> int:
         for x in rows:
             if x["cond"] == cond:
                 pairs.setdefault(x["round"], {})[x["side"]] = x
-        paired_ttft = _up.median([p["gateway"]["ttft_ms"] - p["baseline"]["ttft_ms"] for p in pairs.values()
-                                  if "gateway" in p and "baseline" in p and p["gateway"]["ttft_ms"] is not None and p["baseline"]["ttft_ms"] is not None])
-        paired_ratio = _up.median([p["gateway"]["decode_tps"] / p["baseline"]["decode_tps"] for p in pairs.values()
-                                   if "gateway" in p and "baseline" in p and p["gateway"]["decode_tps"] and p["baseline"]["decode_tps"]])
+        paired_ttft = median([p["gateway"]["ttft_ms"] - p["baseline"]["ttft_ms"] for p in pairs.values()
+                              if "gateway" in p and "baseline" in p and p["gateway"]["ttft_ms"] is not None and p["baseline"]["ttft_ms"] is not None])
+        paired_ratio = median([p["gateway"]["decode_tps"] / p["baseline"]["decode_tps"] for p in pairs.values()
+                               if "gateway" in p and "baseline" in p and p["gateway"]["decode_tps"] and p["baseline"]["decode_tps"]])
         ratio = g["decode_tps"] / b["decode_tps"] if g["decode_tps"] and b["decode_tps"] else None
         e2e_ratio = b["e2e_s"] / g["e2e_s"] if g["e2e_s"] and b["e2e_s"] else None
         ttft_diff = g["ttft_ms"] - b["ttft_ms"] if g["ttft_ms"] is not None and b["ttft_ms"] is not None else None

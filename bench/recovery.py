@@ -45,7 +45,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import math
 import os
 import signal
 import sqlite3
@@ -58,19 +57,13 @@ HERE = Path(__file__).resolve().parent
 sys.path.insert(0, str(HERE))
 
 import _up  # noqa: E402
+from _common import percentile  # noqa: E402
 from _http import Connection, ConnectionLost, build_request  # noqa: E402
 
 POLL_S = 0.1
 TARGET_ERRORS = 0
 QUESTIONS = ["What is the capital of France?", "What is the capital of Spain?", "What is two plus two?",
              "What colour is the sky?"]
-
-
-def pct(values: list[float], p: float) -> float | None:
-    if not values:
-        return None
-    s = sorted(values)
-    return s[min(len(s) - 1, max(0, math.ceil(p / 100 * len(s)) - 1))]
 
 
 def get_request(port: int, path: str, key: str) -> bytes:
@@ -214,7 +207,7 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         rs = [r for r in reqs if lo <= r["sent"] < hi]
         lat = [r["latency_ms"] for r in rs if r["status"] == 200]
         return {"from_s": lo, "to_s": hi, "sent": len(rs), "errors": sum(r["status"] != 200 for r in rs),
-                "p50_ms": pct(lat, 50), "p99_ms": pct(lat, 99), "max_ms": max(lat) if lat else None}
+                "p50_ms": percentile(lat, 50), "p99_ms": percentile(lat, 99), "max_ms": max(lat) if lat else None}
 
     end = max((r["end"] for r in reqs), default=0.0)
     rel = lambda t: None if t is None else t - tk  # noqa: E731
@@ -238,8 +231,8 @@ def analyse(data: dict[str, Any]) -> dict[str, Any]:
         "phases": {"before": phase(0.0, tk), "during": phase(tk, ready if ready is not None else end + 1),
                    "after": phase(ready, end + 1) if ready is not None else None, "all": phase(0.0, end + 1)},
         "throughput_rps": len(reqs) / end if end else None,
-        "poll_interval_ms_p50": pct([b["t"] - a["t"] for a, b in zip(polls, polls[1:])], 50) * 1000 if len(polls) > 1 else None,
-        "poll_ms_p50": pct([p["dt_ms"] for p in polls if "dt_ms" in p], 50),
+        "poll_interval_ms_p50": percentile([b["t"] - a["t"] for a, b in zip(polls, polls[1:])], 50) * 1000 if len(polls) > 1 else None,
+        "poll_ms_p50": percentile([p["dt_ms"] for p in polls if "dt_ms" in p], 50),
     }
 
 

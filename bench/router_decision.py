@@ -25,9 +25,12 @@ from __future__ import annotations
 import argparse
 import json
 import random
-import statistics
+import sys
 import time
 from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _common import percentile  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
 DATA = ROOT.parent / "shared" / "data" / "routing" / "mmlu"
@@ -44,7 +47,8 @@ PROMPTS = [
 
 
 def p50_ms(samples: list[float]) -> float:
-    return statistics.median(samples) * 1000
+    """The median of durations in seconds, in ms."""
+    return percentile(samples, 50) * 1000
 
 
 def bench_rules(n: int, rounds: int) -> dict:
@@ -93,7 +97,7 @@ def bench_rules(n: int, rounds: int) -> dict:
                     split.choose(endpoint)
                 out.append(time.perf_counter() - t0)
     return {"rules_p50_ms": p50_ms(rules_t), "split_p50_ms": p50_ms(split_t),
-            "rules_p99_ms": sorted(rules_t)[int(len(rules_t) * 0.99)] * 1000,
+            "rules_p99_ms": percentile(rules_t, 99) * 1000,
             "ratio_rules_vs_split": p50_ms(rules_t) / p50_ms(split_t), "target_ms": 0.5}
 
 
@@ -131,8 +135,8 @@ def bench_learned(n: int, rounds: int, threads: int) -> dict:
                 else:
                     embedder([q])
                 out.append(time.perf_counter() - t0)
-    lengths = sorted(len(q) for q in queries)
-    return {"trained_on": source, "threads": embedder.threads, "prompt_chars_p50": lengths[len(lengths) // 2], "learned_p50_ms": p50_ms(learned_t), "embedding_only_p50_ms": p50_ms(embed_t),
+    lengths = [len(q) for q in queries]
+    return {"trained_on": source, "threads": embedder.threads, "prompt_chars_p50": percentile(lengths, 50), "learned_p50_ms": p50_ms(learned_t), "embedding_only_p50_ms": p50_ms(embed_t),
             "classifier_share_ms": p50_ms(learned_t) - p50_ms(embed_t),
             "ratio_learned_vs_embedding": p50_ms(learned_t) / p50_ms(embed_t), "target_ms": 15.0}
 

@@ -55,9 +55,10 @@ ROOT = HERE.parent
 sys.path.insert(0, str(HERE))
 
 import _procs  # noqa: E402
+from _common import Samples, free_port, percentile  # noqa: E402
 from _http import Connection, ConnectionLost, build_request  # noqa: E402
 from _procs import Child, cpu_ns, thread_split  # noqa: E402
-from gateway_overhead import CARD, EXPECTED_TEXT, _api, dist, machine, pct  # noqa: E402
+from gateway_overhead import CARD, EXPECTED_TEXT, _api, dist, machine  # noqa: E402
 
 RESULTS = HERE / "results"
 TARGET_ADDED_P50_MS = 0.2
@@ -73,27 +74,18 @@ ENDPOINTS = {
 
 
 @dataclass
-class Samples:
-    latency_ms: list[float] = field(default_factory=list)
+class EndpointSamples(Samples):
+    """What one endpoint did: `Samples`, per-block p50s, who answered, and the gateway's CPU in its blocks."""
+
     block_p50_ms: list[float] = field(default_factory=list)  # p50 of each block, in order
     deployments: dict[str, int] = field(default_factory=dict)
-    overhead_header_ms: list[float] = field(default_factory=list)
-    ok: int = 0
-    errors: int = 0
-    error_examples: list[str] = field(default_factory=list)
-    cpu_ns: int = 0
-    loop_ns: int = 0
-    other_threads_ns: int = 0
-    wall_s: float = 0.0
-
-    def error(self, msg: str) -> None:
-        self.errors += 1
-        if len(self.error_examples) < 5:
-            self.error_examples.append(msg)
+    gateway_cpu_ns: int = 0  # gateway CPU (all threads) while this endpoint's blocks ran
+    loop_ns: int = 0  # of which the event-loop thread
+    other_threads_ns: int = 0  # and the worker threads
 
 
 def start(home: Path, endpoints: list[str]) -> tuple[Child, Child, str, str]:
-    stub_port = _procs.free_port()
+    stub_port = free_port()
     stub = Child("stub", [sys.executable, str(ROOT / "tests" / "openai_stub.py"), "--port", str(stub_port)],
                  log=home / "stub.log", cwd=str(ROOT))
     stub.wait_http(f"http://127.0.0.1:{stub_port}/healthz", timeout=30)
@@ -101,7 +93,7 @@ def start(home: Path, endpoints: list[str]) -> tuple[Child, Child, str, str]:
     (home / "catalog" / "bench.yaml").write_text(CARD.format(port=stub_port))
     env = {k: v for k, v in os.environ.items() if not k.startswith("MODELYARD_") and k != "DATABASE_URL"}
     env.update(MODELYARD_HOME=str(home), BENCH_STUB_KEY="sk-bench-stub", PYTHONUNBUFFERED="1")
-    port = _procs.free_port()
+    port = free_port()
     gateway = Child("gateway", [sys.executable, "-m", "modelyard.cli", "up", "--no-defaults", "--port", str(port)],
                     env=env, log=home / "gateway.log", cwd=str(ROOT))
     gateway.wait_http(f"http://127.0.0.1:{port}/healthz", timeout=90)
@@ -118,7 +110,7 @@ def start(home: Path, endpoints: list[str]) -> tuple[Child, Child, str, str]:
     return stub, gateway, base, key
 
 
-async def run_block(conn: Connection, raw: bytes, n: int, allowed: set[bytes], s: Samples | None) -> None:
+async def run_block(conn: Connection, raw: bytes, n: int, allowed: set[bytes], s: EndpointSamples | None) -> None:
     lat: list[float] = []
     for _ in range(n):
         try:
@@ -158,7 +150,7 @@ async def run_block(conn: Connection, raw: bytes, n: int, allowed: set[bytes], s
         if ov is not None:
             s.overhead_header_ms.append(float(ov))
     if s is not None and lat:
-        s.block_p50_ms.append(pct(lat, 50))
+        s.block_p50_ms.append(percentile(lat, 50))
 
 
 def usage_rows(home: Path) -> dict[str, dict[str, int]]:
@@ -175,7 +167,7 @@ def usage_rows(home: Path) -> dict[str, dict[str, int]]:
         con.close()
 
 
-async def measure(port: int, key: str, gw_pid: int, names: list[str], args) -> tuple[dict[str, Samples], dict]:
+async def measure(port: int, key: str, gw_pid: int, names: list[str], args) -> tuple[dict[str, EndpointSamples], dict]:
     headers = {"Authorization": f"Bearer {key}", "Content-Type": "application/json"}
     raws, conns, allowed = {}, {}, {}
     for name in names:
@@ -190,7 +182,7 @@ async def measure(port: int, key: str, gw_pid: int, names: list[str], args) -> t
         for name in names:
             await run_block(conns[name], raws[name], args.warmup, allowed[name], None)
         await asyncio.sleep(USAGE_FLUSH_WAIT_S)
-        res = {name: Samples() for name in names}
+        res = {name: EndpointSamples() for name in names}
         rounds = max(1, args.requests // args.block)
         t0, tot0, split0 = time.perf_counter(), cpu_ns(gw_pid), thread_split(gw_pid)
         for r in range(rounds):
@@ -201,7 +193,7 @@ async def measure(port: int, key: str, gw_pid: int, names: list[str], args) -> t
                 await run_block(conns[name], raws[name], args.block, allowed[name], s)
                 s.wall_s += time.perf_counter() - w0
                 th1 = thread_split(gw_pid)
-                s.cpu_ns += cpu_ns(gw_pid) - c0
+                s.gateway_cpu_ns += cpu_ns(gw_pid) - c0
                 s.loop_ns += th1[0] - th0[0]
                 s.other_threads_ns += th1[1] - th0[1]
         await asyncio.sleep(USAGE_FLUSH_WAIT_S)  # the last usage rows (and mirrored copies) are written
@@ -271,9 +263,9 @@ def main() -> int:
                 "answered_by": s.deployments, "self_reported_overhead_ms": dist(s.overhead_header_ms),
                 "added_vs_single_ms": {k: (lat[k] - dist(base_s.latency_ms)[k]) if lat[k] is not None else None
                                        for k in ("p50", "p90", "p99", "mean")},
-                "added_p50_ms_median_of_block_pairs": pct(pairs, 50) if pairs else None,
-                "gateway_cpu_ms_per_live_request": s.cpu_ns / n / 1e6,
-                "gateway_cpu_ms_per_upstream_call": s.cpu_ns / upstream_calls / 1e6,
+                "added_p50_ms_median_of_block_pairs": percentile(pairs, 50) if pairs else None,
+                "gateway_cpu_ms_per_live_request": s.gateway_cpu_ns / n / 1e6,
+                "gateway_cpu_ms_per_upstream_call": s.gateway_cpu_ns / upstream_calls / 1e6,
                 "loop_thread_cpu_ms_per_live_request": s.loop_ns / n / 1e6,
                 "other_threads_cpu_ms_per_live_request": s.other_threads_ns / n / 1e6,
                 "throughput_rps": s.ok / s.wall_s if s.wall_s else None,
@@ -322,7 +314,7 @@ def main() -> int:
         print(f"  split - single CPU per live request: {d_cpu:+.3f} ms"
               + (f" (split without mirror: {out['endpoints']['splitnm']['gateway_cpu_ms_per_live_request'] - si['gateway_cpu_ms_per_live_request']:+.3f} ms)"
                  if "splitnm" in out["endpoints"] else ""))
-        print(f"  usage rows (from the database): " + "; ".join(f"{k}: {v}" for k, v in rows.items())
+        print("  usage rows (from the database): " + "; ".join(f"{k}: {v}" for k, v in rows.items())
               + f" — {'match' if acc_ok else 'MISMATCH'} (live rows = requests sent incl. {args.warmup} warm-up each)")
         print()
         for k, v in out["verdict"].items():

@@ -54,10 +54,10 @@ RESULTS = ROOT / "bench" / "results"
 TARGET_APGR, TARGET_CPT50, TARGET_P50_MS = 0.65, 0.30, 15.0
 
 
-def _fmt(v: float | None, pct: bool = False) -> str:
+def _fmt(v: float | None, percent: bool = False) -> str:
     if v is None:
         return "–"
-    return f"{v * 100:5.1f}%" if pct else f"{v:.3f}"
+    return f"{v * 100:5.1f}%" if percent else f"{v:.3f}"
 
 
 def run_quality(data, split_name: str, embedder) -> dict:

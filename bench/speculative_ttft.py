@@ -35,8 +35,10 @@ import httpx
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from tests.live_gateway import start_server
-from tests.tier_stub import Script, TierStub, tier_cards
+sys.path.insert(0, str(ROOT / "bench"))
+from _common import percentile, sse_chunks  # noqa: E402
+from tests.live_gateway import start_server  # noqa: E402
+from tests.tier_stub import Script, TierStub, tier_cards  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Name a colour of the sky.", "What do bees make?",
              "How many legs does a dog have?", "What is water made of?"]
@@ -49,12 +51,9 @@ def ttft(client: httpx.Client, question: str, headers: dict[str, str]) -> tuple[
             "messages": [{"role": "user", "content": question}]}
     with client.stream("POST", "/v1/chat/completions", json=body, headers=headers) as r:
         r.raise_for_status()
-        for line in r.iter_lines():
-            if line.startswith("event: modelyard.correction"):
+        for chunk in sse_chunks(r.iter_bytes()):
+            if "modelyard_correction" in chunk:  # the data of an `event: modelyard.correction`
                 corrected = True
-            if not line.startswith("data: {"):
-                continue
-            chunk = json.loads(line[6:])
             rid = rid or chunk.get("id")
             if first is None and chunk.get("choices") and chunk["choices"][0].get("delta", {}).get("content"):
                 first = time.perf_counter() - t0
@@ -113,7 +112,7 @@ def main() -> None:
         s50, b50 = statistics.median(spec_t) * 1000, statistics.median(base_t) * 1000
         # Per pair (same question, back to back): the paired difference is what noise disturbs least.
         diffs = sorted((s - b) * 1000 for s, b in zip(spec_t, base_t))
-        q = statistics.quantiles(diffs, n=4)
+        q = [percentile(diffs, p) for p in (25, 50, 75)]
         out = {"pairs": args.pairs, "paired_difference_ms": {"p25": q[0], "p50": q[1], "p75": q[2]}, "speculative_ttft_p50_ms": s50, "local_ttft_p50_ms": b50, "ratio": s50 / b50,
                "answers_with_strong_verdict": verdicts, "target": "ratio <= 1.10"}
         print(f"TTFT p50: speculative {s50:.1f} ms vs local tier alone {b50:.1f} ms = {s50 / b50:.3f}x "

@@ -41,6 +41,7 @@ from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 import _up  # noqa: E402
+from _common import median  # noqa: E402
 
 CHAT = {"model": "default", "messages": [{"role": "user", "content": "What is the capital of France?"}],
         "max_tokens": 16, "temperature": 0}
@@ -330,10 +331,10 @@ def main() -> int:
         tmp.cleanup()
 
     cold, warm = runs[0], runs[1:]
-    med = lambda rows, key: _up.median([r[key] for r in rows])  # noqa: E731
+    med = lambda rows, key: median([r[key] for r in rows])  # noqa: E731
 
     def mem(rows: list[dict[str, Any]], who: str, kind: str) -> float | None:
-        return _up.median([r["memory_mib"][who].get(kind) for r in rows if who in r["memory_mib"]])
+        return median([r["memory_mib"][who].get(kind) for r in rows if who in r["memory_mib"]])
 
     summary = {
         "cold": {k: cold.get(k) for k in ("healthz_s", "readyz_s", "chat_s", "embed_s", "all_answered_s", "stop_s")},
