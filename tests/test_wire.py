@@ -93,6 +93,40 @@ def test_an_unknown_field_is_refused_by_name_not_ignored():
     assert "temprature" in err.message
 
 
+def test_an_unknown_message_field_is_refused_by_its_path():
+    err = refusal(ChatCompletionRequest, model="chat", messages=[{"role": "user", "content": "hi", "padding": "x" * 100}])
+    assert err.status == 400 and err.param == "messages.0.padding" and err.code == "unknown_parameter"
+    err = refusal(ChatCompletionRequest, model="chat",
+                  messages=[{"role": "user", "content": [{"type": "text", "text": "hi", "extra": 1}]}])
+    assert err.status == 400 and err.param.startswith("messages.0.content")
+
+
+def test_the_openai_message_fields_of_tool_calls_and_images_are_accepted():
+    messages = [
+        {"role": "user", "content": [{"type": "text", "text": "what is here?"},
+                                     {"type": "image_url", "image_url": {"url": "data:image/png;base64,AA=="}}]},
+        {"role": "assistant", "content": None, "refusal": None,
+         "tool_calls": [{"id": "call_1", "type": "function", "function": {"name": "f", "arguments": "{}"}}]},
+        {"role": "tool", "tool_call_id": "call_1", "content": "42"},
+    ]
+    request = ChatCompletionRequest.model_validate({"model": "chat", "messages": messages})
+    assert request.messages[2].tool_call_id == "call_1"
+    assert request.messages[1].tool_calls[0]["function"]["name"] == "f"
+
+
+def test_user_and_metadata_are_bounded():
+    err = refusal(ChatCompletionRequest, model="chat", messages=HELLO, user="u" * 257)
+    assert err.status == 400 and err.param == "user" and "256" in err.message
+    err = refusal(EmbeddingRequest, model="embed", input="hi", user="u" * 10_000)
+    assert err.param == "user"
+    err = refusal(ChatCompletionRequest, model="chat", messages=HELLO, metadata={f"k{i}": "v" for i in range(17)})
+    assert err.param == "metadata" and "16" in err.message
+    err = refusal(ChatCompletionRequest, model="chat", messages=HELLO, metadata={"k": "v" * 513})
+    assert err.param == "metadata" and "512" in err.message
+    assert ChatCompletionRequest.model_validate({"model": "chat", "messages": HELLO, "user": "u" * 256,
+                                                 "metadata": {"k": "v" * 512}}).user == "u" * 256
+
+
 def test_a_bad_message_role_names_the_message_and_field():
     err = refusal(ChatCompletionRequest, model="chat", messages=[{"role": "robot", "content": "hi"}])
     assert err.param == "messages.0.role"

@@ -17,6 +17,12 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 MAX_STOP_SEQUENCES = 4
+#: Bounds on what a client may attach to a request (OpenAI's own for metadata: 16 pairs, 64/512 characters).
+MAX_USER_CHARS = 256
+MAX_NAME_CHARS = 256
+MAX_METADATA_PAIRS = 16
+MAX_METADATA_KEY_CHARS = 64
+MAX_METADATA_VALUE_CHARS = 512
 
 
 class _Request(BaseModel):
@@ -44,8 +50,20 @@ class _Sampling(_Request):
     presence_penalty: float | None = Field(default=None, ge=-2, le=2)
     frequency_penalty: float | None = Field(default=None, ge=-2, le=2)
     logit_bias: dict[str, float] | None = None
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=MAX_USER_CHARS)
     metadata: dict[str, str] | None = None
+
+    @field_validator("metadata")
+    @classmethod
+    def _metadata_size(cls, v: dict[str, str] | None) -> dict[str, str] | None:
+        if v is not None:
+            if len(v) > MAX_METADATA_PAIRS:
+                raise ValueError(f"at most {MAX_METADATA_PAIRS} metadata pairs are allowed")
+            for key, value in v.items():
+                if len(key) > MAX_METADATA_KEY_CHARS or len(value) > MAX_METADATA_VALUE_CHARS:
+                    raise ValueError(f"metadata keys are at most {MAX_METADATA_KEY_CHARS} characters and values "
+                                     f"at most {MAX_METADATA_VALUE_CHARS} ({key[:40]!r} is longer)")
+        return v
 
     @field_validator("stop")
     @classmethod
@@ -73,16 +91,27 @@ class _Sampling(_Request):
 
 
 class ContentPart(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # The fields of OpenAI's content parts; anything else is refused, as OpenAI does.
+    model_config = ConfigDict(extra="forbid")
     type: str
     text: str | None = None
+    image_url: dict[str, Any] | None = None
+    input_audio: dict[str, Any] | None = None
+    file: dict[str, Any] | None = None
+    refusal: str | None = None
 
 
 class ChatMessage(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # The fields of OpenAI's chat messages; anything else is refused (and never stored or forwarded).
+    model_config = ConfigDict(extra="forbid")
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[ContentPart] | None = None
-    name: str | None = None
+    name: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    tool_calls: list[dict[str, Any]] | None = None
+    tool_call_id: str | None = Field(default=None, max_length=MAX_NAME_CHARS)
+    function_call: dict[str, Any] | None = None
+    refusal: str | None = None
+    audio: dict[str, Any] | None = None
 
     def text(self) -> str:
         """The message's text; image and audio parts are refused by text-only backends."""
@@ -117,7 +146,7 @@ class EmbeddingRequest(_Request):
     input: str | list[str] | list[int] | list[list[int]]
     encoding_format: Literal["float", "base64"] | None = "float"
     dimensions: int | None = Field(default=None, ge=1)
-    user: str | None = None
+    user: str | None = Field(default=None, max_length=MAX_USER_CHARS)
 
     @field_validator("input")
     @classmethod

@@ -12,9 +12,11 @@ key's budgets: once a budget is spent, a paid next tier is not asked; the
 rating is kept and the answer says why nothing was escalated
 (``escalation_refused``, the same message as the 429 a request would get).
 
-A key may rate only answers of endpoints it may call; any other id is
-answered 404, as if it did not exist, so ids of other endpoints cannot be
-probed.
+A key may read and rate only the answers it was given (an admin key, any);
+any other id is answered 404, as if it did not exist, so ids of other
+endpoints or other keys cannot be probed. An answer whose request was too
+large to keep (`routing.responses.MAX_KEPT_REQUEST_BYTES`) is rated but not
+escalated.
 """
 
 from __future__ import annotations
@@ -26,7 +28,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..errors import ModelyardError
-from ..routing.responses import ResponseLog
+from ..routing.responses import ResponseLog, kept_request
 from ..serving.endpoints import Endpoints
 from ..store.responses import ResponseStore
 from ..telemetry import budget, metering
@@ -65,7 +67,7 @@ class FeedbackService:
 
     async def response(self, response_id: str, key: Any) -> dict[str, Any]:
         row = await self.responses.get(response_id)
-        if row is None or not key.allows(row["endpoint"]):
+        if row is None or not (key.is_admin or (row["key_id"] == key.id and key.allows(row["endpoint"]))):
             raise not_found(response_id)
         return row
 
@@ -110,6 +112,8 @@ class FeedbackService:
         try:
             endpoint = self.endpoints.get(row["endpoint"])
         except ModelyardError:
+            return None
+        if not kept_request(row):
             return None
         tiers = endpoint.spec.tiers
         rated = row["latest_tier"] or row["tier"]

@@ -8,6 +8,13 @@ are what ``GET /v1/responses/{id}`` shows.
 Writes are off the request path: answers wait in memory (where a rating
 that arrives at once finds them) and a background task stores them in
 batches; `close()` stores the rest.
+
+Memory is bounded whatever clients send: the recent answers kept for a quick
+read-back hold at most `RECENT` rows and `RECENT_BYTES` of text; a request
+larger than `MAX_KEPT_REQUEST_BYTES` is logged without its body (its prompt
+cut to `MAX_KEPT_PROMPT_CHARS`), so it cannot be escalated later; and while
+the database is unavailable at most `MAX_QUEUED` answers wait to be stored
+(later ones are dropped and counted in ``dropped``).
 """
 
 from __future__ import annotations
@@ -18,13 +25,29 @@ from collections import OrderedDict
 from datetime import datetime
 from typing import Any
 
+import orjson
+
 from ..wire import AnyRequest, prompt_text
 from ..store.models import utcnow
 
 log = logging.getLogger(__name__)
 
-#: answers kept in memory after they are stored, for a quick read-back
+#: answers kept in memory after they are stored, for a quick read-back: at most this many ...
 RECENT = 2048
+#: ... holding at most this much request and answer text
+RECENT_BYTES = 64 * 1024 * 1024
+#: a request larger than this (as JSON) is logged without its body
+MAX_KEPT_REQUEST_BYTES = 1024 * 1024
+MAX_KEPT_PROMPT_CHARS = 64 * 1024
+#: answers waiting for the database, at most
+MAX_QUEUED = 20_000
+#: what stands in for a request body that was too large to keep
+OMITTED = "_omitted_bytes"
+
+
+def kept_request(row: dict[str, Any]) -> bool:
+    """Whether the logged answer kept its request (and so can be asked again of another tier)."""
+    return OMITTED not in row["request"]
 
 
 class ResponseLog:
@@ -32,7 +55,10 @@ class ResponseLog:
         self.store = store
         self.flush_interval = flush_interval
         self._recent: OrderedDict[str, dict[str, Any]] = OrderedDict()
+        self._recent_bytes = 0
+        self._sizes: dict[str, int] = {}
         self._queue: list[dict[str, Any]] = []
+        self.dropped = 0
         self._task: asyncio.Task[None] | None = None
         self._wake = asyncio.Event()
         self._lock = asyncio.Lock()  # an update waits for an insert in progress
@@ -48,23 +74,39 @@ class ResponseLog:
         if not response_id:
             return
         now = utcnow()
+        body = request.model_dump(mode="json", exclude_none=True)
+        size = len(orjson.dumps(body))
+        prompt = prompt_text(request)
+        if size > MAX_KEPT_REQUEST_BYTES:
+            body = {"model": body.get("model"), OMITTED: size}
+            prompt = prompt[:MAX_KEPT_PROMPT_CHARS]
+            size = 0
         row = {
             "id": response_id[:64], "endpoint": endpoint, "key_id": key_id,
-            "kind": kind, "request": request.model_dump(mode="json", exclude_none=True),
-            "prompt": prompt_text(request), "tier": tier, "tier_index": tier_index, "content": text,
+            "kind": kind, "request": body,
+            "prompt": prompt, "tier": tier, "tier_index": tier_index, "content": text,
             "status": "checking" if checking else "answered",
             "latest_tier": None, "latest_content": None, "similarity": None, "created_at": now, "updated_at": now,
         }
-        self._remember(row)
+        if len(self._queue) >= MAX_QUEUED:
+            self.dropped += 1
+            if self.dropped == 1 or self.dropped % 1000 == 0:
+                log.error("%d routed answers wait for the database; %d dropped so far", len(self._queue), self.dropped)
+            return
+        self._remember(row, size + len(prompt) + len(text))
         self._queue.append(row)
         if len(self._queue) >= 100:
             self._wake.set()
 
-    def _remember(self, row: dict[str, Any]) -> None:
-        self._recent[row["id"]] = row
-        self._recent.move_to_end(row["id"])
-        while len(self._recent) > RECENT:
-            self._recent.popitem(last=False)
+    def _remember(self, row: dict[str, Any], size: int) -> None:
+        ident = row["id"]
+        self._recent_bytes += size - self._sizes.get(ident, 0)
+        self._sizes[ident] = size
+        self._recent[ident] = row
+        self._recent.move_to_end(ident)
+        while len(self._recent) > 1 and (len(self._recent) > RECENT or self._recent_bytes > RECENT_BYTES):
+            old, _ = self._recent.popitem(last=False)
+            self._recent_bytes -= self._sizes.pop(old, 0)
 
     async def get(self, response_id: str) -> dict[str, Any] | None:
         row = self._recent.get(response_id)
