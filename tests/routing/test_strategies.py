@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import math
+import time
 
 import numpy as np
 import pytest
@@ -89,6 +90,18 @@ def test_rules_match_in_order_and_fall_back_to_the_default():
     many = ChatCompletionRequest.model_validate({"model": "m", "messages": [
         {"role": "user", "content": "x" * 100}, {"role": "assistant", "content": "y"}, {"role": "user", "content": "z" * 100}]})
     assert policy.choose(many, {}) == ("small", "chatty")
+
+
+def test_a_catastrophic_rule_regex_is_cut_off_instead_of_stalling_the_gateway():
+    policy = RulesPolicy(RulesRouter.model_validate({"strategy": "rules", "default": "small", "rules": [
+        {"name": "evil", "when": {"regex": r"^(a|aa)+$"}, "tier": "large"},
+        {"name": "fine", "when": {"regex": r"^a+b$"}, "tier": "large"},
+    ]}))
+    started = time.perf_counter()
+    assert policy.choose(chat("a" * 40 + "!"), {}) == ("small", "default")
+    assert time.perf_counter() - started < 1.0  # Python's re had not finished after 10 s
+    assert policy.regex_timeouts == 1
+    assert policy.choose(chat("aaab"), {}) == ("large", "fine")
 
 
 def test_prompt_tokens_are_estimated_from_characters_and_bad_cost_headers_refused():

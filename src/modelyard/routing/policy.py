@@ -27,8 +27,9 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import re
 from typing import Any, Protocol
+
+import regex
 
 from ..errors import invalid
 from ..wire import prompt_text
@@ -41,6 +42,8 @@ from .spec import CascadeRouter, LearnedRouter, RulesRouter, SpeculativeRouter
 log = logging.getLogger(__name__)
 
 MAX_COST_HEADER = "x-modelyard-max-cost"
+#: how long one rule's regex may search one prompt
+REGEX_TIMEOUT_S = 0.05
 
 
 class RouterPolicy(Protocol):
@@ -81,8 +84,10 @@ class RulesPolicy:
 
     def __init__(self, spec: RulesRouter) -> None:
         self.spec = spec
-        self._regex = [re.compile(r.when.regex, re.IGNORECASE) if r.when.regex else None for r in spec.rules]
+        self._regex = [regex.compile(r.when.regex, regex.IGNORECASE) if r.when.regex else None for r in spec.rules]
         self._keywords = [[k.lower() for k in r.when.keywords] if r.when.keywords else None for r in spec.rules]
+        #: searches cut off at `REGEX_TIMEOUT_S`
+        self.regex_timeouts = 0
 
     def choose(self, request: Any, headers: Any) -> tuple[str, str]:
         """The tier's name and the name of the rule that chose it."""
@@ -102,7 +107,7 @@ class RulesPolicy:
                 continue
             if w.max_messages is not None and n_messages > w.max_messages:
                 continue
-            if self._regex[i] is not None and not self._regex[i].search(text):
+            if self._regex[i] is not None and not self._search(i, rule.name, text):
                 continue
             if self._keywords[i] is not None and not any(k in lowered for k in self._keywords[i]):
                 continue
@@ -112,6 +117,18 @@ class RulesPolicy:
                 continue
             return rule.tier, rule.name or f"rule{i + 1}"
         return self.spec.default or "", "default"
+
+    def _search(self, i: int, name: str | None, text: str) -> bool:
+        """Whether rule ``i``'s pattern is found in ``text``. The search runs on the event loop, so it is cut off
+        after `REGEX_TIMEOUT_S`: a pattern that backtracks catastrophically on some prompt then does not match
+        (and is logged), instead of stalling every request of the gateway."""
+        try:
+            return self._regex[i].search(text, timeout=REGEX_TIMEOUT_S) is not None
+        except TimeoutError:
+            self.regex_timeouts += 1
+            log.warning("router rule %s: its regex took over %.0f ms on a %d-character prompt; treated as no match",
+                        name or f"rule{i + 1}", REGEX_TIMEOUT_S * 1000, len(text))
+            return False
 
     async def answer(self, ctx: TierCalls) -> None:
         name, rule = self.choose(ctx.request, ctx.request_headers)

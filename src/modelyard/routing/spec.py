@@ -16,9 +16,9 @@ the field named, never discovered on a live request.
 
 from __future__ import annotations
 
-import re
 from typing import Annotated, Literal, Union
 
+import regex
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 
@@ -48,8 +48,8 @@ class RuleConditions(_Spec):
     def _compiles(cls, value: str | None) -> str | None:
         if value is not None:
             try:
-                re.compile(value)
-            except re.error as exc:
+                regex.compile(value)
+            except regex.error as exc:
                 raise ValueError(f"regex {value!r} does not compile: {exc}") from None
         return value
 
