@@ -78,8 +78,14 @@ class Settings(BaseSettings):
         return self.home / "logs"
 
     def ensure_home(self) -> None:
+        """Create the home and its folders, readable by this user only: it holds the admin key, the database,
+        uploaded files and logs with prompts in them. From here on this process creates files as 0600 and
+        folders as 0700 (umask 077), and so do the instances it starts."""
+        os.umask(0o077)
         for path in (self.home, self.models_dir, self.catalog_dir, self.logs_dir):
-            path.mkdir(parents=True, exist_ok=True)
+            path.mkdir(mode=0o700, parents=True, exist_ok=True)
+        if self.home.stat().st_uid == os.getuid():
+            self.home.chmod(0o700)  # a home made before (or by another tool) is closed too
 
 
 def server_url() -> str:

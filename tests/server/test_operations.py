@@ -211,3 +211,16 @@ def test_instances_stop_when_the_gateway_is_killed(start_gateway):
     else:
         os.kill(pid, signal.SIGKILL)
         pytest.fail("the instance outlived its gateway")
+
+
+def test_the_home_and_what_the_server_writes_there_are_private_to_its_user(server):
+    import stat
+
+    server.api("GET", "/api/usage")  # the database has been written
+    mode = lambda p: stat.S_IMODE(p.stat().st_mode)  # noqa: E731
+    assert mode(server.home) == 0o700
+    assert mode(server.home / "modelyard.db") == 0o600
+    assert mode(server.home / "admin.key") == 0o600
+    assert mode(server.home / "logs") == 0o700
+    for log in (server.home / "logs").iterdir():
+        assert mode(log) & 0o077 == 0, log
