@@ -224,3 +224,18 @@ def test_the_home_and_what_the_server_writes_there_are_private_to_its_user(serve
     assert mode(server.home / "logs") == 0o700
     for log in (server.home / "logs").iterdir():
         assert mode(log) & 0o077 == 0, log
+
+
+def test_an_instance_answers_only_its_gateway(server):
+    """Instances listen on 127.0.0.1: a local user calling one directly would bypass keys, budgets and usage."""
+    status = server.api("GET", "/api/status").json()
+    ports = [i["port"] for e in status["endpoints"] if e["name"] == "default"
+             for d in e["deployments"] for i in d["instances"] if i["state"] == "ready"]
+    assert ports, status
+    body = {"model": "x", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 2}
+    for headers in ({}, {"Authorization": f"Bearer {server.admin_key}"}, {"Authorization": "Bearer guess"}):
+        r = httpx.post(f"http://127.0.0.1:{ports[0]}/v1/chat/completions", json=body, headers=headers, timeout=30)
+        assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    assert httpx.get(f"http://127.0.0.1:{ports[0]}/healthz").status_code == 200
+    answer = server.openai().chat.completions.create(model="default", messages=body["messages"], max_tokens=2)
+    assert answer.choices[0].message.content is not None

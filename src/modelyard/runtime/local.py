@@ -15,6 +15,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import os
+import secrets
 import signal
 import socket
 import sys
@@ -64,6 +65,8 @@ class Instance:
         self.name = f"{spec.key.replace('/', '-')}-{index}"
         self.logs_dir = logs_dir
         self.port = 0
+        #: what the gateway shows the instance (a bearer token): nobody else may call it
+        self.token = secrets.token_urlsafe(24)
         self.process: asyncio.subprocess.Process | None = None
         self.state = "new"  # new | starting | ready | suspect | restarting | failed | stopped
         self.restarts = 0
@@ -106,6 +109,7 @@ class Instance:
         self._ready.clear()
         env = dict(os.environ)
         env.update(self.spec.env)
+        env["MODELYARD_INSTANCE_TOKEN"] = self.token
         env["MODELYARD_WORKER_SPEC"] = orjson.dumps({"card": self.spec.card.model_dump(mode="json"),
                                                     "options": self.spec.options}).decode()
         self.logs_dir.mkdir(parents=True, exist_ok=True)

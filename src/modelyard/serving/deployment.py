@@ -193,7 +193,7 @@ class Deployment:
         if client is None:
             timeout = self.spec.request_settings.request_timeout_ms / 1000
             # No retries here: a failed instance is retried on another instance by `generate`.
-            client = OpenAICompatBackend(url, timeout=timeout, max_retries=0, provider="modelyard")
+            client = OpenAICompatBackend(url, api_key=inst.token, timeout=timeout, max_retries=0, provider="modelyard")
             self._clients[url] = client
         return client
 

@@ -30,7 +30,8 @@ def main() -> None:
     if not card.is_hosted and "path" not in options:
         options["path"] = str(resolve_path(card, Settings.from_env()))  # the weights: assembled or pulled already
     backend = load_backend(card, options)
-    app = build_app(backend, name=args.name)
+    # taken out of the environment so that nothing the backend starts inherits it
+    app = build_app(backend, name=args.name, token=os.environ.pop("MODELYARD_INSTANCE_TOKEN", None))
     uvicorn.run(app, host=args.host, port=args.port, log_level="warning", access_log=False,
                 loop="uvloop", http="httptools", timeout_graceful_shutdown=5)
 

@@ -7,11 +7,18 @@ directly, and refuses work it cannot do with the same OpenAI error shape.
 
 Run by the local runtime as ``python -m modelyard.worker``; its card and
 options arrive as JSON in the ``MODELYARD_WORKER_SPEC`` environment variable.
+
+An instance listens on 127.0.0.1, where any local user could reach it, so
+its model routes answer only requests that carry the token the runtime gave
+it (``MODELYARD_INSTANCE_TOKEN``, a fresh random one per process, as a bearer
+token): keys, budgets and usage records cannot be bypassed by calling an
+instance directly. ``/healthz`` and ``/readyz`` stay open (they say nothing).
 """
 
 from __future__ import annotations
 
 import asyncio
+import hmac
 import logging
 import os
 import signal
@@ -41,7 +48,7 @@ def error_response(err: ModelyardError) -> Response:
                     headers=err.headers or None)
 
 
-def build_app(backend: Backend, *, name: str = "instance") -> Starlette:
+def build_app(backend: Backend, *, name: str = "instance", token: str | None = None) -> Starlette:
     state: dict[str, Any] = {"ready": False, "error": None}
 
     async def load() -> None:
@@ -78,10 +85,16 @@ def build_app(backend: Backend, *, name: str = "instance") -> Starlette:
             return json_response({"status": "ready"})
         return json_response({"status": "loading", "error": state["error"]}, 503)
 
+    expected = f"Bearer {token}".encode() if token else None
+
     def handler(kind: str):
         model_cls = KINDS[kind]
 
         async def endpoint(request: Request) -> Response:
+            if expected is not None and not hmac.compare_digest(
+                    request.headers.get("authorization", "").encode(), expected):
+                return error_response(ModelyardError("This instance answers only its gateway (the instance token "
+                                                     "is missing or wrong).", status=401, code="invalid_api_key"))
             if not state["ready"]:
                 return error_response(ModelyardError("instance is still loading its model", status=503, code="not_ready"))
             try:
