@@ -42,6 +42,7 @@ import asyncio
 import logging
 import math
 import os
+import time
 from datetime import timedelta
 from typing import Any
 
@@ -72,6 +73,9 @@ RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
 #: how long a failing commit of results is retried before the job gives up
 COMMIT_RETRY_S = 60.0
+#: ... but only this long once the gateway is stopping, so that the usage writer still flushes within a
+#: typical 30 s shutdown grace (lines not committed run again after the restart)
+SHUTDOWN_COMMIT_RETRY_S = 5.0
 
 
 class _UsageCapture:
@@ -114,6 +118,8 @@ class _Control:
         self.commits: set[asyncio.Task[JobRecord]] = set()
         #: what broke a worker (a commit that kept failing, a bug): the job fails with it
         self.error: Exception | None = None
+        #: the errors a job that stops as ``failed`` reports (None: the job's own)
+        self.errors: list[dict[str, Any]] | None = None
 
     def stop(self, reason: str | None) -> None:
         if reason is not None and self.reason is None:
@@ -179,6 +185,7 @@ class BatchRunner:
         self.pipeline = Pipeline([*stages, Policy(endpoints, TrafficSplit()), dispatch])
         self._jobs: dict[str, _Control] = {}
         self._closing = False
+        self._closing_since: float | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -193,11 +200,19 @@ class BatchRunner:
     async def close(self) -> None:
         """Stop every job; finished lines are committed, unfinished ones run again after a restart."""
         self._closing = True
+        self._closing_since = time.monotonic()
         controls = list(self._jobs.values())
         for ctl in controls:
             ctl.shutdown = True
             ctl.stop(None)
         await asyncio.gather(*(c.task for c in controls if c.task is not None), return_exceptions=True)
+
+    def _stop_when_closing(self, state: tenacity.RetryCallState) -> bool:
+        """A commit stops trying once the gateway has been stopping for `SHUTDOWN_COMMIT_RETRY_S`."""
+        if not self._closing:
+            return False
+        self._closing_since = self._closing_since or time.monotonic()
+        return time.monotonic() - self._closing_since >= SHUTDOWN_COMMIT_RETRY_S
 
     def _launch(self, job_id: str) -> None:
         if self._closing or job_id in self._jobs:
@@ -269,7 +284,7 @@ class BatchRunner:
             if job.status == "in_progress":
                 outcome = await self._process(job, ctl)
                 if outcome is not None:
-                    await self._finish(job.id, outcome)
+                    await self._finish(job.id, outcome, errors=ctl.errors)
             elif job.status == "finalizing":
                 await self._finish(job.id, "completed")
             elif job.status == "cancelling":
@@ -308,7 +323,9 @@ class BatchRunner:
                                            "to one of its deployments: name it (deployment).")
             return None
 
-        if not path.exists():
+        if owner is not None and owner.revoked:
+            parsed_errors = [_key_revoked(owner.id)]
+        elif not path.exists():
             parsed_errors = [{"code": "file_not_found", "line": None, "param": "input_file_id",
                               "message": f"The input file {job.input_file_id} no longer exists."}]
         else:
@@ -391,6 +408,11 @@ class BatchRunner:
     async def _work(self, job: JobRecord, owner: Any, feed: _Feed, ctl: _Control, share: float) -> None:
         with background(share):
             while not ctl.stopped.is_set():
+                if owner is not None and not self.keys.is_active(owner.id):
+                    # revoked while the job runs: no request more is sent (and paid for) with its key
+                    ctl.errors = [_key_revoked(owner.id)]
+                    ctl.stop("failed")
+                    return
                 item = await feed.next()
                 if item is None:
                     return
@@ -415,7 +437,7 @@ class BatchRunner:
     def _commit_blocking(self, job_id: str, results: list[LineResult]) -> JobRecord:
         """Commit, trying again for up to `COMMIT_RETRY_S` while the database fails (busy, restarting)."""
         for attempt in tenacity.Retrying(
-            stop=tenacity.stop_after_delay(COMMIT_RETRY_S),
+            stop=tenacity.stop_after_delay(COMMIT_RETRY_S) | self._stop_when_closing,
             wait=tenacity.wait_random_exponential(multiplier=0.2, max=5.0),
             before_sleep=lambda state: log.warning("batch %s: could not commit %d results (%s); retrying", job_id,
                                                    len(results), state.outcome.exception()),
@@ -482,17 +504,19 @@ class BatchRunner:
 
     # --- finishing --------------------------------------------------------------------
 
-    async def _finish(self, job_id: str, outcome: str) -> JobRecord:
-        """Write the output and error files and move the job to its final status."""
+    async def _finish(self, job_id: str, outcome: str, *, errors: list[dict[str, Any]] | None = None) -> JobRecord:
+        """Write the output and error files and move the job to its final status (with ``errors`` in place
+        of the job's own, when given)."""
         active = ("in_progress", "finalizing", "cancelling")
         if outcome == "completed":
             job = await asyncio.to_thread(self.store.set_status, job_id, "finalizing", when=("in_progress",))
             if job.status == "cancelling":
                 outcome = "cancelled"
         job = await asyncio.to_thread(self.store.get_job, job_id)
-        errors = job.errors
-        if outcome == "failed" and 0 <= job.error_threshold < job.failed:
-            errors = [await asyncio.to_thread(self._threshold_error, job)]
+        if errors is None:
+            errors = job.errors
+            if outcome == "failed" and 0 <= job.error_threshold < job.failed:
+                errors = [await asyncio.to_thread(self._threshold_error, job)]
         files = await asyncio.to_thread(self._write_outputs, job, outcome)
         final = await asyncio.to_thread(
             self.store.set_status, job_id, outcome, when=active, files=tuple(f for f in files.values() if f),
@@ -532,6 +556,12 @@ class BatchRunner:
                  if line.state == "failed" or (line.state == "pending" and not_run)),
                 filename=f"{job.id}_error.jsonl", owner_key_id=job.owner_key_id)
         return out
+
+
+def _key_revoked(key_id: int) -> dict[str, Any]:
+    return {"code": "key_revoked", "line": None, "param": None,
+            "message": f"The API key that created this batch (id {key_id}) was revoked; no further requests "
+                       "were sent."}
 
 
 def visible(record: Any, key: Any) -> bool:

@@ -22,13 +22,14 @@ from __future__ import annotations
 import asyncio
 import logging
 from collections import OrderedDict
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 import orjson
 
 from ..wire import AnyRequest, prompt_text
 from ..store.models import utcnow
+from ..store.responses import UNFINISHED
 
 log = logging.getLogger(__name__)
 
@@ -41,6 +42,8 @@ MAX_KEPT_REQUEST_BYTES = 1024 * 1024
 MAX_KEPT_PROMPT_CHARS = 64 * 1024
 #: answers waiting for the database, at most
 MAX_QUEUED = 20_000
+#: a check or escalation not updated for this long was left running by a gateway that died
+STALE_AFTER = timedelta(minutes=15)
 #: what stands in for a request body that was too large to keep
 OMITTED = "_omitted_bytes"
 
@@ -65,7 +68,22 @@ class ResponseLog:
 
     async def start(self) -> None:
         if self._task is None:
+            try:
+                stale = await asyncio.to_thread(self.store.fail_unfinished, STALE_AFTER)
+                if stale:
+                    log.warning("%d routed answers were left checking or improving by a gateway that stopped; "
+                                "marked failed", stale)
+            except Exception:
+                log.exception("could not look for unfinished checks of routed answers")
             self._task = asyncio.create_task(self._run())
+
+    async def interrupted(self) -> None:
+        """The gateway is stopping and its checks and escalations were cancelled: say so on their answers
+        (``check_failed``/``improve_failed``) rather than leaving them ``checking``/``improving`` forever."""
+        for ident, row in list(self._recent.items()):
+            failed = UNFINISHED.get(row["status"])
+            if failed is not None:
+                await self.change(ident, status=failed)
 
     def answered(self, response_id: str | None, *, endpoint: str, key_id: int | None, request: AnyRequest,
                  kind: str, tier: str, tier_index: int, text: str, checking: bool) -> None:

@@ -129,6 +129,9 @@ class Gateway:
         if self.router is not None:
             await self.router.close()
             await self.router.responses.close()
+        # Every usage record is queued by now (requests, mirrors and background work are done): write them
+        # before the instances are stopped, the slow part, so that a SIGKILL at the end of a grace period
+        # cannot lose them.
+        await self.writer.close()
         await self.endpoints.close()
-        await self.writer.close()  # flushes every queued usage record
         self.db.close()

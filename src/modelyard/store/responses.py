@@ -7,7 +7,7 @@ when to write. Feedback rows become training data for the learned router
 
 from __future__ import annotations
 
-from datetime import datetime
+from datetime import datetime, timedelta
 from typing import Any
 
 from sqlalchemy import func, select, update
@@ -17,6 +17,10 @@ from .models import Feedback, RoutedResponse, utcnow
 
 _FIELDS = ("id", "endpoint", "key_id", "kind", "request", "prompt", "tier", "tier_index", "content", "status",
            "latest_tier", "latest_content", "similarity", "created_at", "updated_at")
+
+
+#: statuses of work under way, and what they become when that work was interrupted
+UNFINISHED = {"checking": "check_failed", "improving": "improve_failed"}
 
 
 def _row(r: RoutedResponse) -> dict[str, Any]:
@@ -41,6 +45,20 @@ class ResponseStore:
         values["updated_at"] = utcnow()
         with self.db.session() as s:
             s.execute(update(RoutedResponse).where(RoutedResponse.id == response_id).values(**values))
+
+    def fail_unfinished(self, older_than: timedelta) -> int:
+        """Mark answers whose check or escalation was left running by a gateway that died (not updated for
+        ``older_than``) as failed; how many. ``checking`` becomes ``check_failed``, ``improving``
+        ``improve_failed``."""
+        cutoff = utcnow() - older_than
+        changed = 0
+        with self.db.session() as s:
+            for status, failed in UNFINISHED.items():
+                result = s.execute(update(RoutedResponse)
+                                   .where(RoutedResponse.status == status, RoutedResponse.updated_at < cutoff)
+                                   .values(status=failed, updated_at=utcnow()))
+                changed += result.rowcount or 0
+        return changed
 
     def recent_prompts(self, endpoint: str, limit: int = 1000) -> list[str]:
         """The prompts of the endpoint's latest routed answers, newest first (for `router calibrate`)."""
