@@ -293,6 +293,31 @@ async def test_stream_cut_off_by_client_is_recorded_as_499_and_the_upstream_is_c
     assert record["latency_ms"] >= 0
 
 
+async def test_a_client_that_stops_reading_stops_the_upstream_instead_of_being_buffered_for():
+    from modelyard.gateway.dispatch import QUEUED_EVENTS
+
+    produced = 0
+
+    class Endless(FakeDeployment):
+        async def generate(self, kind, request):
+            nonlocal produced
+            yield chunk("", role="assistant")
+            while True:
+                produced += 1
+                yield chunk("x")
+                await asyncio.sleep(0)
+
+    gw = Gateway(Endless("blue"))
+    call = await gw.chat(stream=True)
+    await anext(call.stream)  # the client reads one write, then stops reading
+    for _ in range(2000):
+        await asyncio.sleep(0)
+    assert produced <= QUEUED_EVENTS + 2, f"the gateway read {produced} events ahead of a client that stopped"
+    await call.stream.aclose()
+    [record] = gw.writer.records
+    assert record["status"] == 499
+
+
 async def test_stream_cut_off_after_some_text_records_the_tokens_sent_so_far():
     gw = Gateway()
     call = await gw.chat(stream=True)

@@ -44,6 +44,10 @@ async def dispatch(call: Call, call_next: Next) -> None:
     await call_next(call)
 
 
+#: SSE events the gateway holds for a client that reads slower than its upstream answers
+QUEUED_EVENTS = 256
+
+
 async def _events(call: Call, stream: MeteredStream, first: dict[str, Any]):
     """The client's SSE bytes. Events that arrive together leave together.
 
@@ -52,8 +56,12 @@ async def _events(call: Call, stream: MeteredStream, first: dict[str, Any]):
     fast upstream's 20 events read in one go cost one write instead of 20
     (on a small VM each write that wakes the other CPU costs ~17 µs); a slow
     one, like a model generating token by token, is forwarded event by event.
+
+    The queue is bounded (`QUEUED_EVENTS`): a client that stops reading stops
+    the pump, and so the reading of the upstream, instead of the gateway
+    buffering a whole answer for it.
     """
-    queue: asyncio.Queue[bytes | None] = asyncio.Queue()
+    queue: asyncio.Queue[bytes | None] = asyncio.Queue(maxsize=QUEUED_EVENTS)
     pump = asyncio.create_task(_pump(call, stream, first, queue))
     try:
         while True:
@@ -84,19 +92,22 @@ async def _events(call: Call, stream: MeteredStream, first: dict[str, Any]):
 
 async def _pump(call: Call, stream: MeteredStream, first: dict[str, Any], queue: asyncio.Queue[bytes | None]) -> None:
     want_usage = call.request.include_usage
-    put = queue.put_nowait
+    put = queue.put
 
-    def forward(chunk: dict[str, Any]) -> None:
-        if chunk.get("choices") or want_usage or not stream.usage:
-            put(sse(chunk))
+    def forwarded(chunk: dict[str, Any]) -> bool:
+        return bool(chunk.get("choices")) or want_usage or not stream.usage
 
     try:
-        forward(first)
+        if forwarded(first):
+            await put(sse(first))
         async for chunk in stream:
-            forward(chunk)
-        put(SSE_DONE)
+            if forwarded(chunk):
+                await put(sse(chunk))
+        await put(SSE_DONE)
     except ModelyardError as err:
         call.status, call.error_code = err.status, err.code
-        put(sse(err.body()) + SSE_DONE)
+        await put(sse(err.body()) + SSE_DONE)
     finally:
-        put(None)
+        task = asyncio.current_task()
+        if task is None or not task.cancelling():  # cancelled: nobody reads any more
+            await put(None)
