@@ -24,6 +24,7 @@ from modelyard.telemetry.metrics import GatewayMetrics
 from modelyard.wire import ChatCompletionRequest
 from tests.gateway.test_pipeline import (ANSWER, COMPLETION_TOKENS, EXPECTED_COST, GOOD_KEY, PROMPT_TOKENS,
                                          FakeDeployment, FakeEndpoints, FakeKeys, FakeWriter, chunk)
+from tests.gateway.test_pipeline import events as decode
 
 pytestmark = pytest.mark.anyio
 
@@ -170,3 +171,21 @@ async def test_a_failed_tier_is_recorded_with_its_error_and_priced_like_a_failed
     assert split["cost_usd"] > 0 and routed["cost_usd"] > 0  # the instance was held while it failed
     [step] = routed["tiers"]
     assert step["outcome"] == "error" and step["cost_usd"] == pytest.approx(routed["cost_usd"])
+
+
+async def test_routed_answers_get_ids_of_their_own_even_when_a_tier_repeats_its_ids():
+    deployment = FakeDeployment("blue")  # every answer it gives has the id "chatcmpl-fake"
+    pipeline, _ = _router_gateway(deployment)
+    router = next(stage.router for stage in pipeline.stages if getattr(stage, "router", None) is not None)
+
+    first = await pipeline(Call(kind="chat", request=request(model="routed"), api_key=GOOD_KEY))
+    second = await pipeline(Call(kind="chat", request=request(model="routed"), api_key=GOOD_KEY))
+    streamed = await pipeline(Call(kind="chat", request=request(model="routed", stream=True), api_key=GOOD_KEY))
+    ids = {chunk["id"] for chunk in decode([piece async for piece in streamed.stream])[:-1]}
+
+    assert len(ids) == 1
+    answers = [first.body["id"], second.body["id"], *ids]
+    assert len(set(answers)) == 3 and "chatcmpl-fake" not in answers
+    assert all(a.startswith("chatcmpl-") for a in answers)
+    for answer in answers:  # each one is logged under its own id: none overwrote another
+        assert (await router.responses.get(answer))["tier"] == "blue"

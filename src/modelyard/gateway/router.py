@@ -137,7 +137,7 @@ class TierContext:
             for choice in body.get("choices") or ():
                 choice["logprobs"] = None
         self.call.deployment = tier
-        self.response_id = body.get("id")
+        body["id"] = self.response_id = self._own_id()
         self._log_answer(tier, answer_text(self.kind, body))
         if not self.streaming:
             self.call.body = body
@@ -169,8 +169,13 @@ class TierContext:
             self.attach(err.metered.step("error"))
             raise
         self.call.deployment = tier
-        self.response_id = first.get("id")
+        self.response_id = self._own_id()
         self.call.stream = self._events(tier, stream, first, tail, after_first)
+
+    def _own_id(self) -> str:
+        """The answer's id as the client sees it (and rates it by): made from the call's request id, so unique,
+        whatever ids the tiers send (a tier that repeats ids must not overwrite another answer's log)."""
+        return ("cmpl-" if self.kind == "completion" else "chatcmpl-") + self.call.request_id.removeprefix("req-")
 
     async def _events(self, tier: Deployment, stream: MeteredStream, first: dict[str, Any], tail: Tail | None,
                       after_first: Callable[[], None] | None) -> AsyncIterator[bytes]:
@@ -178,8 +183,10 @@ class TierContext:
         want_usage = self.request.include_usage
         ended = False
         try:
+            own_id = self.response_id
             async for chunk in _with_first(first, stream):
                 if chunk.get("choices") or want_usage:
+                    chunk["id"] = own_id
                     yield sse(chunk)
                 if after_first is not None and stream.text:  # the first token, not the role chunk before it
                     after_first()
