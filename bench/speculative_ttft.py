@@ -38,7 +38,8 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 from _common import percentile, sse_chunks  # noqa: E402
 from tests.live_gateway import start_server  # noqa: E402
-from tests.tier_stub import Script, TierStub, tier_cards  # noqa: E402
+from tests.cards import tier_cards  # noqa: E402
+from tests.openai_stub import Script, StubServer  # noqa: E402
 
 QUESTIONS = ["What is the capital of France?", "Name a colour of the sky.", "What do bees make?",
              "How many legs does a dog have?", "What is water made of?"]
@@ -61,7 +62,7 @@ def ttft(client: httpx.Client, question: str, headers: dict[str, str]) -> tuple[
 
 
 def _serve_stub(ready) -> None:
-    stub = TierStub().start()
+    stub = StubServer().start()
     stub.tiers["strong"] = Script(answer="A careful answer from the strong tier.", delay_s=1.0)
     ready.put(stub.root)
     while True:
@@ -78,7 +79,7 @@ def main() -> None:
     ready = ctx.Queue()
     stub_process = ctx.Process(target=_serve_stub, args=(ready,), daemon=True)
     stub_process.start()
-    stub = TierStub()
+    stub = StubServer()
     stub.root = ready.get(timeout=60)
     home = Path(tempfile.mkdtemp(prefix="spec-bench-")) / "home"
     (home / "catalog").mkdir(parents=True)

@@ -25,3 +25,9 @@ def hosted_card(card_id: str, base_url: str, **options: Any) -> str:
     """The same card as a catalog YAML list item, for a gateway's user catalog (`live_gateway.write_catalog`)."""
     card = hosted_model_card(card_id, base_url, **options).model_dump(mode="json", exclude_none=True)
     return yaml.safe_dump([card], sort_keys=False)
+
+
+def tier_cards(stub: Any, tiers: dict[str, tuple[float, float]]) -> str:
+    """Catalog YAML with a hosted card `tier-{tier}` on each of the stub's tiers (`tests.openai_stub.StubServer.tiers`),
+    priced ``{tier: (input_per_1m, output_per_1m)}``."""
+    return "".join(hosted_card(f"tier-{tier}", stub.base_url(tier), price=price) for tier, price in tiers.items())

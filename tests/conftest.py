@@ -1,8 +1,13 @@
-"""Every test gets its own MODELYARD_HOME, so nothing touches ~/.modelyard."""
+"""Every test gets its own MODELYARD_HOME, so nothing touches ~/.modelyard; a test module that asks for
+`stub` gets the OpenAI stub (tests/openai_stub.py) on a free port."""
 
 from __future__ import annotations
 
 import pytest
+
+from tests.openai_stub import stub_fixture
+
+stub = stub_fixture()
 
 
 @pytest.fixture(autouse=True)

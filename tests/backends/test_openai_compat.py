@@ -21,7 +21,7 @@ from modelyard.errors import ModelyardError
 from modelyard.wire import ChatCompletionRequest, CompletionRequest, EmbeddingRequest, gather
 
 from tests.cards import hosted_model_card
-from tests.openai_stub import EMBEDDING, start_stub_in_thread
+from tests.openai_stub import EMBEDDING, StubServer
 
 pytestmark = pytest.mark.anyio
 
@@ -33,15 +33,8 @@ def anyio_backend() -> str:
     return "asyncio"
 
 
-@pytest.fixture(scope="module")
-def stub() -> str:
-    base_url, stop = start_stub_in_thread()
-    yield base_url
-    stop()
-
-
-def last(stub: str) -> dict:
-    return httpx.get(f"{stub}/_last").json()
+def last(stub: StubServer) -> dict:
+    return httpx.get(f"{stub.root}/_last").json()
 
 
 def chat(stream: bool = False, **extra) -> ChatCompletionRequest:
@@ -70,7 +63,7 @@ def free_port() -> int:
 
 
 async def test_backend_satisfies_the_protocol(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1")
+    backend = OpenAICompatBackend(f"{stub.root}/v1")
     assert isinstance(backend, Backend)
     assert backend.max_concurrency == 64
     await backend.start()
@@ -78,7 +71,7 @@ async def test_backend_satisfies_the_protocol(stub):
 
 
 async def test_streaming_yields_every_chunk_and_usage_even_when_the_client_did_not_ask(stub):
-    chunks = await collect(OpenAICompatBackend(f"{stub}/v1"), "chat", chat(stream=True))
+    chunks = await collect(OpenAICompatBackend(f"{stub.root}/v1"), "chat", chat(stream=True))
 
     content = [c for c in chunks if c["choices"] and c["choices"][0]["delta"].get("content")]
     assert len(content) == TOKENS
@@ -91,7 +84,7 @@ async def test_streaming_yields_every_chunk_and_usage_even_when_the_client_did_n
 
 
 async def test_streamed_chunks_gather_into_the_whole_answer(stub):
-    chunks = await collect(OpenAICompatBackend(f"{stub}/v1"), "chat", chat(stream=True))
+    chunks = await collect(OpenAICompatBackend(f"{stub.root}/v1"), "chat", chat(stream=True))
     body = gather("chat", chunks)
     assert body["choices"][0]["message"] == {"role": "assistant", "content": "tok " * TOKENS}
     assert body["usage"]["completion_tokens"] == 20
@@ -99,7 +92,7 @@ async def test_streamed_chunks_gather_into_the_whole_answer(stub):
 
 @pytest.mark.parametrize("stream", [True, False])
 async def test_requests_reuse_one_kept_alive_connection(stub, stream):
-    backend = OpenAICompatBackend(f"{stub}/v1")
+    backend = OpenAICompatBackend(f"{stub.root}/v1")
     ports = set()
     try:
         for _ in range(3):
@@ -111,7 +104,7 @@ async def test_requests_reuse_one_kept_alive_connection(stub, stream):
 
 
 async def test_non_streaming_yields_the_upstream_body_once(stub):
-    chunks = await collect(OpenAICompatBackend(f"{stub}/v1"), "chat", chat())
+    chunks = await collect(OpenAICompatBackend(f"{stub.root}/v1"), "chat", chat())
 
     assert len(chunks) == 1
     body = gather("chat", chunks)
@@ -123,30 +116,30 @@ async def test_non_streaming_yields_the_upstream_body_once(stub):
 
 
 async def test_non_streaming_drops_stream_options_openai_would_refuse(stub):
-    await collect(OpenAICompatBackend(f"{stub}/v1"), "chat", chat(stream_options={"include_usage": True}))
+    await collect(OpenAICompatBackend(f"{stub.root}/v1"), "chat", chat(stream_options={"include_usage": True}))
     assert "stream_options" not in last(stub)["body"]
 
 
 async def test_completions_stream_and_not(stub):
     request = CompletionRequest(model="my-endpoint", prompt="once upon", stream=True)
-    chunks = await collect(OpenAICompatBackend(f"{stub}/v1"), "completion", request)
+    chunks = await collect(OpenAICompatBackend(f"{stub.root}/v1"), "completion", request)
     assert sum(1 for c in chunks if c["choices"] and c["choices"][0]["text"]) == TOKENS
     assert chunks[-1]["usage"]["completion_tokens"] == 20
     assert last(stub)["path"] == "/v1/completions"
 
     request = CompletionRequest(model="my-endpoint", prompt="once upon")
-    (body,) = await collect(OpenAICompatBackend(f"{stub}/v1"), "completion", request)
+    (body,) = await collect(OpenAICompatBackend(f"{stub.root}/v1"), "completion", request)
     assert body["object"] == "text_completion"
     assert body["choices"][0]["text"] == "tok " * TOKENS
 
 
 async def test_upstream_model_name_replaces_the_endpoint_name(stub):
-    await collect(OpenAICompatBackend(f"{stub}/v1", model="gpt-4o-mini"), "chat", chat())
+    await collect(OpenAICompatBackend(f"{stub.root}/v1", model="gpt-4o-mini"), "chat", chat())
     assert last(stub)["body"]["model"] == "gpt-4o-mini"
 
 
 async def test_request_model_is_sent_unchanged_without_an_upstream_model(stub):
-    await collect(OpenAICompatBackend(f"{stub}/v1"), "chat", chat())
+    await collect(OpenAICompatBackend(f"{stub.root}/v1"), "chat", chat())
     received = last(stub)
     assert received["body"]["model"] == "my-endpoint"
     assert received["body"]["messages"] == [{"role": "user", "content": "hi"}]
@@ -155,7 +148,7 @@ async def test_request_model_is_sent_unchanged_without_an_upstream_model(stub):
 
 
 async def test_bearer_key_and_extra_headers_reach_the_upstream(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", api_key="sk-test", headers={"x-team": "blue"})
+    backend = OpenAICompatBackend(f"{stub.root}/v1", api_key="sk-test", headers={"x-team": "blue"})
     await collect(backend, "chat", chat())
     headers = last(stub)["headers"]
     assert headers["authorization"] == "Bearer sk-test"
@@ -164,7 +157,7 @@ async def test_bearer_key_and_extra_headers_reach_the_upstream(stub):
 
 async def test_azure_uses_deployment_url_api_version_and_api_key_header(stub):
     backend = OpenAICompatBackend(
-        f"{stub}/openai/deployments/gpt4o-prod", provider="azure", api_key="az-key", api_version="2024-10-21"
+        f"{stub.root}/openai/deployments/gpt4o-prod", provider="azure", api_key="az-key", api_version="2024-10-21"
     )
     chunks = await collect(backend, "chat", chat(stream=True))
     assert chunks[-1]["usage"]["total_tokens"] == 30
@@ -178,13 +171,13 @@ async def test_azure_uses_deployment_url_api_version_and_api_key_header(stub):
 
 
 async def test_azure_builds_the_deployment_url_from_a_resource_url_and_model(stub):
-    backend = OpenAICompatBackend(stub, provider="azure", model="gpt4o-prod", api_key="k", api_version="2024-10-21")
+    backend = OpenAICompatBackend(stub.root, provider="azure", model="gpt4o-prod", api_key="k", api_version="2024-10-21")
     await collect(backend, "chat", chat())
     assert last(stub)["path"] == "/openai/deployments/gpt4o-prod/chat/completions"
 
 
 async def test_embeddings_return_the_upstream_list(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", model="text-embedding-3-small")
+    backend = OpenAICompatBackend(f"{stub.root}/v1", model="text-embedding-3-small")
     try:
         body = await backend.embed(EmbeddingRequest(model="my-embedder", input=["a", "b"]))
     finally:
@@ -196,7 +189,7 @@ async def test_embeddings_return_the_upstream_list(stub):
 
 
 async def test_probe_reports_readiness_and_never_raises(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1")
+    backend = OpenAICompatBackend(f"{stub.root}/v1")
     assert await backend.probe() is True
     assert await backend.probe("/healthz") is True
     assert await backend.probe("/no-such-route") is False
@@ -210,7 +203,7 @@ async def test_probe_reports_readiness_and_never_raises(stub):
 
 
 async def test_429_is_retried_until_the_upstream_accepts(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", backoff=0.01, headers=script(status="429", fail_times="2"))
+    backend = OpenAICompatBackend(f"{stub.root}/v1", backoff=0.01, headers=script(status="429", fail_times="2"))
     seen = last(stub)["seen"]
     (body,) = await collect(backend, "chat", chat())
     assert body["object"] == "chat.completion"
@@ -220,13 +213,13 @@ async def test_429_is_retried_until_the_upstream_accepts(stub):
 async def test_retry_after_from_the_upstream_is_honoured(stub):
     # A backoff of 30 s would time the test out; the upstream's 0.01 s is used instead.
     headers = script(status="429", fail_times="1", retry_after="0.01")
-    backend = OpenAICompatBackend(f"{stub}/v1", backoff=30, headers=headers)
+    backend = OpenAICompatBackend(f"{stub.root}/v1", backoff=30, headers=headers)
     chunks = await collect(backend, "chat", chat(stream=True))
     assert chunks[-1]["usage"]["total_tokens"] == 30
 
 
 async def test_429_stays_429_when_retries_run_out(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", backoff=0.01, max_retries=1, headers=script(status="429"))
+    backend = OpenAICompatBackend(f"{stub.root}/v1", backoff=0.01, max_retries=1, headers=script(status="429"))
     with pytest.raises(ModelyardError) as info:
         await collect(backend, "chat", chat())
     assert info.value.status == 429
@@ -234,7 +227,7 @@ async def test_429_stays_429_when_retries_run_out(stub):
 
 
 async def test_5xx_that_outlasts_the_retries_is_a_502(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", backoff=0.01, max_retries=2, headers=script(status="503"))
+    backend = OpenAICompatBackend(f"{stub.root}/v1", backoff=0.01, max_retries=2, headers=script(status="503"))
     seen = last(stub)["seen"]
     with pytest.raises(ModelyardError) as info:
         await collect(backend, "chat", chat(stream=True))
@@ -247,7 +240,7 @@ async def test_5xx_that_outlasts_the_retries_is_a_502(stub):
 async def test_upstream_400_keeps_its_status_and_param_and_is_not_retried(stub):
     # Were it retried, the second try would succeed.
     headers = script(status="400", fail_times="1", error_param="messages")
-    backend = OpenAICompatBackend(f"{stub}/v1", backoff=0.01, headers=headers)
+    backend = OpenAICompatBackend(f"{stub.root}/v1", backoff=0.01, headers=headers)
     with pytest.raises(ModelyardError) as info:
         await collect(backend, "chat", chat())
     assert info.value.status == 400
@@ -257,7 +250,7 @@ async def test_upstream_400_keeps_its_status_and_param_and_is_not_retried(stub):
 
 
 async def test_upstream_401_is_our_misconfiguration_not_the_clients(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", api_key="sk-wrong", headers=script(status="401"))
+    backend = OpenAICompatBackend(f"{stub.root}/v1", api_key="sk-wrong", headers=script(status="401"))
     with pytest.raises(ModelyardError) as info:
         await collect(backend, "chat", chat())
     assert info.value.status == 502
@@ -273,7 +266,7 @@ async def test_connection_refused_is_a_502(stub):
 
 
 async def test_a_slow_upstream_is_a_504(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", timeout=0.2, backoff=0.01, max_retries=1, headers=script(delay_ms="1000"))
+    backend = OpenAICompatBackend(f"{stub.root}/v1", timeout=0.2, backoff=0.01, max_retries=1, headers=script(delay_ms="1000"))
     with pytest.raises(ModelyardError) as info:
         await collect(backend, "chat", chat())
     assert info.value.status == 504
@@ -281,7 +274,7 @@ async def test_a_slow_upstream_is_a_504(stub):
 
 
 async def test_an_error_event_mid_stream_raises_after_the_chunks_before_it(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", headers=script(stream_error="1"))
+    backend = OpenAICompatBackend(f"{stub.root}/v1", headers=script(stream_error="1"))
     got = []
     with pytest.raises(ModelyardError) as info:
         async for chunk in backend.generate("chat", chat(stream=True)):
@@ -293,7 +286,7 @@ async def test_an_error_event_mid_stream_raises_after_the_chunks_before_it(stub)
 
 
 async def test_a_half_streamed_answer_is_never_replayed(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", backoff=0.01, headers=script(stream_abort="1"))
+    backend = OpenAICompatBackend(f"{stub.root}/v1", backoff=0.01, headers=script(stream_abort="1"))
     seen = last(stub)["seen"]
     got = []
     with pytest.raises(ModelyardError) as info:
@@ -306,7 +299,7 @@ async def test_a_half_streamed_answer_is_never_replayed(stub):
 
 
 async def test_an_upstream_that_refuses_stream_options_still_streams(stub):
-    backend = OpenAICompatBackend(f"{stub}/v1", headers=script(reject_stream_options="1"))
+    backend = OpenAICompatBackend(f"{stub.root}/v1", headers=script(reject_stream_options="1"))
     try:
         for _ in range(2):
             chunks = [c async for c in backend.generate("chat", chat(stream=True))]
@@ -319,8 +312,8 @@ async def test_an_upstream_that_refuses_stream_options_still_streams(stub):
 # -- built from a catalog card -------------------------------------------------------------
 
 
-def hosted_card(stub: str, **source) -> ModelCard:
-    return hosted_model_card("gpt-4o-mini", f"{stub}/v1", context_length=128000, source=source)
+def hosted_card(stub: StubServer, **source) -> ModelCard:
+    return hosted_model_card("gpt-4o-mini", f"{stub.root}/v1", context_length=128000, source=source)
 
 
 async def test_for_card_reads_the_key_from_the_named_env_var(stub, monkeypatch):

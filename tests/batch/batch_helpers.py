@@ -1,96 +1,22 @@
-"""Helpers for the batch tests: a real gateway (`modelyard up` in a subprocess) whose hosted deployments call a
-scripted OpenAI stub, driven by the official `openai` client and the CLI.
+"""Helpers for the batch tests: a real gateway (`modelyard up` in a subprocess) whose hosted deployments call
+the OpenAI stub (tests/openai_stub.py), driven by the official `openai` client and the CLI.
 
-Batch lines cannot carry HTTP headers, so the stub's scripted behaviour
-(``x-stub-status``, ``x-stub-fail-times`` …, see tests/openai_stub.py) is
-asked for in the request body instead: a line whose ``user`` field is
-``"stub:status=503,fail_times=2,key=k1,delay_ms=50"`` reaches the stub with
-those headers. `ScriptedStub` turns the one into the other in front of the
-unchanged stub.
+Batch lines cannot carry HTTP headers, so the stub's scripted behaviour is asked for in the request body:
+a line whose ``user`` field is ``"stub:status=503,fail_times=2,key=k1,delay_ms=50"`` is read by the stub
+as those ``x-stub-*`` headers.
 """
 
 from __future__ import annotations
 
 import json
-import socket
-import threading
 import time
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from tests.cards import hosted_card
 from tests.live_gateway import Server, write_catalog
-from tests.openai_stub import StubServer
 
 TERMINAL = {"completed", "failed", "cancelled", "expired"}
-
-
-class ScriptedStub:
-    """ASGI wrapper: reads the body, turns ``user: "stub:k=v,..."`` into ``x-stub-k: v`` headers."""
-
-    def __init__(self) -> None:
-        self.stub = StubServer()
-        self.lock = threading.Lock()
-        self.bodies: list[dict[str, Any]] = []
-
-    async def __call__(self, scope: dict, receive: Callable, send: Callable) -> None:
-        if scope["type"] != "http" or scope["method"] != "POST":
-            return await self.stub(scope, receive, send)
-        raw = b""
-        more = True
-        while more:
-            message = await receive()
-            raw += message.get("body", b"")
-            more = message.get("more_body", False)
-        headers = list(scope["headers"])
-        try:
-            body = json.loads(raw)
-        except ValueError:
-            body = {}
-        with self.lock:
-            self.bodies.append(body)
-        user = body.get("user") if isinstance(body, dict) else None
-        if isinstance(user, str) and user.startswith("stub:"):
-            for item in user[5:].split(","):
-                name, _, value = item.partition("=")
-                headers.append((f"x-stub-{name.replace('_', '-')}".encode(), value.encode()))
-        sent = False
-
-        async def replay() -> dict:
-            nonlocal sent
-            if sent:
-                return {"type": "http.disconnect"}
-            sent = True
-            return {"type": "http.request", "body": raw, "more_body": False}
-
-        await self.stub({**scope, "headers": headers}, replay, send)
-
-    def count(self, predicate: Callable[[dict[str, Any]], bool] = lambda b: True) -> int:
-        with self.lock:
-            return sum(1 for b in self.bodies if predicate(b))
-
-
-def serve_in_thread(app: Any) -> tuple[str, Callable[[], None]]:
-    """Serve an ASGI app on a free port of 127.0.0.1 in a daemon thread; returns (root URL, stop)."""
-    import uvicorn
-
-    sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-    sock.bind(("127.0.0.1", 0))
-    port = sock.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(app, log_level="warning", access_log=False, lifespan="off"))
-    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
-    thread.start()
-    deadline = time.monotonic() + 10
-    while not server.started and time.monotonic() < deadline:
-        time.sleep(0.01)
-
-    def stop() -> None:
-        server.should_exit = True
-        thread.join(timeout=5)
-        sock.close()
-
-    return f"http://127.0.0.1:{port}", stop
 
 
 def stub_catalog(home: Path, stub_root: str) -> None:

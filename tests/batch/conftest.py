@@ -1,22 +1,16 @@
-"""Fixtures for the batch tests: the scripted stub and a gateway whose deployments call it
-(see batch_helpers.py)."""
+"""Fixtures for the batch tests: the OpenAI stub, keeping the bodies it is sent, and a gateway whose
+deployments call it (see batch_helpers.py)."""
 
 from __future__ import annotations
 
 
 import pytest
 
-from tests.batch.batch_helpers import GATEWAY_ENV, ScriptedStub, make_endpoint, serve_in_thread, stub_catalog
+from tests.batch.batch_helpers import GATEWAY_ENV, make_endpoint, stub_catalog
 from tests.live_gateway import Server, start_server
+from tests.openai_stub import stub_fixture
 
-
-@pytest.fixture(scope="module")
-def stub():
-    app = ScriptedStub()
-    root, stop = serve_in_thread(app)
-    app.root = root
-    yield app
-    stop()
+stub = stub_fixture(record=True)
 
 
 @pytest.fixture(scope="module")

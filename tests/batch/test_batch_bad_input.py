@@ -25,13 +25,13 @@ def failed_with(client, path, **extra) -> list:
 
 def test_malformed_jsonl_names_the_line(gw, stub, tmp_path):
     client = gw.openai()
-    seen = stub.count()
+    seen = stub.seen
     path = write_jsonl(tmp_path / "bad.jsonl", [chat_line("a"), chat_line("b"), '{"custom_id": "c", "method": "POST",',
                                                 chat_line("d"), "[1, 2]"])
     errors = failed_with(client, path)
     assert [(e.line, e.code) for e in errors] == [(3, "invalid_json_line"), (5, "invalid_json_line")]
     assert "Line 3 is not valid JSON" in errors[0].message and "must be a JSON object" in errors[1].message
-    assert stub.count() == seen  # nothing ran
+    assert stub.seen == seen  # nothing ran
 
 
 def test_unsupported_and_mismatched_urls(gw, tmp_path):

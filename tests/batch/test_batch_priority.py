@@ -1,7 +1,7 @@
 """Background (batch) calls on a deployment: they use what live traffic leaves, never more than their
 share, and a live request waiting for a slot gets the next one.
 
-The deployment is the real `Deployment`, hosted on the scripted stub (a slow answer is a line with
+The deployment is the real `Deployment`, hosted on the OpenAI stub (a slow answer is a line with
 ``user: "stub:delay_ms=N"``), so slots, queues and timing are the production code's.
 """
 
@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.batch.batch_helpers import ScriptedStub, serve_in_thread
+from tests.openai_stub import StubServer
 from modelyard.catalog.card import ModelCard
 from modelyard.gateway.dispatch import dispatch
 from modelyard.gateway.pipeline import Call, Pipeline
@@ -25,17 +25,10 @@ from modelyard.serving.spec import DeploymentSpec
 from modelyard.wire import ChatCompletionRequest
 
 
-@pytest.fixture(scope="module")
-def stub_root():
-    root, stop = serve_in_thread(ScriptedStub())
-    yield root
-    stop()
-
-
-def hosted(stub_root: str, concurrency: int, tmp_path: Path) -> Deployment:
+def hosted(stub: StubServer, concurrency: int, tmp_path: Path) -> Deployment:
     card = ModelCard(id="stub-chat", family="stub", task="chat", format="hosted", license="none",
                      context_length=4096, source={"type": "hosted", "provider": "openai-compatible",
-                                                  "base_url": stub_root + "/v1"})
+                                                  "base_url": stub.root + "/v1"})
     spec = DeploymentSpec(name="blue", endpoint_name="chat", model="stub-chat",
                           request_settings={"max_concurrent_requests_per_instance": concurrency, "max_retries": 0})
     return Deployment(spec, card, LocalRuntime(tmp_path / "logs"))
@@ -61,9 +54,9 @@ def run(coro):
     return asyncio.run(coro)
 
 
-def test_background_calls_never_hold_more_than_their_share(stub_root, tmp_path):
+def test_background_calls_never_hold_more_than_their_share(stub, tmp_path):
     async def main() -> int:
-        dep = hosted(stub_root, 4, tmp_path)
+        dep = hosted(stub, 4, tmp_path)
         await dep.start()
         peak = 0
         log: list = []
@@ -79,9 +72,9 @@ def test_background_calls_never_hold_more_than_their_share(stub_root, tmp_path):
     assert run(main()) == 2  # half of 4 slots
 
 
-def test_a_waiting_live_request_gets_the_next_free_slot(stub_root, tmp_path):
+def test_a_waiting_live_request_gets_the_next_free_slot(stub, tmp_path):
     async def main() -> list[str]:
-        dep = hosted(stub_root, 1, tmp_path)
+        dep = hosted(stub, 1, tmp_path)
         await dep.start()
         log: list = []
         first = asyncio.create_task(in_background(1.0, call(dep, 300, log, "b0")))
@@ -97,11 +90,11 @@ def test_a_waiting_live_request_gets_the_next_free_slot(stub_root, tmp_path):
     assert order[:2] == ["b0", "live"]  # the live request jumped the two background calls queued before it
 
 
-def test_recent_live_traffic_keeps_its_room(stub_root, tmp_path, monkeypatch):
+def test_recent_live_traffic_keeps_its_room(stub, tmp_path, monkeypatch):
     monkeypatch.setattr(deployment_module, "LIVE_RESERVE_S", 0.6)
 
     async def main() -> tuple[int, int, float]:
-        dep = hosted(stub_root, 2, tmp_path)
+        dep = hosted(stub, 2, tmp_path)
         await dep.start()
         log: list = []
         await call(dep, 10, log, "live")  # a live request just now: one slot stays free for live traffic
@@ -130,9 +123,9 @@ def test_recent_live_traffic_keeps_its_room(stub_root, tmp_path, monkeypatch):
     assert live_s < 0.3  # not behind a 400 ms background call
 
 
-def test_background_work_yields_while_live_traffic_fills_the_deployment(stub_root, tmp_path):
+def test_background_work_yields_while_live_traffic_fills_the_deployment(stub, tmp_path):
     async def main() -> list[str]:
-        dep = hosted(stub_root, 2, tmp_path)
+        dep = hosted(stub, 2, tmp_path)
         await dep.start()
         log: list = []
         # Two live requests at once: live traffic has needed the whole deployment.
@@ -152,9 +145,9 @@ def test_background_work_yields_while_live_traffic_fills_the_deployment(stub_roo
     assert set(order[:2]) == {"live0", "live1"} and order[2:] == ["b0", "live2", "b1"]
 
 
-def test_waiting_for_a_background_slot_is_measured(stub_root, tmp_path):
+def test_waiting_for_a_background_slot_is_measured(stub, tmp_path):
     async def main() -> float:
-        dep = hosted(stub_root, 1, tmp_path)
+        dep = hosted(stub, 1, tmp_path)
         await dep.start()
         log: list = []
         holder = asyncio.create_task(in_background(1.0, call(dep, 200, log, "b0")))

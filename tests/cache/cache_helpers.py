@@ -10,15 +10,16 @@ import httpx
 
 from tests.cards import hosted_card
 from tests.live_gateway import start_server, write_catalog
+from tests.openai_stub import StubServer
 
 
-def hosted_catalog(home: Path, stub_root: str) -> None:
+def hosted_catalog(home: Path, stub: StubServer) -> None:
     """A hosted chat card `stub-chat` on the echo stub ($1 / $2 per million tokens), as a user catalog file."""
-    write_catalog(home, hosted_card("stub-chat", f"{stub_root}/v1", price=(1.0, 2.0)))
+    write_catalog(home, hosted_card("stub-chat", f"{stub.root}/v1", price=(1.0, 2.0)))
 
 
-def stub_gateway(home: Path, stub_root: str, **kwargs):
-    hosted_catalog(home, stub_root)
+def stub_gateway(home: Path, stub: StubServer, **kwargs):
+    hosted_catalog(home, stub)
     return start_server(home, "--no-defaults", **kwargs)
 
 
@@ -51,8 +52,9 @@ def ask(question: str, **kw) -> dict:
     return {"messages": [{"role": "user", "content": question}], "temperature": 0, "max_tokens": 50, **kw}
 
 
-def calls(stub: str) -> int:
-    return httpx.get(stub + "/_calls").json()["calls"]
+def calls(stub: StubServer) -> int:
+    """How many requests the stub has had."""
+    return stub.seen
 
 
 def usage_rows(srv, endpoint: str) -> list[dict]:

@@ -11,7 +11,7 @@ import pytest
 
 from tests.live_gateway import free_port
 from tests.cache.cache_helpers import stub_gateway
-from tests.cache.echo_stub import start_echo_stub
+from tests.openai_stub import stub_fixture
 
 
 @pytest.fixture(scope="session")
@@ -54,12 +54,8 @@ def redis_db(redis_url):
     client.close()
 
 
-@pytest.fixture(scope="session")
-def stub():
-    """The echo upstream (its answer names the question): the root URL."""
-    root, stop = start_echo_stub()
-    yield root
-    stop()
+#: The OpenAI stub answering "answer to: <question>", for the whole session.
+stub = stub_fixture("session", echo=True)
 
 
 @pytest.fixture(scope="module")

@@ -107,13 +107,13 @@ def test_failed_and_cut_answers_are_not_stored(gw, stub):
     cached_endpoint(gw, "failing", {"mode": "exact"})
     client = gw.openai()
     with pytest.raises(openai.InternalServerError):
-        client.chat.completions.create(model="failing", **ask("Will this fail?", user="fail"))
+        client.chat.completions.create(model="failing", **ask("Will this fail?", user="stub:status=500"))
     assert raw(client, "failing", **ask("Will this fail?")).headers["x-modelyard-cache"] == "miss"
-    cut = raw(client, "failing", **ask("Will this be cut?", user="cut"))
+    cut = raw(client, "failing", **ask("Will this be cut?", user="stub:finish=length"))
     assert cut.parse().choices[0].finish_reason == "length"
     assert raw(client, "failing", **ask("Will this be cut?")).headers["x-modelyard-cache"] == "miss"
     with client.chat.completions.with_streaming_response.create(model="failing", stream=True,
-                                                                 **ask("Stream and cut?", user="cut")) as response:
+                                                                 **ask("Stream and cut?", user="stub:finish=length")) as response:
         list(response.parse())
     assert raw(client, "failing", **ask("Stream and cut?")).headers["x-modelyard-cache"] == "miss"
 

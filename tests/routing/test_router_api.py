@@ -1,6 +1,6 @@
 """Router endpoints end to end: a real gateway, the official openai client, hosted tiers on a local stand-in.
 
-The tiers are hosted cards pointing at `tier_stub.TierStub`, reached through
+The tiers are hosted cards on the OpenAI stub's tiers (`stub.tiers`, tests/openai_stub.py), reached through
 the same OpenAI-compatible client a real provider is; each test scripts what
 the cheap (`small`) and the strong (`large`) tier answer.
 """
@@ -15,19 +15,12 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.cards import hosted_card
+from tests.cards import hosted_card, tier_cards
 from tests.live_gateway import start_server, write_catalog
-from tests.tier_stub import Script, TierStub, tier_cards
+from tests.openai_stub import Script
 
 ASK = [{"role": "user", "content": "What is the capital of France?"}]
 PRICES = {"small": (0.1, 0.2), "large": (10.0, 30.0), "mid": (1.0, 2.0)}
-
-
-@pytest.fixture(scope="module")
-def stub():
-    s = TierStub().start()
-    yield s
-    s.stop()
 
 
 @pytest.fixture(scope="module")

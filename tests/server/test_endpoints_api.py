@@ -18,20 +18,12 @@ import pytest
 
 from tests.cards import hosted_card
 from tests.live_gateway import start_server, write_catalog
-from tests.openai_stub import start_stub_in_thread
 
 pytestmark = pytest.mark.model
 
 # A plain completion of a story runs to its token limit (a chat answer from the base model often stops early).
 STORY = "Chapter One\n\nThe old lighthouse keeper had lived alone on the island for"
 ASK = {"messages": [{"role": "user", "content": "What is the capital of France?"}], "max_tokens": 8, "temperature": 0}
-
-
-@pytest.fixture(scope="module")
-def stub():
-    root, stop = start_stub_in_thread()
-    yield root
-    stop()
 
 
 def hosted_catalog(home: Path, stub_root: str) -> None:
@@ -44,7 +36,7 @@ def hosted_catalog(home: Path, stub_root: str) -> None:
 def gw(tmp_path_factory, stub):
     """A gateway with no default endpoints and the stub cards in its catalog."""
     home = tmp_path_factory.mktemp("endpoints") / "home"
-    hosted_catalog(home, stub)
+    hosted_catalog(home, stub.root)
     srv = start_server(home, "--no-defaults")
     yield srv
     srv.stop()

@@ -38,7 +38,7 @@ from modelyard.wire import ChatCompletionRequest
 from tests.gateway import test_pipeline as fakes  # keys, endpoints, a scripted deployment, a keeping writer
 from tests.cards import hosted_card
 from tests.live_gateway import start_server, write_catalog
-from tests.openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS, start_stub_in_thread
+from tests.openai_stub import COMPLETION_TOKENS, PROMPT_TOKENS
 # the store tests' database fixtures: SQLite, and Postgres when MODELYARD_TEST_POSTGRES_URL names one
 from tests.store.conftest import any_db, postgres_url, sqlite_url  # noqa: F401 - fixtures
 
@@ -248,13 +248,6 @@ CALL_COST = (PROMPT_TOKENS * PRICE_IN + COMPLETION_TOKENS * PRICE_OUT) / 1e6
 ASK = {"messages": [{"role": "user", "content": "hello"}], "max_tokens": 20}
 
 
-@pytest.fixture(scope="module")
-def stub():
-    root, stop = start_stub_in_thread()
-    yield root
-    stop()
-
-
 def paid_catalog(home: Path, stub_root: str) -> None:
     """``stub-paid``, priced per token, and ``stub-free``, a hosted API priced at zero (a self-hosted vLLM)."""
     write_catalog(home, hosted_card("stub-paid", f"{stub_root}/v1", price=(PRICE_IN, PRICE_OUT)),
@@ -264,7 +257,7 @@ def paid_catalog(home: Path, stub_root: str) -> None:
 @pytest.fixture(scope="module")
 def gw(tmp_path_factory, stub):
     home = tmp_path_factory.mktemp("budget") / "home"
-    paid_catalog(home, stub)
+    paid_catalog(home, stub.root)
     srv = start_server(home, "--no-defaults")
     yield srv
     srv.stop()
@@ -364,7 +357,7 @@ def test_a_router_refuses_a_paid_tier_once_the_budget_is_spent_and_keeps_answeri
 
 def test_a_restarted_gateway_still_knows_what_was_spent_today(tmp_path, stub):
     home = tmp_path / "home"
-    paid_catalog(home, stub)
+    paid_catalog(home, stub.root)
     srv = start_server(home, "--no-defaults")
     try:
         budgeted_endpoint(srv, "capped", {"usd_per_day": CALL_COST}, ("paid", "stub-paid", {}))
