@@ -36,7 +36,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: install run test bench clean lock lock-check upgrade
+.PHONY: faults install run test bench clean lock lock-check upgrade
 
 $(UV): requirements-uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -67,6 +67,10 @@ test: install
 	# The cache's tests start throw-away redis-servers (Debian's package).
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	$(BIN)/python -m pytest -q
+
+# The fault tests at full length: a 30 s database outage under load (`make test` runs them with 8 s).
+faults: install
+	MODELYARD_FAULT_OUTAGE_S=30 $(BIN)/python -m pytest -q tests/faults tests/cache/test_redis_restart.py
 
 bench: install
 	$(BIN)/python bench/gateway_overhead.py

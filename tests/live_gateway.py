@@ -58,8 +58,9 @@ class Server:
 def start_server(home: Path, *args: str, extra_env: dict[str, str] | None = None, wait_ready: bool = True) -> Server:
     home.mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = dict(os.environ, MODELYARD_HOME=str(home), **(extra_env or {}))
-    env.pop("DATABASE_URL", None)
+    env = dict(os.environ, MODELYARD_HOME=str(home))
+    env.pop("DATABASE_URL", None)  # the home's SQLite file, unless the test names a database
+    env.update(extra_env or {})
     log = home / "server.log"
     proc = subprocess.Popen([sys.executable, "-m", "modelyard.cli", "up", "--port", str(port), *args],
                             stdout=open(log, "wb"), stderr=subprocess.STDOUT, env=env, start_new_session=True)

@@ -282,3 +282,23 @@ def test_file_expiry_and_a_file_in_use_cannot_be_deleted(gw, tmp_path):
     assert exc.value.body["code"] == "file_in_use" and batch.id in exc.value.body["message"]
     assert wait_batch(client, batch.id).status == "completed"
     assert client.files.delete(uploaded.id).deleted
+
+
+def test_revoking_the_key_that_created_a_running_job_stops_its_requests(gw, stub, tmp_path):
+    created = gw.api("POST", "/api/keys", json={"name": "batcher", "endpoint": "chat"}).json()
+    client = openai.OpenAI(base_url=gw.base_url, api_key=created["key"], max_retries=0)
+    lines = [chat_line(f"r{i}", user="stub:delay_ms=150") for i in range(60)]
+    batch = submit(client, write_jsonl(tmp_path / "revoked.jsonl", lines), extra_body={"mini_batch_size": 2})
+    deadline = time.monotonic() + 60
+    while client.batches.retrieve(batch.id).request_counts.completed < 4:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    assert gw.api("DELETE", f"/api/keys/{created['id']}").status_code == 200
+
+    done = wait_batch(gw.openai(), batch.id)  # the admin key still sees it
+    assert done.status == "failed"
+    assert done.errors.data[0].code == "key_revoked"
+    assert 4 <= done.request_counts.completed < 60
+    sent = stub.seen
+    time.sleep(1.0)
+    assert stub.seen == sent  # nothing more is sent on the revoked key's behalf

@@ -434,3 +434,24 @@ def test_a_spent_budget_leaves_the_local_deployment_answering_at_its_configured_
     assert record["cost_usd"] > 0
     assert record["cost_usd"] == pytest.approx(rate * busy_s / 3600, rel=0.05, abs=rate * 0.005 / 3600)
     assert float(raw.headers["x-modelyard-cost-usd"]) == pytest.approx(record["cost_usd"], abs=1e-8)
+
+
+def test_a_down_rating_does_not_buy_a_paid_answer_once_the_budget_is_spent(gw):
+    budgeted_endpoint(gw, "rated", {"usd_per_day": CALL_COST}, ("free", "stub-free", {}), ("paid", "stub-paid", {}))
+    spec = {"name": "rated", "policy": "router", "tiers": ["free", "paid"], "budget": {"usd_per_day": CALL_COST},
+            "router": {"strategy": "rules", "rules": [{"name": "hard", "when": {"keywords": ["hard"]}, "tier": "paid"}]}}
+    assert apply(gw, "endpoint", spec).status_code == 200
+    client = gw.openai()
+    easy = client.chat.completions.with_raw_response.create(
+        model="rated", messages=[{"role": "user", "content": "an easy one"}], max_tokens=20)
+    assert easy.headers["x-modelyard-deployment"] == "free"
+    client.chat.completions.create(model="rated", messages=[{"role": "user", "content": "a hard one"}], max_tokens=20)
+
+    r = gw.api("POST", "/v1/feedback", json={"response_id": easy.parse().id, "rating": -1})
+    assert r.status_code == 201, r.text
+    body = r.json()
+    assert body["escalated_to"] is None and body["status"] == "answered"
+    assert body["escalation_refused"]["code"] == "budget_exhausted" and "'paid'" in body["escalation_refused"]["message"]
+    time.sleep(0.5)
+    assert not [row for row in rows(gw, "rated") if row["route"].startswith("feedback:")]
+    assert gw.api("GET", f"/v1/responses/{easy.parse().id}").json()["status"] == "answered"
