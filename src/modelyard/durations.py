@@ -16,6 +16,9 @@ import re
 
 #: seconds per unit
 UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0, "w": 7 * 86400.0}
+#: the longest duration read (a hundred years): anything longer is a typo, and past it ``datetime``
+#: arithmetic (``now - window``) overflows
+MAX_SECONDS = 100 * 365 * 86400.0
 _DURATION = re.compile(r"\s*(\d+(?:\.\d+)?)\s*([a-zA-Z]*)\s*")
 
 
@@ -23,7 +26,8 @@ def parse_duration(value: str | int | float, *, units: tuple[str, ...] = ("s", "
                    whole: bool = False, bare: str | None = "s") -> float:
     """Seconds in `value`: a number and one of `units`; a number alone is in `bare` units (None: a unit is
     required; an int or float `value` is always seconds). `whole`: the number must be a whole one.
-    Anything else, and anything not longer than zero, raises `ValueError` saying why."""
+    Anything else, anything not longer than zero and anything longer than `MAX_SECONDS` raises `ValueError`
+    saying why."""
     if isinstance(value, bool):
         raise ValueError("not a duration")
     if isinstance(value, (int, float)):
@@ -42,4 +46,6 @@ def parse_duration(value: str | int | float, *, units: tuple[str, ...] = ("s", "
         seconds = float(number) * UNITS[unit]
     if not seconds > 0:
         raise ValueError("not longer than zero")
+    if not seconds <= MAX_SECONDS:
+        raise ValueError("longer than 100 years")
     return seconds

@@ -81,6 +81,11 @@ def not_found(message: str, param: str | None = None, code: str = "not_found") -
     return ModelyardError(message, status=404, param=param, code=code)
 
 
+def internal_error() -> ModelyardError:
+    """The 500 for a failure of the gateway itself (the details go to the log, not to the client)."""
+    return ModelyardError("The gateway failed while answering this request.", status=500, code="internal_error")
+
+
 def from_validation_error(exc: Any) -> ModelyardError:
     """Turn a pydantic ValidationError into a 400 that names the first bad field."""
     first = exc.errors()[0]

@@ -18,7 +18,7 @@ from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 from starlette.responses import Response
 
-from ..errors import ModelyardError, from_validation_error
+from ..errors import ModelyardError, from_validation_error, internal_error
 from ..settings import Settings
 from . import batch_routes, endpoint_routes, feedback_routes, manage_routes, metrics_routes, openai_routes, rollout_routes
 from . import router_routes
@@ -82,8 +82,7 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
         log.exception("unhandled error on %s", request.url.path)
-        return error_response(ModelyardError("The gateway failed while answering this request.", status=500,
-                                             code="internal_error"))
+        return error_response(internal_error())
 
     @app.get("/healthz")
     async def healthz() -> Response:
@@ -115,6 +114,8 @@ class FastPath:
     The hot routes parse their own bodies and turn every failure into an
     OpenAI error themselves, so FastAPI's middleware stack (exception
     handling, body limits, telemetry) would only add CPU to each request.
+    Should one still raise, the client gets the same OpenAI-shaped 500 as
+    from the app's own handler, not uvicorn's plain-text one.
     """
 
     def __init__(self, app: FastAPI) -> None:
@@ -126,7 +127,11 @@ class FastPath:
             handler = self.routes.get(scope["path"])
             if handler is not None:
                 scope["app"] = self.app
-                response = await handler(Request(scope, receive))
+                try:
+                    response = await handler(Request(scope, receive))
+                except Exception:
+                    log.exception("unhandled error on %s", scope["path"])
+                    response = error_response(internal_error())
                 await response(scope, receive, send)
                 return
         await self.app(scope, receive, send)

@@ -29,7 +29,7 @@ from starlette.responses import FileResponse, Response
 from ..batch import BatchCreate, BatchRunner, describe_file, describe_job, visible
 from ..batch.files import UPLOAD_PURPOSES
 from ..errors import ModelyardError, invalid, not_found
-from .http import api_key, json_response, parse_json, read_body
+from .http import api_key, int_param, json_response, parse_json, read_body
 
 router = APIRouter(prefix="/v1")
 
@@ -54,19 +54,6 @@ def _batches(request: Request) -> BatchRunner:
     if runner is None:
         raise ModelyardError("This gateway does not run batch jobs.", status=501, code="not_implemented")
     return runner
-
-
-def _int(request: Request, name: str, default: int, low: int, high: int) -> int:
-    raw = request.query_params.get(name)
-    if raw is None:
-        return default
-    try:
-        value = int(raw)
-    except ValueError:
-        raise invalid(f"Invalid value for '{name}': {raw!r} is not an integer.", param=name) from None
-    if not low <= value <= high:
-        raise invalid(f"Invalid value for '{name}': must be between {low} and {high}, not {value}.", param=name)
-    return value
 
 
 def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
@@ -134,7 +121,7 @@ async def list_files(request: Request) -> Response:
     order = request.query_params.get("order", "desc")
     if order not in ("asc", "desc"):
         raise invalid(f"Invalid value for 'order': {order!r}; use 'asc' or 'desc'.", param="order")
-    limit = _int(request, "limit", 10_000, 1, 10_000)
+    limit = int_param(request, "limit", 10_000, 1, 10_000)
     store = _batches(request).store
     rows, more = await asyncio.to_thread(
         store.list_files, purpose=request.query_params.get("purpose"),
@@ -190,7 +177,7 @@ async def create_batch(request: Request) -> Response:
 async def list_batches(request: Request) -> Response:
     key = _key(request)
     runner = _batches(request)
-    limit = _int(request, "limit", 20, 1, 100)
+    limit = int_param(request, "limit", 20, 1, 100)
     rows, more = await asyncio.to_thread(runner.store.list_jobs, owner_key_id=None if key.is_admin else key.id,
                                          limit=limit, after=request.query_params.get("after"))
     return json_response(_page([await _describe(runner, job) for job in rows], more))

@@ -17,9 +17,12 @@ from starlette.responses import Response
 from ..errors import ModelyardError
 from ..store.usage import recent_usage, usage_summary
 from .admin import read_model, require_admin
-from .http import api_key, json_response
+from .http import MAX_DB_INT, api_key, int_param, json_response, row_id
 
 router = APIRouter(prefix="/api")
+
+#: The longest look-back of ``/api/usage``: a hundred years, any history there is.
+MAX_USAGE_DAYS = 36_500
 
 
 class KeyCreate(BaseModel):
@@ -56,8 +59,8 @@ async def create_key(request: Request, gateway=Depends(require_admin)) -> Respon
 async def revoke_key(key_id: str, request: Request, gateway=Depends(require_admin)) -> Response:
     """Revoke a key: it stops working here at once and on other gateways sharing the database within
     ``MODELYARD_KEYS_RELOAD_S``; batch jobs it created stop before their next request."""
-    number = int(key_id) if key_id.isdigit() and len(key_id) < 10 else None
-    info = await asyncio.to_thread(gateway.keys.get, number) if number is not None else None
+    number = row_id(key_id, "key_id", "key")
+    info = await asyncio.to_thread(gateway.keys.get, number)
     if info is None:
         raise ModelyardError(f"No API key with id '{key_id}'.", status=404, param="key_id", code="key_not_found")
     caller = gateway.keys.verify(api_key(request) or "")
@@ -72,10 +75,7 @@ async def revoke_key(key_id: str, request: Request, gateway=Depends(require_admi
 @router.get("/usage")
 async def usage(request: Request, gateway=Depends(require_admin)) -> Response:
     """Requests, tokens and cost by endpoint and day (``?days=N``, default 30)."""
-    try:
-        days = int(request.query_params.get("days", "30"))
-    except ValueError:
-        raise ModelyardError("days must be an integer", status=400, param="days") from None
+    days = int_param(request, "days", 30, 1, MAX_USAGE_DAYS)
     await gateway.writer.flush()
     since = datetime.now(timezone.utc) - timedelta(days=days)
     rows = await asyncio.to_thread(usage_summary, gateway.db, since=since)
@@ -85,6 +85,6 @@ async def usage(request: Request, gateway=Depends(require_admin)) -> Response:
 @router.get("/usage/recent")
 async def usage_recent(request: Request, gateway=Depends(require_admin)) -> Response:
     await gateway.writer.flush()
-    limit = min(int(request.query_params.get("limit", "100")), 1000)
+    limit = min(int_param(request, "limit", 100, 1, MAX_DB_INT), 1000)  # more than 1000 is 1000
     rows = await asyncio.to_thread(recent_usage, gateway.db, limit, request.query_params.get("endpoint"))
     return json_response({"data": rows}, 200)

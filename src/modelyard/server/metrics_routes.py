@@ -29,7 +29,7 @@ from ..errors import invalid, not_found
 from ..runtime.procstats import CpuMeter
 from ..store.metrics import parse_window, timeseries_by_deployment
 from ..store.models import utcnow
-from .http import json_response
+from .http import int_param, json_response
 from .admin import require_admin
 
 router = APIRouter(prefix="/api")
@@ -61,15 +61,10 @@ def _parse_params(request: Request) -> tuple[str, timedelta, int]:
         raise invalid(str(exc), param="window") from None
     if window > MAX_WINDOW:
         raise invalid(f"window {text!r} is longer than the {MAX_WINDOW.days} days served", param="window")
-    raw_bucket = request.query_params.get("bucket")
-    if raw_bucket in (None, ""):
+    if request.query_params.get("bucket") in (None, ""):
         return text, window, default_bucket(window)
-    try:
-        bucket = int(raw_bucket)
-    except ValueError:
-        bucket = 0
-    if bucket < 1:
-        raise invalid(f"bucket must be a whole number of seconds >= 1, got {raw_bucket!r}", param="bucket")
+    # seconds; a bucket longer than the longest window means nothing (and past 64 bits cannot be served)
+    bucket = int_param(request, "bucket", 0, 1, int(MAX_WINDOW.total_seconds()))
     points = math.ceil(window.total_seconds() / bucket) + 1
     if points > MAX_POINTS:
         raise invalid(f"bucket={bucket} cuts a {text} window into {points} points (at most {MAX_POINTS}); "

@@ -2,7 +2,9 @@
 
 The body is validated straight from bytes (pydantic's JSON parser), so a
 request costs one parse; a malformed body or a bad field is a 400 that names
-the field. Everything else happens in the gateway pipeline.
+the field — once the key is known to be good: as with OpenAI, a request
+without a valid key is a 401 whatever its body. Everything else happens in
+the gateway pipeline (whose auth stage checks the key of a well-formed one).
 
 These are plain Starlette routes, not FastAPI ones: they are the hot path,
 they parse their own bodies, and FastAPI's per-request dependency solving
@@ -18,12 +20,12 @@ from starlette.requests import Request
 from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
-from ..errors import ModelyardError, from_validation_error
+from ..errors import ModelyardError, from_validation_error, internal_error
 from ..gateway import Call
 from ..gateway.auth import verify_key
 from ..store.keys import KeyInfo
 from ..wire import KINDS
-from .http import api_key, error_response, json_response, read_body
+from .http import api_key, error_response, header_value, json_response, read_body
 
 log = logging.getLogger(__name__)
 
@@ -45,10 +47,11 @@ def _validate(kind: str, raw: bytes):
 def _headers(call: Call) -> dict[str, str]:
     headers = {
         "x-request-id": call.request_id,
-        "x-modelyard-endpoint": call.endpoint_name,
-        "x-modelyard-deployment": call.deployment_name,
+        # The endpoint is the client's `model` until it is found, and a route can hold a router rule's name.
+        "x-modelyard-endpoint": header_value(call.endpoint_name),
+        "x-modelyard-deployment": header_value(call.deployment_name),
         "x-modelyard-cache": call.cache,
-        "x-modelyard-route": call.route,
+        "x-modelyard-route": header_value(call.route),
         # For a stream: the gateway's share of the time to the first chunk.
         "x-modelyard-overhead-ms": f"{max(call.elapsed_s() - call.upstream_s, 0) * 1000:.3f}",
     }
@@ -63,17 +66,24 @@ async def _handle(kind: str, request: Request) -> Response:
     gateway = request.app.state.gateway
     call = None
     try:
-        raw = await read_body(request, gateway.settings.max_body_bytes)
+        key = api_key(request)
+        try:
+            body = _validate(kind, await read_body(request, gateway.settings.max_body_bytes))
+        except ModelyardError:
+            # Authentication comes before the body, as with OpenAI: without a valid key this is a 401. Checked
+            # only here, for a body that fails; a good body's key is checked (and the refusal recorded) by the
+            # pipeline's auth stage.
+            verify_key(gateway.keys, key)
+            raise
         headers = request.headers
         target = headers.get("modelyard-deployment") or headers.get("azureml-model-deployment")
-        call = Call(kind, _validate(kind, raw), api_key(request), target=target or None, request_headers=headers)
+        call = Call(kind, body, key, target=target or None, request_headers=headers)
         await gateway.pipeline(call)
     except ModelyardError as err:
         return error_response(err, _headers(call) if call is not None else None)
     except Exception:
         log.exception("request failed")
-        err = ModelyardError("The gateway failed while answering this request.", status=500, code="internal_error")
-        return error_response(err, _headers(call) if call is not None else None)
+        return error_response(internal_error(), _headers(call) if call is not None else None)
     if call.stream is not None:
         return StreamingResponse(call.stream, media_type="text/event-stream", headers=_headers(call))
     return json_response(call.body, headers=_headers(call))

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, Field
 from starlette.responses import Response
 
 from ..errors import ModelyardError
-from .http import json_response
+from .http import json_response, row_id
 from .admin import read_model, require_admin
 
 router = APIRouter(prefix="/api")
@@ -65,13 +65,13 @@ async def list_rollouts(request: Request, name: str, gateway=Depends(require_adm
 
 
 @router.get("/rollouts/{rollout_id}")
-async def get_rollout(request: Request, rollout_id: int, gateway=Depends(require_admin)) -> Response:
+async def get_rollout(request: Request, rollout_id: str, gateway=Depends(require_admin)) -> Response:
     rollouts = _controller(gateway)
-    return json_response(rollouts.describe(rollouts.get(rollout_id)))
+    return json_response(rollouts.describe(rollouts.get(row_id(rollout_id, "rollout_id", "rollout"))))
 
 
 @router.post("/rollouts/{rollout_id}/cancel")
-async def cancel_rollout(request: Request, rollout_id: int, gateway=Depends(require_admin)) -> Response:
+async def cancel_rollout(request: Request, rollout_id: str, gateway=Depends(require_admin)) -> Response:
     """Stop a running rollout and restore the split from before it (409 once it has ended)."""
     rollouts = _controller(gateway)
-    return json_response(rollouts.describe(await rollouts.cancel(rollout_id)))
+    return json_response(rollouts.describe(await rollouts.cancel(row_id(rollout_id, "rollout_id", "rollout"))))

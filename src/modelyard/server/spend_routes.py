@@ -18,10 +18,9 @@ from datetime import timedelta
 from fastapi import APIRouter, Depends, Request
 from starlette.responses import Response
 
-from ..errors import invalid
 from ..store.models import utcnow
 from ..store.spend import decision_series, spend_report
-from .http import json_response
+from .http import int_param, json_response
 from .admin import require_admin
 from .metrics_routes import _parse_params
 
@@ -34,13 +33,7 @@ MAX_DAYS = 366
 @router.get("/usage/spend")
 async def spend(request: Request, gateway=Depends(require_admin)) -> Response:
     """Spend and savings over the last ``days`` (default 30): totals, by endpoint, by key, by day."""
-    raw = request.query_params.get("days", "30")
-    try:
-        days = int(raw)
-    except ValueError:
-        days = 0
-    if not 1 <= days <= MAX_DAYS:
-        raise invalid(f"days must be a whole number from 1 to {MAX_DAYS}, got {raw!r}", param="days")
+    days = int_param(request, "days", 30, 1, MAX_DAYS)
     endpoint = request.query_params.get("endpoint") or None
     if endpoint is not None:
         gateway.endpoints.get(endpoint)

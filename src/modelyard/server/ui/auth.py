@@ -40,7 +40,7 @@ from urllib.parse import parse_qs
 from starlette.requests import Request
 
 from ...errors import ModelyardError
-from ..http import error_response
+from ..http import error_response, read_body
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ SESSION_TTL_S = 12 * 3600
 SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 #: Where the console proxy forwards to, and what it accepts.
 PROXY_PREFIX = "/ui/proxy"
+#: The largest sign-in or sign-out form read, in bytes.
+FORM_LIMIT = 16_384
 
 
 def _b64(data: bytes) -> str:
@@ -154,10 +156,12 @@ def safe_next(value: str | None) -> str:
 
 
 async def read_form(request: Request) -> dict[str, str]:
-    """A small ``application/x-www-form-urlencoded`` body (the sign-in form) as a dict."""
-    raw = await request.body()
-    if len(raw) > 16_384:
-        raise ModelyardError("The form is too large.", status=413, code="request_too_large")
+    """A small ``application/x-www-form-urlencoded`` body (the sign-in form) as a dict.
+
+    Anyone may post here, before signing in: a body declared larger than `FORM_LIMIT` is refused (413)
+    before any of it is read, and one sent in chunks as soon as it passes the limit.
+    """
+    raw = await read_body(request, FORM_LIMIT)
     return {k: v[0] for k, v in parse_qs(raw.decode("utf-8", "replace")).items()}
 
 
