@@ -175,6 +175,20 @@ def test_sigterm_under_load_finishes_the_requests_in_flight_and_writes_their_usa
     assert sorted(r[0] for r in rows) == [200] * 8
 
 
+def fill(path: Path) -> None:
+    """Write ``path`` until the disk has not one byte left."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT, 0o600)
+    try:
+        for size in (1 << 20, 4096, 1):
+            try:
+                while True:
+                    os.write(fd, b"\0" * size)
+            except OSError:
+                pass
+    finally:
+        os.close(fd)
+
+
 def _mount_tmpfs(path: Path, size: str) -> None:
     path.mkdir(parents=True)
     if os.getuid() != 0 or shutil.which("mount") is None:
@@ -193,19 +207,7 @@ def test_a_full_disk_answers_requests_and_writes_their_usage_once_space_is_back(
         try:
             key = paid_endpoint(gw, "cramped")
             filler = home / "filler"
-            with open(filler, "wb") as f:  # fill the disk to the last byte
-                try:
-                    while True:
-                        f.write(b"\0" * (1 << 20))
-                        f.flush()
-                except OSError:
-                    pass
-                try:
-                    while True:
-                        f.write(b"\0" * 4096)
-                        f.flush()
-                except OSError:
-                    pass
+            fill(filler)
             client = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=60)
             body = {"model": "cramped", "messages": [{"role": "user", "content": "hello"}]}
             statuses = [client.post("/v1/chat/completions", json=body).status_code for _ in range(20)]

@@ -20,6 +20,7 @@ from starlette.responses import Response
 
 from ..errors import ModelyardError, from_validation_error, internal_error
 from ..settings import Settings
+from ..store.usage import database_unavailable
 from . import batch_routes, endpoint_routes, feedback_routes, manage_routes, metrics_routes, openai_routes, rollout_routes
 from . import router_routes
 from . import catalog_routes, spend_routes
@@ -81,6 +82,12 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> Response:
+        if database_unavailable(exc):
+            log.warning("%s: the database is unavailable (%s)", request.url.path, str(exc).splitlines()[0][:300])
+            return error_response(ModelyardError(
+                "The database is unavailable right now (down, locked or out of disk space); requests to models are "
+                "still answered and their usage is kept until it can be written. Try again shortly.", status=503,
+                code="database_unavailable", headers={"retry-after": "5"}))
         log.exception("unhandled error on %s", request.url.path)
         return error_response(internal_error())
 

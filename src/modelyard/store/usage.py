@@ -152,14 +152,18 @@ def _clean(value: Any) -> Any:
     return value
 
 
+def database_unavailable(exc: BaseException) -> bool:
+    """Whether ``exc`` says the database cannot be reached or written right now (a lost or refused connection,
+    a lock held too long, a full disk), as opposed to a bug or a value it refuses."""
+    if isinstance(exc, (OperationalError, InterfaceError)):
+        return True
+    return isinstance(exc, DBAPIError) and exc.connection_invalidated
+
+
 def refused_for_content(exc: BaseException) -> bool:
     """Whether the database refused a write because of what was written (a value it cannot store),
     as opposed to being unavailable (a lost or refused connection, a lock, a full disk), which passes."""
-    if not isinstance(exc, StatementError):
-        return False
-    if isinstance(exc, (OperationalError, InterfaceError)):
-        return False
-    return not (isinstance(exc, DBAPIError) and exc.connection_invalidated)
+    return isinstance(exc, StatementError) and not database_unavailable(exc)
 
 
 class UsageWriter:
