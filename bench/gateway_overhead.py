@@ -502,7 +502,8 @@ def usage_check(servers: Servers) -> dict:
     base = f"http://127.0.0.1:{servers.gateway_port}"
     rows = _api(base, servers.admin_key, "GET", "/api/usage?days=1")["data"]
     bench = [r for r in rows if r["endpoint"] == "bench"]
-    with urllib.request.urlopen(base + "/metrics", timeout=10) as r:
+    scrape = urllib.request.Request(base + "/metrics", headers={"Authorization": f"Bearer {servers.admin_key}"})
+    with urllib.request.urlopen(scrape, timeout=10) as r:
         metrics = r.read().decode()
     counted = 0.0
     for line in metrics.splitlines():

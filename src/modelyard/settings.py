@@ -43,6 +43,8 @@ class Settings(BaseSettings):
     #: how often each gateway re-reads the keys from the database, so a key revoked through another
     #: gateway on the same database (or the CLI) stops working here within this time
     keys_reload_s: float = Field(default=5.0, gt=0)
+    #: serve /metrics without the admin key (it shows requests and cost per endpoint)
+    metrics_public: bool = False
     #: torch threads for embeddings inside the gateway. It shares the cores with its instances: with two
     #: threads on a busy 2-core machine one short sentence took 100-500 ms instead of ~10-25 ms (the threads
     #: spin waiting for each other); on an idle machine two embed a 400-character prompt in ~14 ms, not ~23.

@@ -65,7 +65,7 @@ def usage_rows(srv, endpoint: str) -> list[dict]:
 
 
 def metric(srv, name: str, **labels) -> float:
-    text = httpx.get(srv.url + "/metrics").text
+    text = srv.api("GET", "/metrics").text
     want = ",".join(f'{k}="{v}"' for k, v in labels.items())
     for line in text.splitlines():
         if line.startswith(name + "{") and all(f'{k}="{v}"' in line for k, v in labels.items()):

@@ -195,7 +195,7 @@ def test_negative_feedback_asks_the_next_tier_and_the_better_answer_is_served(gw
     assert any(row["route"] == "feedback:large" and row["cost_usd"] > 0 for row in usage_rows(gw, "rated"))
 
     # Ratings per tier are in the metrics.
-    metrics = httpx.get(gw.url + "/metrics").text
+    metrics = gw.api("GET", "/metrics").text
     assert 'modelyard_feedback_total{deployment="small",endpoint="rated",rating="down"} 1.0' in metrics
 
     # A positive rating of the top tier's answer asks nobody.

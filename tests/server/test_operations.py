@@ -84,7 +84,7 @@ def test_client_disconnect_stops_generation_and_is_still_recorded(server):
 
 def test_metrics_count_requests_tokens_and_latency(server):
     server.openai().chat.completions.create(**ASK)
-    text = httpx.get(server.url + "/metrics").text
+    text = server.api("GET", "/metrics").text
     assert 'modelyard_requests_total{deployment="gemma-3-270m",endpoint="default",status="200"}' in text
     assert "modelyard_prompt_tokens_total" in text and "modelyard_completion_tokens_total" in text
     assert "modelyard_request_latency_seconds_bucket" in text
@@ -94,8 +94,28 @@ def test_metrics_count_requests_tokens_and_latency(server):
 
 def test_health_and_readiness(server):
     assert httpx.get(server.url + "/healthz").status_code == 200
-    r = httpx.get(server.url + "/readyz")
+    r = httpx.get(server.url + "/readyz")  # a load balancer's probe learns ready or not, and no names
+    assert r.status_code == 200 and r.json() == {"status": "ready"}
+    r = server.api("GET", "/readyz")
     assert r.status_code == 200 and r.json()["deployments"]["default/gemma-3-270m"] == "ready"
+
+
+def test_metrics_need_the_admin_key(server):
+    r = httpx.get(server.url + "/metrics")
+    assert r.status_code == 401 and r.json()["error"]["code"] == "invalid_api_key"
+    app_key = server.api("POST", "/api/keys", json={"name": "scraper"}).json()["key"]
+    assert httpx.get(server.url + "/metrics", headers={"Authorization": f"Bearer {app_key}"}).status_code == 403
+    assert "modelyard_requests_in_flight" in server.api("GET", "/metrics").text
+
+
+def test_a_key_of_one_endpoint_cannot_tell_which_other_endpoints_exist(server):
+    scoped = server.api("POST", "/api/keys", json={"name": "one", "endpoint": "default"}).json()["key"]
+    headers = {"Authorization": f"Bearer {scoped}"}
+    assert httpx.get(server.url + "/v1/models/default", headers=headers).status_code == 200
+    existing = httpx.get(server.url + "/v1/models/embed", headers=headers)
+    missing = httpx.get(server.url + "/v1/models/no-such-endpoint", headers=headers)
+    assert existing.status_code == missing.status_code == 403
+    assert existing.json()["error"]["code"] == missing.json()["error"]["code"] == "endpoint_not_allowed"
 
 
 def test_management_api_needs_the_admin_key(server):

@@ -28,6 +28,15 @@ def require_admin(request: Request) -> Any:
     return gateway
 
 
+def is_admin(request: Request) -> bool:
+    """Whether the request carries the admin key or the console's session cookie (never raises)."""
+    try:
+        require_admin(request)
+    except ModelyardError:
+        return False
+    return True
+
+
 async def read_model(request: Request, model: type[BaseModel], **extra: Any) -> Any:
     """The request's JSON object validated as `model` (with `extra` fields added); 400 naming the field."""
     raw = await read_body(request, request.app.state.gateway.settings.max_body_bytes)

@@ -11,7 +11,7 @@ from __future__ import annotations
 import asyncio
 import logging
 from contextlib import asynccontextmanager
-from typing import AsyncIterator, Callable
+from typing import Any, AsyncIterator, Callable
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -25,6 +25,7 @@ from . import batch_routes, endpoint_routes, feedback_routes, manage_routes, met
 from . import router_routes
 from . import catalog_routes, spend_routes
 from . import cache_routes
+from .admin import is_admin, require_admin
 from .ui import install_console
 from .http import error_response, json_response
 from .state import Gateway
@@ -96,13 +97,22 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
         return json_response({"status": "ok"})
 
     @app.get("/readyz")
-    async def readyz() -> Response:
-        states = {f"{e.name}/{d.name}": d.state for e in gateway.endpoints.all() for d in e.deployments.values()}
+    async def readyz(request: Request) -> Response:
+        """Ready or not for anyone (a load balancer's probe); which deployments are in which state only for
+        the admin key, since their names say what runs here."""
         ready = gateway.endpoints.ready()
-        return json_response({"status": "ready" if ready else "starting", "deployments": states}, 200 if ready else 503)
+        body: dict[str, Any] = {"status": "ready" if ready else "starting"}
+        if is_admin(request):
+            body["deployments"] = {f"{e.name}/{d.name}": d.state for e in gateway.endpoints.all()
+                                   for d in e.deployments.values()}
+        return json_response(body, 200 if ready else 503)
 
     @app.get("/metrics")
-    async def metrics() -> Response:
+    async def metrics(request: Request) -> Response:
+        """Prometheus metrics: requests, tokens and cost per endpoint, so the admin key is needed (Prometheus:
+        ``authorization: {credentials_file: MODELYARD_HOME/admin.key}``) unless MODELYARD_METRICS_PUBLIC=1."""
+        if not gateway.settings.metrics_public:
+            require_admin(request)
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app

@@ -125,9 +125,12 @@ async def get_model(request: Request) -> Response:
     name = request.path_params["name"]
     try:
         info = _check_key(request)
-        endpoint = request.app.state.gateway.endpoints.get(name)
+        # the key's scope first, as for a chat request: a key of one endpoint gets the same 403 for every other
+        # name, existing or not, so it cannot probe which endpoints exist
         if not info.allows(name):
-            raise ModelyardError(f"This key may not call endpoint '{name}'.", status=403, code="endpoint_not_allowed")
+            raise ModelyardError(f"This key may not call endpoint '{name}'.", status=403, param="model",
+                                 code="endpoint_not_allowed")
+        endpoint = request.app.state.gateway.endpoints.get(name)
     except ModelyardError as err:
         return error_response(err)
     return json_response(_model_entry(endpoint))
