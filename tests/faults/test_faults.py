@@ -47,6 +47,7 @@ class Load:
     def __init__(self, gw: Server, endpoint: str, key: str, *, workers: int = 4, user: str | None = None) -> None:
         self.statuses: Counter[int] = Counter()
         self.errors: list[str] = []
+        self.latencies: list[tuple[float, float]] = []  # (when it ended, seconds it took)
         self._stop = threading.Event()
         body = {"model": endpoint, "messages": [{"role": "user", "content": "hello"}], "max_tokens": 20}
         if user:
@@ -58,6 +59,7 @@ class Load:
 
     def _run(self) -> None:
         while not self._stop.is_set():
+            started = time.monotonic()
             try:
                 r = self._client.post("/v1/chat/completions", json=self._body)
                 status = r.status_code
@@ -68,6 +70,7 @@ class Load:
                 self.errors.append(repr(exc))
             with self._lock:
                 self.statuses[status] += 1
+                self.latencies.append((time.monotonic(), time.monotonic() - started))
 
     def __enter__(self) -> "Load":
         for t in self._threads:
@@ -83,6 +86,10 @@ class Load:
     @property
     def sent(self) -> int:
         return sum(self.statuses.values())
+
+    def p50_ms(self, since: float, until: float) -> float:
+        took = sorted(t for end, t in self.latencies if since <= end < until)
+        return took[len(took) // 2] * 1000 if took else float("nan")
 
 
 def paid_catalog(home: Path, stub) -> None:
@@ -104,13 +111,17 @@ def test_a_database_outage_under_load_answers_every_request_and_loses_no_usage(t
     try:
         key = paid_endpoint(gw, "steady", budget={"usd_per_day": 1_000_000})
         with Load(gw, "steady", key) as load:
+            t0 = time.monotonic()
             time.sleep(2)
             before = load.sent
+            down = time.monotonic()
             pg.stop()  # as if the database server crashed
             time.sleep(OUTAGE_S)
             during = load.sent - before
+            up = time.monotonic()
             pg.start()
             time.sleep(2)
+            t1 = time.monotonic()
         assert during > 0, "no request was answered while the database was down"
         assert load.statuses == Counter({200: load.sent}), (load.statuses, load.errors[:3])
 
@@ -123,7 +134,12 @@ def test_a_database_outage_under_load_answers_every_request_and_loses_no_usage(t
             if rows == load.sent or time.monotonic() > deadline:
                 break
             time.sleep(0.5)
+        caught_up_s = time.monotonic() - t1
         engine.dispose()
+        print(f"\ndatabase outage {OUTAGE_S:.0f} s under load: {load.sent} requests answered, {during} of them while "
+              f"it was down; p50 {load.p50_ms(t0, down):.1f} ms before, {load.p50_ms(down, up):.1f} ms during, "
+              f"{load.p50_ms(up, t1):.1f} ms after; {rows} usage rows, all written {caught_up_s:.1f} s after the load "
+              "stopped")
         assert rows == load.sent
         assert spent_today(gw, "steady") == pytest.approx(load.sent * CALL_COST)
     finally:
@@ -163,6 +179,7 @@ def test_sigterm_under_load_finishes_the_requests_in_flight_and_writes_their_usa
     finally:
         client.close()
         gw.stop()
+    print(f"\nSIGTERM with 8 slow requests in flight: all answered, the gateway exited {took:.1f} s after it")
     assert code in (0, -signal.SIGTERM) and took < 30  # uvicorn re-raises the signal once it has shut down
     for i, (status, body) in enumerate(answers):
         assert status == 200, body
@@ -215,10 +232,13 @@ def test_a_full_disk_answers_requests_and_writes_their_usage_once_space_is_back(
             r = gw.api("GET", "/api/usage")  # it cannot write what it has queued: a clear error, not a crash
             assert r.status_code == 503 and r.json()["error"]["code"] == "database_unavailable", r.text
             filler.unlink()
+            freed = time.monotonic()
             deadline = time.monotonic() + 30
             while gw.api("GET", "/api/usage").status_code != 200:
                 assert time.monotonic() < deadline
                 time.sleep(0.5)
+            print(f"\nfull disk: 20 of 20 requests answered, /api/usage 503 database_unavailable; usage written "
+                  f"{time.monotonic() - freed:.1f} s after space was freed")
             client.close()
         finally:
             gw.stop()
