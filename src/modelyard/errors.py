@@ -77,6 +77,14 @@ def invalid(message: str, param: str | None = None, code: str = "invalid_value")
     return ModelyardError(message, status=400, param=param, code=code)
 
 
+def too_long(param: str | None, limit: int, length: int | None = None, *, what: str | None = None) -> ModelyardError:
+    """The 400 of a string longer than ``limit`` characters (or bytes), in OpenAI's words and code; ``what``
+    names it when ``param`` alone would not (a filename is part of the ``file`` parameter)."""
+    got = f", but got a string with length {length} instead" if length is not None else ""
+    return ModelyardError(f"Invalid {what or repr(param)}: string too long. Expected a string with maximum length "
+                          f"{limit}{got}.", status=400, param=param, code="string_above_max_length")
+
+
 def not_found(message: str, param: str | None = None, code: str = "not_found") -> ModelyardError:
     return ModelyardError(message, status=404, param=param, code=code)
 
@@ -95,6 +103,8 @@ def from_validation_error(exc: Any) -> ModelyardError:
     if first.get("type") == "missing":
         text = f"Missing required parameter: '{param}'."
         return ModelyardError(text, status=400, param=param, code="missing_required_parameter")
+    if first.get("type") == "string_too_long":  # the value is not repeated: it may be very long
+        return too_long(param, first.get("ctx", {}).get("max_length", 0), len(first.get("input") or ""))
     if first.get("type") == "extra_forbidden":
         return ModelyardError(f"Unrecognized request argument supplied: {param}", status=400, param=param, code="unknown_parameter")
     if first.get("type") == "value_error":  # our own validators say what was wrong, value included

@@ -103,3 +103,46 @@ def test_unfinished_jobs_and_pages(any_db):
     assert [f.id for f in store.list_files(after="file-2")[0]] == ["file-1", "file-0"]
     assert sorted(store.jobs_using("file-1")) == ["batch_1", "batch_2", "batch_3", "batch_4"]  # not the failed one
     assert store.delete_file("file-0") and not store.delete_file("file-0")
+
+
+def test_expired_files_go_unless_an_unfinished_job_reads_them(any_db):
+    store = BatchStore(any_db)
+    now = utcnow()
+    past, future = now - timedelta(seconds=5), now + timedelta(hours=1)
+    for fid, expires in (("file-old", past), ("file-read", past), ("file-done", past), ("file-new", future),
+                         ("file-kept", None)):
+        store.add_file(FileRecord(id=fid, filename="f", purpose="batch", bytes=1, expires_at=expires))
+    store.create_job(JobRecord(id="batch_run", endpoint="/v1/chat/completions", input_file_id="file-read"))
+    store.create_job(JobRecord(id="batch_end", endpoint="/v1/chat/completions", input_file_id="file-done"))
+    store.set_status("batch_end", "completed")
+
+    assert store.expired_files(now) == ["file-done", "file-old"]  # not file-read: batch_run has not finished
+    assert not store.delete_file("file-read", expired_by=now)  # an unfinished job reads it
+    assert not store.delete_file("file-new", expired_by=now)   # not expired yet
+    assert store.delete_file("file-old", expired_by=now) and store.delete_file("file-done", expired_by=now)
+    store.set_status("batch_run", "cancelled")
+    assert store.expired_files(now) == ["file-read"] and store.delete_file("file-read", expired_by=now)
+    assert sorted(f.id for f in store.list_files()[0]) == ["file-kept", "file-new"]
+
+
+def test_stored_by_counts_a_keys_files_that_have_not_expired(any_db):
+    store = BatchStore(any_db)
+    now = utcnow()
+    for fid, owner, size, expires in (("a", 7, 100, None), ("b", 7, 50, now + timedelta(hours=1)),
+                                      ("c", 7, 1000, now - timedelta(seconds=1)), ("d", 8, 5, None)):
+        store.add_file(FileRecord(id=fid, filename="f", purpose="batch", bytes=size, owner_key_id=owner,
+                                  expires_at=expires))
+    assert store.stored_by(7) == (2, 150)
+    assert store.stored_by(8) == (1, 5) and store.stored_by(9) == (0, 0)
+
+
+def test_an_upstream_error_code_wider_than_its_column_is_cut_not_refused(any_db):
+    store = BatchStore(any_db)
+    _job(store)
+    store.start_job("batch_1", _lines(1))
+    [line] = store.pending_lines("batch_1")
+    code = "upstream_\x00_" + "x" * 200
+    job = store.commit_results("batch_1", [LineResult(line.id, "failed", 1, 502, "req-1", '{"error": {}}', code)])
+    assert job.failed == 1
+    [stored] = list(store.lines("batch_1"))
+    assert stored.error_code == ("upstream_\ufffd_" + "x" * 200)[:64] and stored.state == "failed"

@@ -1,10 +1,11 @@
 """Batch jobs: the OpenAI Batch API with Azure-ML batch settings, durable, on idle capacity.
 
-- `FileStore` (files.py) — uploaded inputs and written outputs under ``MODELYARD_HOME/files``.
+- `FileStore` (files.py) — uploaded inputs and written outputs under ``MODELYARD_HOME/files``, bounded per
+  upload and, by `KeyQuota`, per endpoint key.
 - `parse_input` (validate.py) — the checks an input file passes before anything runs.
 - `BatchCreate`, `BatchConfig`, `describe_job` (jobs.py) — settings, the create request, the Batch object.
 - `BatchRunner` (runner.py) — runs jobs inside the gateway: mini-batches, retries, error threshold,
-  cancel, resume after a crash, lower priority than live traffic.
+  cancel, resume after a crash, lower priority than live traffic; sweeps expired files.
 
 The gateway builds them with `open_batches()` and starts the runner with the server.
 """
@@ -14,7 +15,7 @@ from __future__ import annotations
 from typing import Any
 
 from ..store.batches import BatchStore
-from .files import FileStore, describe_file
+from .files import FileStore, KeyQuota, describe_file
 from .jobs import BatchConfig, BatchCreate, describe_job
 from .runner import BatchRunner, visible
 from .validate import BATCH_URLS, parse_input
@@ -25,7 +26,8 @@ def open_batches(db: Any, home: Any, endpoints: Any, keys: Any, *, budget: Any =
     """The batch runner of a gateway whose state lives in ``home`` (files under ``home/files``)."""
     config = config or BatchConfig.from_env()
     store = BatchStore(db)
-    files = FileStore(store, home / "files", max_bytes=config.max_file_bytes)
+    files = FileStore(store, home / "files", max_bytes=config.max_file_bytes,
+                      quota=KeyQuota(bytes=config.key_quota_bytes, files=config.key_quota_files))
     return BatchRunner(store, files, endpoints, keys, config=config, budget=budget)
 
 
@@ -35,6 +37,7 @@ __all__ = [
     "BatchCreate",
     "BatchRunner",
     "FileStore",
+    "KeyQuota",
     "describe_file",
     "describe_job",
     "open_batches",

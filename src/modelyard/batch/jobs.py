@@ -33,7 +33,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from ..errors import from_validation_error, invalid
-from ..store.batches import JobRecord, LineRecord
+from ..store.batches import WIDTHS, JobRecord, LineRecord
 from .validate import BATCH_URLS, line_request_id
 
 COMPLETION_WINDOW_S = 24 * 3600
@@ -58,6 +58,14 @@ class BatchConfig(BaseSettings):
     | MODELYARD_BATCH_RETRY_BACKOFF_S | 1.0 | wait before a line's 2nd attempt; doubles each time, at most 30 s |
     | MODELYARD_BATCH_MAX_WORKERS | 64 | lines one job runs at once, at most |
     | MODELYARD_BATCH_COMPLETION_WINDOW_S | 86400 | what ``completion_window: "24h"`` gives a job before it expires |
+    | MODELYARD_BATCH_KEY_QUOTA_BYTES | 5 GiB | bytes of files one endpoint key may keep (its inputs and outputs) |
+    | MODELYARD_BATCH_KEY_QUOTA_FILES | 5000 | files one endpoint key may keep |
+    | MODELYARD_BATCH_SWEEP_INTERVAL_S | 600 | how often expired files are deleted (and once at start) |
+
+    The quota is what keeps one endpoint key from filling the disk the database and the usage records live
+    on: an upload that would pass it gets 413 ``storage_quota_exceeded`` (see `files.KeyQuota`). A job's output
+    files count towards its key's quota but are always written. The admin key has no quota: it is the
+    operator's, who owns the disk.
     """
 
     model_config = SettingsConfigDict(env_prefix="MODELYARD_BATCH_", env_ignore_empty=True, frozen=True,
@@ -69,6 +77,9 @@ class BatchConfig(BaseSettings):
     retry_backoff_s: float = Field(default=1.0, ge=0)
     max_workers: int = Field(default=64, ge=1)
     completion_window_s: float = Field(default=COMPLETION_WINDOW_S, gt=0)
+    key_quota_bytes: int = Field(default=5 * 1024**3, gt=0)
+    key_quota_files: int = Field(default=5000, gt=0)
+    sweep_interval_s: float = Field(default=600.0, gt=0)
 
     @classmethod
     def from_env(cls) -> "BatchConfig":
@@ -80,18 +91,26 @@ class BatchCreate(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    input_file_id: str = Field(min_length=1)
+    # the widths of the columns they are stored in: SQLite would keep a longer value, PostgreSQL refuse it
+    input_file_id: str = Field(min_length=1, max_length=WIDTHS["batch_jobs.input_file_id"])
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
     output_expires_after: dict[str, Any] | None = None
-    model: str | None = Field(default=None, min_length=1)
-    deployment: str | None = Field(default=None, min_length=1)
+    model: str | None = Field(default=None, min_length=1, max_length=WIDTHS["batch_jobs.model"])
+    deployment: str | None = Field(default=None, min_length=1, max_length=WIDTHS["batch_jobs.deployment"])
     mini_batch_size: int = Field(default=10, ge=1, le=1000)
     max_retries: int = Field(default=3, ge=1, le=10)
     error_threshold: int = Field(default=-1, ge=-1)
     output_action: Literal["append_row", "summary_only"] = "append_row"
     max_share: float | None = Field(default=None, gt=0, le=1)
+
+    @field_validator("input_file_id", "model", "deployment")
+    @classmethod
+    def _no_nul(cls, v: str | None) -> str | None:
+        if v is not None and "\x00" in v:
+            raise ValueError("it contains a NUL character, which no id or name has")
+        return v
 
     @field_validator("endpoint")
     @classmethod

@@ -30,6 +30,11 @@ runs again when the gateway starts (`BatchRunner.start` resumes every
 unfinished job), so the output has every input line exactly once, and so do
 the usage records of the lines that succeeded.
 
+**Expired files** (uploaded with ``expires_after``) are deleted by a sweeper
+at start and every MODELYARD_BATCH_SWEEP_INTERVAL_S, except the input of a
+job that has not finished, so that a key's quota frees up and the disk the
+database lives on does not fill.
+
 **Finishing** writes the output file (lines that succeeded) and the error
 file (lines that failed, and — for a cancelled, failed or expired job — the
 lines that never ran), in input order, and moves the job to its final
@@ -59,7 +64,7 @@ from ..gateway.record import Record
 from ..retry import Backoff, retry_after_s
 from ..telemetry.metering import background
 from ..serving.endpoints import TrafficSplit
-from ..store.batches import BatchStore, JobRecord, LineRecord, LineResult
+from ..store.batches import ID_WIDTH, BatchStore, JobRecord, LineRecord, LineResult, storable
 from ..store.models import utcnow
 from ..store.usage import normalize_record
 from ..wire import KINDS
@@ -186,21 +191,38 @@ class BatchRunner:
         self._jobs: dict[str, _Control] = {}
         self._closing = False
         self._closing_since: float | None = None
+        self._sweeper: asyncio.Task[None] | None = None
 
     # --- lifecycle --------------------------------------------------------------------
 
     async def start(self) -> None:
-        """Remove files a crash left half-written and resume every unfinished job."""
+        """Remove files a crash left half-written, resume every unfinished job and start sweeping expired files."""
         await asyncio.to_thread(self.files.sweep)
         for job in await asyncio.to_thread(self.store.unfinished_jobs):
             log.info("batch %s: resuming (%s, %d/%d lines done)", job.id, job.status, job.completed + job.failed,
                      job.total)
             self._launch(job.id)
+        if self._sweeper is None:
+            self._sweeper = asyncio.get_running_loop().create_task(self._sweep_expired(), name="batch-file-sweeper")
+
+    async def _sweep_expired(self) -> None:
+        """Delete expired files now and every ``sweep_interval_s``; a failure (the database is away) waits for
+        the next round."""
+        while True:
+            try:
+                await asyncio.to_thread(self.files.remove_expired)
+            except Exception as exc:
+                log.warning("could not remove expired files (%s: %s); trying again in %.0f s", type(exc).__name__,
+                            exc, self.config.sweep_interval_s)
+            await asyncio.sleep(self.config.sweep_interval_s)
 
     async def close(self) -> None:
         """Stop every job; finished lines are committed, unfinished ones run again after a restart."""
         self._closing = True
         self._closing_since = time.monotonic()
+        if self._sweeper is not None:
+            self._sweeper.cancel()
+            await asyncio.gather(self._sweeper, return_exceptions=True)
         controls = list(self._jobs.values())
         for ctl in controls:
             ctl.shutdown = True
@@ -253,9 +275,9 @@ class BatchRunner:
         return job
 
     async def get(self, job_id: str, key: Any) -> JobRecord:
-        job = await asyncio.to_thread(self.store.get_job, job_id)
+        job = await asyncio.to_thread(self.store.get_job, job_id) if storable(job_id, ID_WIDTH) else None
         if job is None or not visible(job, key):
-            raise not_found(f"No such batch: {job_id}", param="batch_id", code="batch_not_found")
+            raise not_found(f"No such batch: {job_id[:ID_WIDTH]}", param="batch_id", code="batch_not_found")
         return job
 
     async def cancel(self, job_id: str, key: Any) -> JobRecord:

@@ -30,6 +30,7 @@ from ..store.batches import LineRecord
 
 #: the OpenAI routes a batch line may call, and the request kind of each
 BATCH_URLS = {"/v1/chat/completions": "chat", "/v1/completions": "completion", "/v1/embeddings": "embedding"}
+#: the width of ``batch_lines.custom_id``
 MAX_CUSTOM_ID = 512
 #: errors reported for one file; past this the file is not read further
 MAX_ERRORS = 100
@@ -93,6 +94,10 @@ def parse_input(path: Path, *, url: str, model: str | None, max_lines: int,
             if len(custom_id) > MAX_CUSTOM_ID:
                 error(number, "invalid_request", f"Line {number}: custom_id is longer than {MAX_CUSTOM_ID} characters.",
                       "custom_id")
+                continue
+            if "\x00" in custom_id:
+                error(number, "invalid_request", f"Line {number}: custom_id contains a NUL character (\\u0000), which "
+                      "cannot be stored.", "custom_id")
                 continue
             if item.get("method") != "POST":
                 error(number, "invalid_request", f"Line {number}: method must be 'POST', not {item.get('method')!r}.",

@@ -14,8 +14,14 @@
 
 Any valid key may call them, as for the OpenAI routes: an endpoint's key
 sees the files and batches it created (and its batches may only call its
-endpoint), the admin key sees everything. These are ordinary FastAPI routes:
-`FastPath` only short-cuts the live inference routes.
+endpoint), the admin key sees everything. An endpoint's key keeps files up to
+its quota (MODELYARD_BATCH_KEY_QUOTA_BYTES/_FILES, 413 past it); the admin
+key has none. These are ordinary FastAPI routes: `FastPath` only short-cuts
+the live inference routes.
+
+A value that reaches a column (an id, ``after``, ``purpose``) is checked for
+what the column can hold first: an id no row can have is a 404, a filter
+none can match a 400 — never a 500 from PostgreSQL.
 """
 
 from __future__ import annotations
@@ -29,14 +35,13 @@ from starlette.responses import FileResponse, Response
 from ..batch import BatchCreate, BatchRunner, describe_file, describe_job, visible
 from ..batch.files import UPLOAD_PURPOSES
 from ..errors import ModelyardError, invalid, not_found
+from ..store.batches import ID_WIDTH, WIDTHS, storable
 from .http import api_key, int_param, json_response, parse_json, read_body
 
 router = APIRouter(prefix="/v1")
 
 #: a create-batch body is a few fields; anything bigger is not one
 MAX_CREATE_BYTES = 64 * 1024
-#: multipart framing around an uploaded file
-UPLOAD_OVERHEAD_BYTES = 64 * 1024
 
 
 def _key(request: Request) -> Any:
@@ -56,6 +61,15 @@ def _batches(request: Request) -> BatchRunner:
     return runner
 
 
+def _after(request: Request) -> str | None:
+    """The ``after`` cursor: an id, or the 400 naming it."""
+    after = request.query_params.get("after")
+    if after is not None and not storable(after, ID_WIDTH):
+        raise invalid(f"Invalid value for 'after': the id of a file or batch (at most {ID_WIDTH} characters, "
+                      "no NUL).", param="after")
+    return after
+
+
 def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
     return {"object": "list", "data": items, "first_id": items[0]["id"] if items else None,
             "last_id": items[-1]["id"] if items else None, "has_more": has_more}
@@ -66,14 +80,12 @@ def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 
 @router.post("/files")
 async def upload_file(request: Request) -> Response:
-    """Store an uploaded file (streamed to disk; 413 past MODELYARD_BATCH_MAX_FILE_BYTES)."""
+    """Store an uploaded file (streamed to disk; 413 past MODELYARD_BATCH_MAX_FILE_BYTES or the key's quota)."""
     key = _key(request)
     files = _batches(request).files
-    declared = request.headers.get("content-length")
-    if declared and declared.isdigit() and int(declared) > files.max_bytes + UPLOAD_OVERHEAD_BYTES:
-        raise ModelyardError(f"The file is larger than the limit of {files.max_bytes} bytes "
-                             "(MODELYARD_BATCH_MAX_FILE_BYTES).", status=413, param="file", code="file_too_large")
-    upload = await files.receive(request.headers.get("content-type", ""), request.stream())
+    holding = None if key.is_admin or files.quota is None else await asyncio.to_thread(files.holding, key.id)
+    upload = await files.receive(request.headers.get("content-type", ""), request.stream(),
+                                 declared_length=request.headers.get("content-length"), holding=holding)
     try:
         purpose = upload.fields.get("purpose")
         if upload.path is None:
@@ -88,7 +100,7 @@ async def upload_file(request: Request) -> Response:
                           code="empty_file")
         expires = _expires_after(upload.fields)
         record = await asyncio.to_thread(files.accept, upload, purpose=purpose, owner_key_id=key.id,
-                                         expires_after_s=expires)
+                                         expires_after_s=expires, quota=holding is not None)
     finally:
         if upload.path is not None:
             upload.path.unlink(missing_ok=True)  # gone already once accepted
@@ -122,11 +134,14 @@ async def list_files(request: Request) -> Response:
     if order not in ("asc", "desc"):
         raise invalid(f"Invalid value for 'order': {order!r}; use 'asc' or 'desc'.", param="order")
     limit = int_param(request, "limit", 10_000, 1, 10_000)
+    purpose = request.query_params.get("purpose")
+    if purpose is not None and not storable(purpose, WIDTHS["batch_files.purpose"]):
+        raise invalid(f"Invalid value for 'purpose': a file's purpose, such as 'batch' or 'batch_output' (at most "
+                      f"{WIDTHS['batch_files.purpose']} characters, no NUL).", param="purpose")
     store = _batches(request).store
     rows, more = await asyncio.to_thread(
-        store.list_files, purpose=request.query_params.get("purpose"),
-        owner_key_id=None if key.is_admin else key.id, order=order, limit=limit,
-        after=request.query_params.get("after"))
+        store.list_files, purpose=purpose, owner_key_id=None if key.is_admin else key.id, order=order, limit=limit,
+        after=_after(request))
     return json_response(_page([describe_file(r) for r in rows], more))
 
 
@@ -179,7 +194,7 @@ async def list_batches(request: Request) -> Response:
     runner = _batches(request)
     limit = int_param(request, "limit", 20, 1, 100)
     rows, more = await asyncio.to_thread(runner.store.list_jobs, owner_key_id=None if key.is_admin else key.id,
-                                         limit=limit, after=request.query_params.get("after"))
+                                         limit=limit, after=_after(request))
     return json_response(_page([await _describe(runner, job) for job in rows], more))
 
 

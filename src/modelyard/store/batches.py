@@ -21,6 +21,10 @@ twice::
     store.start_job(job.id, lines)            # validated lines, status in_progress
     for line in store.pending_lines(job.id, after=0, limit=16): ...
     store.commit_results(job.id, results, usage_rows)
+
+Strings from clients reach fixed-width columns (``filename`` 255, ids and names 64): the API checks them
+against `WIDTHS` and `storable()` before they get here, since SQLite would keep a longer value and PostgreSQL
+refuse it. What comes from an upstream (a line's ``error_code``) is cut to fit instead.
 """
 
 from __future__ import annotations
@@ -44,6 +48,17 @@ JOB_STATUSES = ("validating", "failed", "in_progress", "finalizing", "completed"
 FINAL_STATUSES = frozenset({"failed", "completed", "expired", "cancelled"})
 #: The moments a job records (``<event>_at``).
 EVENTS = ("in_progress", "finalizing", "completed", "failed", "expired", "cancelling", "cancelled")
+#: The widths of the string columns a client's values reach, by ``table.column``.
+WIDTHS = {f"{table.name}.{c.name}": c.type.length for table in (BatchFile.__table__, BatchJob.__table__)
+          for c in table.columns if getattr(c.type, "length", None)}
+#: file and batch ids (``batch_files.id``, ``batch_jobs.id``)
+ID_WIDTH = WIDTHS["batch_files.id"]
+
+
+def storable(text: str, width: int) -> bool:
+    """Whether a column of ``width`` characters holds ``text`` on every database: PostgreSQL refuses a longer
+    value and any NUL character (SQLite would keep both)."""
+    return len(text) <= width and "\x00" not in text
 
 
 @dataclass
@@ -184,9 +199,31 @@ class BatchStore:
             rows = [_file(row) for row in session.scalars(query)]
         return rows[:limit], len(rows) > limit
 
-    def delete_file(self, file_id: str) -> bool:
+    def delete_file(self, file_id: str, *, expired_by: datetime | None = None) -> bool:
+        """Delete a file's row; with ``expired_by``, only if it expired by then and no unfinished job reads it
+        (checked in the same statement, so a job that starts meanwhile keeps its input)."""
+        query = delete(BatchFile).where(BatchFile.id == file_id)
+        if expired_by is not None:
+            query = query.where(BatchFile.expires_at <= expired_by, ~_read_by_unfinished_job())
         with self.db.session() as session:
-            return session.execute(delete(BatchFile).where(BatchFile.id == file_id)).rowcount > 0
+            return session.execute(query).rowcount > 0
+
+    def expired_files(self, now: datetime, *, limit: int = 500) -> list[str]:
+        """Files past their ``expires_at`` that no unfinished job reads, oldest expiry first."""
+        query = (select(BatchFile.id).where(BatchFile.expires_at <= now, ~_read_by_unfinished_job())
+                 .order_by(BatchFile.expires_at, BatchFile.id).limit(limit))
+        with self.db.session() as session:
+            return list(session.scalars(query))
+
+    def stored_by(self, owner_key_id: int, *, now: datetime | None = None) -> tuple[int, int]:
+        """How many files, and how many bytes, key ``owner_key_id`` keeps (inputs and outputs; expired files,
+        which the sweeper is about to remove, do not count)."""
+        now = now or utcnow()
+        query = select(func.count(), func.coalesce(func.sum(BatchFile.bytes), 0)).where(
+            BatchFile.owner_key_id == owner_key_id, BatchFile.expires_at.is_(None) | (BatchFile.expires_at > now))
+        with self.db.session() as session:
+            count, size = session.execute(query).one()
+        return int(count), int(size)
 
     def jobs_using(self, file_id: str) -> list[str]:
         """Unfinished jobs that read ``file_id`` as their input."""
@@ -327,8 +364,9 @@ class BatchStore:
             for r in results:
                 changed = session.execute(
                     update(BatchLine).where(BatchLine.id == r.line_id, BatchLine.state == "pending").values(
-                        state=r.state, attempts=r.attempts, status_code=r.status_code, request_id=r.request_id,
-                        response=r.response, error_code=r.error_code, finished_at=now)).rowcount
+                        state=r.state, attempts=r.attempts, status_code=r.status_code,
+                        request_id=_fit(r.request_id, _LINE_WIDTHS["request_id"]), response=r.response,
+                        error_code=_fit(r.error_code, _LINE_WIDTHS["error_code"]), finished_at=now)).rowcount
                 if not changed:
                     continue
                 usage.extend(r.usage)
@@ -374,6 +412,23 @@ class BatchStore:
             requests, prompt, completion, cost = connection.execute(query).one()
         return {"requests": int(requests or 0), "prompt_tokens": int(prompt or 0),
                 "completion_tokens": int(completion or 0), "cost_usd": float(cost or 0.0)}
+
+
+_LINE_WIDTHS = {c.name: c.type.length for c in BatchLine.__table__.columns if getattr(c.type, "length", None)}
+
+
+def _fit(value: Any, width: int) -> str | None:
+    """A value from an upstream (an error code) as a column of ``width`` holds it on any database: a string,
+    NUL characters (refused by PostgreSQL) replaced by U+FFFD, cut to the width."""
+    if value is None:
+        return None
+    return str(value).replace("\x00", "\ufffd")[:width]
+
+
+def _read_by_unfinished_job() -> Any:
+    """``EXISTS`` an unfinished job whose input is the ``batch_files`` row at hand."""
+    return (select(BatchJob.id).where(BatchJob.input_file_id == BatchFile.id, BatchJob.status.not_in(FINAL_STATUSES))
+            .exists())
 
 
 def _beyond(keys: tuple[Any, Any], anchor: tuple[Any, Any], descending: bool) -> Any:
