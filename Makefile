@@ -36,7 +36,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: faults install run test bench clean lock lock-check upgrade
+.PHONY: faults fuzz install run test bench clean lock lock-check upgrade
 
 $(UV): requirements-uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -71,6 +71,11 @@ test: install
 # The fault tests at full length: a 30 s database outage under load (`make test` runs them with 8 s).
 faults: install
 	MODELYARD_FAULT_OUTAGE_S=30 $(BIN)/python -m pytest -q tests/faults tests/cache/test_redis_restart.py
+
+# The HTTP API fuzzed from its /openapi.json at length (Schemathesis; tests/server/test_fuzz.py): 5 minutes with each
+# key, 100 cases an operation a pass (`make test` runs 15 s). A failure names its seed: MODELYARD_FUZZ_SEED=N make fuzz.
+fuzz: install
+	MODELYARD_FUZZ_S=300 MODELYARD_FUZZ_EXAMPLES=100 $(BIN)/python -m pytest -q -s tests/server/test_fuzz.py
 
 bench: install
 	$(BIN)/python bench/gateway_overhead.py

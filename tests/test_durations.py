@@ -17,6 +17,8 @@ def test_a_number_and_a_unit_is_seconds(text, seconds):
     ("", {}, "not a number"), ("soon", {}, "not a number"), ("-1h", {}, "not a number"), ("0s", {}, "not longer"),
     ("3y", {}, "unknown unit 'y'"), ("1w", {"units": ("s", "m")}, "unknown unit 'w'"),
     ("1.5h", {"whole": True}, "whole"), ("90", {"bare": None}, "unit is missing"), (True, {}, "not a duration"),
+    # what a JSON body can hold besides a string or a number (found by tests/server/test_fuzz.py: was a TypeError)
+    (["1h"], {}, "not a duration"), ({"h": 1}, {}, "not a duration"), (None, {}, "not a duration"),
 ])
 def test_anything_else_says_why(text, kwargs, reason):
     with pytest.raises(ValueError, match=reason):

@@ -32,6 +32,8 @@ def parse_duration(value: str | int | float, *, units: tuple[str, ...] = ("s", "
         raise ValueError("not a duration")
     if isinstance(value, (int, float)):
         seconds = float(value)
+    elif not isinstance(value, str):  # a list or an object from a JSON body: a ValueError, so a 400 and not a 500
+        raise ValueError("not a duration")
     else:
         match = _DURATION.fullmatch(value or "")
         if not match:

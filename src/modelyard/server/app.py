@@ -16,7 +16,8 @@ from typing import Any, AsyncIterator, Callable
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
-from starlette.responses import Response
+from starlette.responses import PlainTextResponse, Response
+from starlette.routing import Match
 
 from ..errors import ModelyardError, from_validation_error, internal_error
 from ..settings import Settings
@@ -24,7 +25,7 @@ from ..store.usage import database_unavailable
 from . import batch_routes, endpoint_routes, feedback_routes, manage_routes, metrics_routes, openai_routes, rollout_routes
 from . import router_routes
 from . import catalog_routes, spend_routes
-from . import cache_routes
+from . import cache_routes, openapi
 from .admin import is_admin, require_admin
 from .ui import install_console
 from .http import error_response, json_response
@@ -67,6 +68,9 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     install_console(app)  # the web console at /ui (server/ui/)
     app.include_router(router_routes.router)
     app.include_router(cache_routes.router)
+    # the OpenAI and feedback routes are not FastAPI's, so /openapi.json is told about them
+    openapi.install(app, [*openai_routes.routes, *feedback_routes.routes],
+                    {**openai_routes.OPENAPI, **feedback_routes.OPENAPI})
 
     @app.exception_handler(ModelyardError)
     async def _modelyard_error(request: Request, exc: ModelyardError) -> Response:
@@ -75,7 +79,11 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     @app.exception_handler(StarletteHTTPException)
     async def _http_error(request: Request, exc: StarletteHTTPException) -> Response:
         message = f"Unknown route: {request.method} {request.url.path}" if exc.status_code == 404 else str(exc.detail)
-        return error_response(ModelyardError(message, status=exc.status_code, code="unknown_route" if exc.status_code == 404 else None))
+        headers = exc.headers
+        if exc.status_code == 405:  # Starlette's Allow names the methods of the first route with the path only
+            headers = {"allow": _allowed_methods(app, request.scope)}
+        return error_response(ModelyardError(message, status=exc.status_code, headers=headers,
+                                             code="unknown_route" if exc.status_code == 404 else None))
 
     @app.exception_handler(RequestValidationError)
     async def _validation_error(request: Request, exc: RequestValidationError) -> Response:
@@ -107,7 +115,7 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
                                    for d in e.deployments.values()}
         return json_response(body, 200 if ready else 503)
 
-    @app.get("/metrics")
+    @app.get("/metrics", response_class=PlainTextResponse)
     async def metrics(request: Request) -> Response:
         """Prometheus metrics: requests, tokens and cost per endpoint, so the admin key is needed (Prometheus:
         ``authorization: {credentials_file: MODELYARD_HOME/admin.key}``) unless MODELYARD_METRICS_PUBLIC=1."""
@@ -116,6 +124,18 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
         return Response(gateway.metrics.render(), media_type="text/plain; version=0.0.4")
 
     return app
+
+
+#: the methods a 405's ``Allow`` may name
+_METHODS = ("DELETE", "GET", "HEAD", "OPTIONS", "PATCH", "POST", "PUT")
+
+
+def _allowed_methods(app: FastAPI, scope: dict[str, Any]) -> str:
+    """The ``Allow`` header of a 405: the methods some route takes at the request's path (asked of the routes
+    themselves, so routers included in the app count too)."""
+    allowed = [method for method in _METHODS
+               if any(route.matches({**scope, "method": method})[0] == Match.FULL for route in app.router.routes)]
+    return ", ".join(allowed)
 
 
 async def _when_ready(gateway: Gateway, callback: Callable[[], None]) -> None:

@@ -21,6 +21,7 @@ from ..errors import ModelyardError, invalid
 from ..gateway.cache import Cache
 from .http import json_response
 from .admin import require_admin
+from .openapi import query
 
 router = APIRouter(prefix="/api")
 
@@ -42,7 +43,8 @@ def _duration(request: Request, name: str, default: str | None) -> float | None:
         raise invalid(str(exc), param=name) from None
 
 
-@router.get("/endpoints/{name}/cache")
+@router.get("/endpoints/{name}/cache", openapi_extra={"parameters": [
+    query("window", "how far back the hit rates and savings go, e.g. 1h, 24h, 7d (default 24h)")]})
 async def cache_stats(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Entries, memory, hit rates (exact and semantic) and savings over ``window`` (default 24h)."""
     endpoint = gateway.endpoints.get(name)
@@ -54,7 +56,8 @@ async def cache_stats(request: Request, name: str, gateway=Depends(require_admin
     return json_response({"endpoint": name, "window": request.query_params.get("window", "24h"), **stats, **usage})
 
 
-@router.delete("/endpoints/{name}/cache")
+@router.delete("/endpoints/{name}/cache", openapi_extra={"parameters": [
+    query("older_than", "only the entries stored longer ago than this, e.g. 1h")]})
 async def cache_clear(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Delete the endpoint's cached answers (``?older_than=1h``: only those stored more than an hour ago)."""
     endpoint = gateway.endpoints.get(name)

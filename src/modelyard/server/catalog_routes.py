@@ -70,7 +70,8 @@ async def get_card(request: Request, model_id: str, gateway=Depends(require_admi
     return json_response(card_view(gateway.catalog.get(model_id), gateway))
 
 
-@router.post("/catalog/{model_id}/pull")
+@router.post("/catalog/{model_id}/pull", status_code=202,
+             responses={200: {"description": "The weights are here already"}})
 async def start_pull(request: Request, model_id: str, gateway=Depends(require_admin)) -> Response:
     """Fetch the card's weights in the background (202); 200 when they are here already."""
     card = gateway.catalog.get(model_id)

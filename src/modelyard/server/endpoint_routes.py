@@ -9,16 +9,18 @@ from __future__ import annotations
 
 import asyncio
 from collections import deque
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Request
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
+from ..cache.spec import CacheSpec
 from ..errors import from_validation_error, invalid
 from ..serving.spec import DeploymentSpec, EndpointSpec, RequestSettings
 from .http import json_response
 from .admin import read_model, require_admin
+from .openapi import json_body, query, some_fields_of
 
 router = APIRouter(prefix="/api")
 
@@ -34,13 +36,13 @@ class EndpointPatch(BaseModel):
     router: dict[str, Any] | None = None
     budget: dict[str, Any] | None = None
     #: response cache settings, merged into the current ones (checked by CacheSpec)
-    cache: dict[str, Any] | None = None
+    cache: Annotated[dict[str, Any] | None, some_fields_of(CacheSpec)] = None
 
 
 class DeploymentPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instance_count: int | None = Field(default=None, ge=1, le=64)
-    request_settings: dict[str, Any] | None = None
+    request_settings: Annotated[dict[str, Any] | None, some_fields_of(RequestSettings)] = None
 
 
 class KeyRegenerate(BaseModel):
@@ -54,12 +56,29 @@ class ApplyBody(BaseModel):
     spec: dict[str, Any]
 
 
+# What /api/apply takes, as /openapi.json says: the spec of the kind named. (The route reads an `ApplyBody`, then
+# its spec by kind, so that an error names ``spec.FIELD``.)
+class ApplyEndpoint(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["endpoint"]
+    spec: EndpointSpec
+
+
+class ApplyDeployment(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    kind: Literal["deployment"]
+    spec: DeploymentSpec
+
+
+_APPLY_BODY = Annotated[ApplyEndpoint | ApplyDeployment, Field(discriminator="kind")]
+
+
 @router.get("/endpoints")
 async def list_endpoints(request: Request, gateway=Depends(require_admin)) -> Response:
     return json_response({"data": [e.describe() for e in gateway.endpoints.all()]})
 
 
-@router.post("/endpoints")
+@router.post("/endpoints", status_code=201, openapi_extra=json_body(EndpointSpec))
 async def create_endpoint(request: Request, gateway=Depends(require_admin)) -> Response:
     """Create an endpoint; its primary and secondary keys are in this answer only."""
     spec = await read_model(request, EndpointSpec)
@@ -72,7 +91,7 @@ async def get_endpoint(request: Request, name: str, gateway=Depends(require_admi
     return json_response(gateway.endpoints.get(name).describe())
 
 
-@router.patch("/endpoints/{name}")
+@router.patch("/endpoints/{name}", openapi_extra=json_body(EndpointPatch))
 async def update_endpoint(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     patch = await read_model(request, EndpointPatch)
     changes = patch.model_dump(exclude_none=True)
@@ -94,13 +113,15 @@ async def endpoint_keys(request: Request, name: str, gateway=Depends(require_adm
     return json_response(gateway.endpoints.key_info(name))
 
 
-@router.post("/endpoints/{name}/keys/regenerate")
+@router.post("/endpoints/{name}/keys/regenerate", openapi_extra=json_body(KeyRegenerate))
 async def regenerate_key(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     body = await read_model(request, KeyRegenerate)
     return json_response({"which": body.which, "key": gateway.endpoints.regenerate_key(name, body.which)})
 
 
-@router.post("/endpoints/{name}/deployments")
+@router.post("/endpoints/{name}/deployments", status_code=201, openapi_extra={
+    **json_body(DeploymentSpec, name="DeploymentCreate", from_path=["endpoint_name"]),
+    "parameters": [query("all_traffic", "true or 1: move all of the endpoint's traffic to the new deployment")]})
 async def create_deployment(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Create a deployment and wait until its instances are ready (``?all_traffic=true`` moves all traffic to it)."""
     all_traffic = request.query_params.get("all_traffic") in ("1", "true")
@@ -114,7 +135,7 @@ async def get_deployment(request: Request, name: str, deployment: str, gateway=D
     return json_response(gateway.endpoints.deployment(name, deployment).describe())
 
 
-@router.patch("/endpoints/{name}/deployments/{deployment}")
+@router.patch("/endpoints/{name}/deployments/{deployment}", openapi_extra=json_body(DeploymentPatch))
 async def update_deployment(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
     """Scale (``instance_count``) or change ``request_settings``, live."""
     patch = await read_model(request, DeploymentPatch)
@@ -134,7 +155,8 @@ async def delete_deployment(request: Request, name: str, deployment: str, gatewa
     return json_response({"deleted": deployment})
 
 
-@router.get("/endpoints/{name}/deployments/{deployment}/logs")
+@router.get("/endpoints/{name}/deployments/{deployment}/logs", openapi_extra={"parameters": [
+    query("lines", "how many of each log's last lines (1 to 10000)", type="integer", default=100)]})
 async def deployment_logs(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
     """The last ``lines`` (default 100) of each instance's log."""
     try:
@@ -146,7 +168,8 @@ async def deployment_logs(request: Request, name: str, deployment: str, gateway=
     return json_response({"instances": logs})
 
 
-@router.post("/apply")
+@router.post("/apply", openapi_extra=json_body(_APPLY_BODY, name="ApplyBody"),
+             responses={201: {"description": "Created (200: updated, or already as the spec says)"}})
 async def apply(request: Request, gateway=Depends(require_admin)) -> Response:
     """Create or update an endpoint or a deployment from its spec; applying the same spec twice changes nothing."""
     body = await read_model(request, ApplyBody)

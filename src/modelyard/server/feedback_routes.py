@@ -16,6 +16,7 @@ from ..gateway.feedback import FeedbackRequest
 from ..routing.responses import describe
 from .http import error_response, json_response, read_body
 from .openai_routes import _check_key
+from .openapi import json_body
 
 
 async def post_feedback(request: Request) -> Response:
@@ -49,3 +50,10 @@ routes = [
     Route("/v1/feedback", post_feedback, methods=["POST"]),
     Route("/v1/responses/{response_id}", get_response, methods=["GET"]),
 ]
+
+#: /openapi.json's account of `routes` (`server.openapi.install`)
+OPENAPI = {
+    "/v1/feedback": dict(summary="Rate a routed answer", tags=["Feedback"], status_code=201,
+                         openapi_extra=json_body(FeedbackRequest)),
+    "/v1/responses/{response_id}": dict(summary="The latest answer to a routed request", tags=["Feedback"]),
+}

@@ -18,6 +18,7 @@ from ..errors import ModelyardError
 from ..store.usage import recent_usage, usage_summary
 from .admin import read_model, require_admin
 from .http import MAX_DB_INT, api_key, int_param, json_response, row_id
+from .openapi import json_body, query
 
 router = APIRouter(prefix="/api")
 
@@ -46,7 +47,7 @@ async def list_keys(request: Request, gateway=Depends(require_admin)) -> Respons
     return json_response({"data": keys})
 
 
-@router.post("/keys")
+@router.post("/keys", status_code=201, openapi_extra=json_body(KeyCreate))
 async def create_key(request: Request, gateway=Depends(require_admin)) -> Response:
     body = await read_model(request, KeyCreate)
     if body.endpoint is not None:
@@ -72,7 +73,8 @@ async def revoke_key(key_id: str, request: Request, gateway=Depends(require_admi
     return json_response({"id": info.id, "name": info.name, "object": "modelyard.key", "revoked": True})
 
 
-@router.get("/usage")
+@router.get("/usage", openapi_extra={"parameters": [
+    query("days", "how many days back", type="integer", minimum=1, maximum=MAX_USAGE_DAYS, default=30)]})
 async def usage(request: Request, gateway=Depends(require_admin)) -> Response:
     """Requests, tokens and cost by endpoint and day (``?days=N``, default 30)."""
     days = int_param(request, "days", 30, 1, MAX_USAGE_DAYS)
@@ -82,7 +84,10 @@ async def usage(request: Request, gateway=Depends(require_admin)) -> Response:
     return json_response({"data": rows})
 
 
-@router.get("/usage/recent")
+@router.get("/usage/recent", openapi_extra={"parameters": [
+    query("limit", "how many records, newest first (more than 1000 is 1000)", type="integer", minimum=1,
+          maximum=MAX_DB_INT, default=100),
+    query("endpoint", "only this endpoint's records")]})
 async def usage_recent(request: Request, gateway=Depends(require_admin)) -> Response:
     await gateway.writer.flush()
     limit = min(int_param(request, "limit", 100, 1, MAX_DB_INT), 1000)  # more than 1000 is 1000

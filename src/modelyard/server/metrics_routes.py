@@ -31,6 +31,7 @@ from ..store.metrics import parse_window, timeseries_by_deployment
 from ..store.models import utcnow
 from .http import int_param, json_response
 from .admin import require_admin
+from .openapi import query
 
 router = APIRouter(prefix="/api")
 
@@ -51,6 +52,15 @@ def default_bucket(window: timedelta) -> int:
         if seconds / bucket <= TARGET_POINTS:
             return bucket
     return DEFAULT_BUCKETS[-1]
+
+
+#: the query parameters `_parse_params` reads, for /openapi.json
+PARAMS = [
+    query("window", "how far back: a number and a unit, e.g. 15m, 1h, 24h, 7d (default 1h, at most 31 days)"),
+    query("bucket", f"seconds per point (by default at most {TARGET_POINTS} points; at most {MAX_POINTS})",
+          type="integer", minimum=1, maximum=int(MAX_WINDOW.total_seconds())),
+    query("deployment", "only this deployment"),
+]
 
 
 def _parse_params(request: Request) -> tuple[str, timedelta, int]:
@@ -123,7 +133,7 @@ def _gateway_process(meter: CpuMeter) -> dict[str, Any] | None:
             "pss_mb": stats["pss_mb"]}
 
 
-@router.get("/endpoints/{name}/metrics")
+@router.get("/endpoints/{name}/metrics", openapi_extra={"parameters": PARAMS})
 async def endpoint_metrics(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """State now and time series over ``?window=`` for one endpoint and its deployments."""
     endpoint = gateway.endpoints.get(name)  # 404 for an unknown endpoint

@@ -8,7 +8,9 @@ the gateway pipeline (whose auth stage checks the key of a well-formed one).
 
 These are plain Starlette routes, not FastAPI ones: they are the hot path,
 they parse their own bodies, and FastAPI's per-request dependency solving
-would only add CPU (about 0.1 ms a request, measured by bench/).
+would only add CPU (about 0.1 ms a request, measured by bench/). So FastAPI
+cannot document them either: ``OPENAPI`` says what they take, for
+/openapi.json (`server.openapi`).
 """
 
 from __future__ import annotations
@@ -24,8 +26,9 @@ from ..errors import ModelyardError, from_validation_error, internal_error
 from ..gateway import Call
 from ..gateway.auth import verify_key
 from ..store.keys import KeyInfo
-from ..wire import KINDS
+from ..wire import KINDS, ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from .http import api_key, error_response, header_value, json_response, read_body
+from .openapi import json_body
 
 log = logging.getLogger(__name__)
 
@@ -143,3 +146,26 @@ routes = [
     Route("/v1/models", list_models, methods=["GET"]),
     Route("/v1/models/{name}", get_model, methods=["GET"]),
 ]
+
+#: A completion: a JSON object, or with ``stream: true`` server-sent events ending with ``data: [DONE]``.
+_COMPLETION = {200: {"description": "The completion, or with `stream: true` its chunks as server-sent events",
+                     "content": {"application/json": {"schema": {"type": "object"}},
+                                 "text/event-stream": {}}}}
+
+#: /openapi.json's account of `routes` (`server.openapi.install`): `APIRoute` arguments by path. The examples
+#: name the endpoints `modelyard up` creates, ``default`` (chat) and ``embed``.
+OPENAPI = {
+    "/v1/chat/completions": dict(
+        summary="Create a chat completion", tags=["OpenAI"], responses=_COMPLETION,
+        openapi_extra=json_body(ChatCompletionRequest, example={
+            "model": "default", "messages": [{"role": "user", "content": "Say hello."}], "max_tokens": 16})),
+    "/v1/completions": dict(
+        summary="Create a completion", tags=["OpenAI"], responses=_COMPLETION,
+        openapi_extra=json_body(CompletionRequest, example={"model": "default", "prompt": "Say hello.",
+                                                            "max_tokens": 16})),
+    "/v1/embeddings": dict(
+        summary="Create embeddings", tags=["OpenAI"],
+        openapi_extra=json_body(EmbeddingRequest, example={"model": "embed", "input": "Say hello."})),
+    "/v1/models": dict(summary="List the endpoints this key may call", tags=["OpenAI"]),
+    "/v1/models/{name}": dict(summary="Describe an endpoint", tags=["OpenAI"]),
+}

@@ -22,6 +22,7 @@ from starlette.responses import Response
 from ..errors import ModelyardError
 from .http import json_response, row_id
 from .admin import read_model, require_admin
+from .openapi import json_body
 
 router = APIRouter(prefix="/api")
 
@@ -47,7 +48,8 @@ def _controller(gateway):
     return rollouts
 
 
-@router.post("/endpoints/{name}/deployments/{deployment}/rollout")
+@router.post("/endpoints/{name}/deployments/{deployment}/rollout", status_code=201,
+             openapi_extra=json_body(RolloutBody))
 async def start_rollout(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
     """Start shifting live traffic to the deployment step by step; the first step's split is set at once."""
     body = await read_model(request, RolloutBody)

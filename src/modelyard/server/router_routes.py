@@ -27,11 +27,13 @@ from ..routing.calibrate import calibrate as calibrate_threshold
 from ..telemetry.router_report import parse_window, router_report
 from .http import json_response
 from .admin import read_model, require_admin
+from .openapi import json_body, query
 
 router = APIRouter(prefix="/api")
 
 
-@router.get("/endpoints/{name}/router/report")
+@router.get("/endpoints/{name}/router/report", openapi_extra={"parameters": [
+    query("window", "how far back: a whole number and a unit, m, h, d or w (default 24h)")]})
 async def report(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """The router report over ``?window=`` (default 24h; e.g. 15m, 1h, 24h, 7d, 30d)."""
     text = request.query_params.get("window", "24h")
@@ -60,17 +62,17 @@ async def budget(request: Request, name: str, gateway=Depends(require_admin)) ->
     return json_response(out)
 
 
-@router.post("/endpoints/{name}/router/calibrate")
+class CalibrateBody(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    strong_share: float = Field(ge=0, le=1)
+
+
+@router.post("/endpoints/{name}/router/calibrate", openapi_extra=json_body(CalibrateBody))
 async def calibrate(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Set a learned router's threshold so ``{"strong_share": 0.3}`` of recent prompts go to the strong tier."""
     body = await read_model(request, CalibrateBody)
     await gateway.router.responses.flush()
     return json_response(await calibrate_threshold(gateway, name, body.strong_share))
-
-
-class CalibrateBody(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    strong_share: float = Field(ge=0, le=1)
 
 
 @router.get("/endpoints/{name}/router/outcomes")

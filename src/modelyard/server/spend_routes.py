@@ -22,7 +22,8 @@ from ..store.models import utcnow
 from ..store.spend import decision_series, spend_report
 from .http import int_param, json_response
 from .admin import require_admin
-from .metrics_routes import _parse_params
+from .metrics_routes import PARAMS, _parse_params
+from .openapi import query
 
 router = APIRouter(prefix="/api")
 
@@ -30,7 +31,9 @@ router = APIRouter(prefix="/api")
 MAX_DAYS = 366
 
 
-@router.get("/usage/spend")
+@router.get("/usage/spend", openapi_extra={"parameters": [
+    query("days", "how many days back", type="integer", minimum=1, maximum=MAX_DAYS, default=30),
+    query("endpoint", "only this endpoint")]})
 async def spend(request: Request, gateway=Depends(require_admin)) -> Response:
     """Spend and savings over the last ``days`` (default 30): totals, by endpoint, by key, by day."""
     days = int_param(request, "days", 30, 1, MAX_DAYS)
@@ -44,7 +47,7 @@ async def spend(request: Request, gateway=Depends(require_admin)) -> Response:
     return json_response({"days": days, **report})
 
 
-@router.get("/endpoints/{name}/decisions")
+@router.get("/endpoints/{name}/decisions", openapi_extra={"parameters": PARAMS})
 async def decisions(request: Request, name: str, gateway=Depends(require_admin)) -> Response:
     """Cache and router decisions of one endpoint over ``?window=`` (same parameters as ``/metrics``)."""
     gateway.endpoints.get(name)

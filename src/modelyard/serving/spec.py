@@ -23,7 +23,7 @@ from __future__ import annotations
 import re
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, WithJsonSchema, field_validator, model_validator
 
 from ..cache.spec import CacheSpec
 from ..routing.spec import RouterSpec
@@ -39,12 +39,13 @@ class _Spec(BaseModel):
 
 
 def check_name(value: str) -> str:
-    if not re.match(NAME, value):
+    if not re.fullmatch(NAME, value):  # not re.match: its `$` lets a trailing line break through
         raise ValueError(f"{value!r} is not a valid name: use 3-32 letters, digits and dashes, starting with a letter")
     return value
 
 
-Name = Annotated[str, AfterValidator(check_name)]
+#: checked by `check_name` (its message says what a name may be); documented as the pattern it checks
+Name = Annotated[str, AfterValidator(check_name), WithJsonSchema({"type": "string", "pattern": NAME})]
 
 
 class RequestSettings(_Spec):
