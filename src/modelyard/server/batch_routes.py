@@ -37,6 +37,7 @@ from ..batch.files import UPLOAD_PURPOSES
 from ..errors import ModelyardError, invalid, not_found
 from ..store.batches import ID_WIDTH, WIDTHS, storable
 from .http import api_key, int_param, json_response, parse_json, read_body
+from .openapi import json_body, query
 
 router = APIRouter(prefix="/v1")
 
@@ -78,7 +79,18 @@ def _page(items: list[dict[str, Any]], has_more: bool) -> dict[str, Any]:
 # --- files ------------------------------------------------------------------------------
 
 
-@router.post("/files")
+#: /v1/files' multipart form, as OpenAI documents it (the route streams it to disk by hand)
+_UPLOAD_FORM = {"requestBody": {"required": True, "content": {"multipart/form-data": {"schema": {
+    "type": "object", "required": ["file", "purpose"],
+    "properties": {
+        "file": {"type": "string", "format": "binary", "description": "the JSONL file (non-empty)"},
+        "purpose": {"type": "string", "enum": sorted(UPLOAD_PURPOSES)},
+        "expires_after[anchor]": {"type": "string", "enum": ["created_at"]},
+        "expires_after[seconds]": {"type": "integer", "minimum": 3600, "maximum": 2592000},
+    }}}}}}
+
+
+@router.post("/files", openapi_extra=_UPLOAD_FORM)
 async def upload_file(request: Request) -> Response:
     """Store an uploaded file (streamed to disk; 413 past MODELYARD_BATCH_MAX_FILE_BYTES or the key's quota)."""
     key = _key(request)
@@ -127,7 +139,11 @@ async def _visible_file(request: Request, file_id: str) -> Any:
     return record
 
 
-@router.get("/files")
+@router.get("/files", openapi_extra={"parameters": [
+    query("purpose", "only files with this purpose", type="string", enum=sorted(UPLOAD_PURPOSES)),
+    query("limit", "how many (1-10000)", type="integer", minimum=1, maximum=10000),
+    query("order", "by creation time", type="string", enum=["asc", "desc"]),
+    query("after", "the id of the last file of the previous page", type="string")]})
 async def list_files(request: Request) -> Response:
     key = _key(request)
     order = request.query_params.get("order", "desc")
@@ -150,7 +166,9 @@ async def get_file(request: Request, file_id: str) -> Response:
     return json_response(describe_file(await _visible_file(request, file_id)))
 
 
-@router.get("/files/{file_id}/content")
+@router.get("/files/{file_id}/content", openapi_extra={"responses": {"200": {
+    "description": "the file's bytes", "content": {"application/octet-stream": {"schema": {"type": "string",
+                                                                                       "format": "binary"}}}}}})
 async def file_content(request: Request, file_id: str) -> Response:
     record = await _visible_file(request, file_id)
     path = _batches(request).files.path(record.id)
@@ -178,7 +196,7 @@ async def _describe(runner: BatchRunner, job: Any) -> dict[str, Any]:
     return describe_job(job, await asyncio.to_thread(runner.store.usage, job.id))
 
 
-@router.post("/batches")
+@router.post("/batches", openapi_extra=json_body(BatchCreate))
 async def create_batch(request: Request) -> Response:
     """Create a batch job from an uploaded input file; it starts (``validating``) at once."""
     key = _key(request)
@@ -188,7 +206,9 @@ async def create_batch(request: Request) -> Response:
     return json_response(await _describe(runner, job))
 
 
-@router.get("/batches")
+@router.get("/batches", openapi_extra={"parameters": [
+    query("limit", "how many (1-100)", type="integer", minimum=1, maximum=100),
+    query("after", "the id of the last batch of the previous page", type="string")]})
 async def list_batches(request: Request) -> Response:
     key = _key(request)
     runner = _batches(request)
