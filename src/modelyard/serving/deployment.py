@@ -31,6 +31,7 @@ import asyncio
 import logging
 import os
 import time
+from collections import deque
 from contextlib import aclosing
 from typing import Any, AsyncIterator
 
@@ -74,6 +75,8 @@ class Deployment:
         self.error: str | None = None
         #: requests waiting for a free instance right now
         self.waiting = 0
+        #: the requests waiting for a slot, in arrival order (each holds its place by a token)
+        self._queue: deque[object] = deque()
         self._clients: dict[str, OpenAICompatBackend] = {}
         self._hosted: OpenAICompatBackend | None = None
         self._slot = _HostedSlot(f"{spec.name}-hosted")
@@ -222,22 +225,30 @@ class Deployment:
     async def _acquire(self, avoid: Any = None, background: BackgroundWork | None = None) -> Any:
         if background is not None:
             return await self._acquire_background(background, avoid)
-        slot = self._free_slot(avoid)
-        if slot is not None:
-            slot.in_flight += 1
-            self._live_started()
-            return slot
+        if not self._queue:  # nobody waits: a free slot is this request's
+            slot = self._free_slot(avoid)
+            if slot is not None:
+                slot.in_flight += 1
+                self._live_started()
+                return slot
         settings = self.spec.request_settings
         queue_limit = settings.max_queue_size_per_instance * max(len(self._slots()), 1)
         if self.waiting >= queue_limit:
             raise self._busy(f"{self.waiting} requests are already waiting")
         deadline = time.monotonic() + settings.max_queue_wait_ms / 1000
         self.waiting += 1
+        turn = object()
+        self._queue.append(turn)
         try:
             async with self._changed:
                 while True:
-                    slot = self._free_slot(avoid)
+                    # first come, first served: only the head of the queue takes a slot that frees up (a request
+                    # that arrives meanwhile queues behind it instead of taking the slot before it wakes)
+                    slot = self._free_slot(avoid) if self._queue[0] is turn else None
                     if slot is not None:
+                        self._queue.popleft()
+                        if self._queue:
+                            self._changed.notify_all()  # the next in line may find another free slot
                         slot.in_flight += 1
                         self._live_started()
                         return slot
@@ -253,6 +264,10 @@ class Deployment:
                         pass
         finally:
             self.waiting -= 1
+            if turn in self._queue:  # refused, timed out or cancelled while waiting: the next in line goes on
+                self._queue.remove(turn)
+                if self._queue:
+                    await self._notify(all_waiters=True)
 
     def _live_started(self) -> None:
         self._live_in_flight += 1
@@ -309,7 +324,7 @@ class Deployment:
         else:
             self._live_in_flight -= 1
         if self.waiting:
-            await self._notify()
+            await self._notify(all_waiters=True)  # each waiter checks whether it is first in line
         elif self.bg_waiting:
             self._bg_wake.set()
 
