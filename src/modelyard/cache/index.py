@@ -17,13 +17,25 @@ returns its nearest entry with the cosine similarity.
   answers in well under a millisecond.
 
 The index lives in memory; the stores persist the vectors and rebuild it
-when they open.
+when they open. A large graph is slow to rebuild (minutes for 100,000
+vectors on two cores), so `save` writes the whole index to a folder and
+`load` reads it back in well under a second; the caller reconciles it with
+its own store (see `modelyard.index.store`).
+
+Besides the nearest entry (`search`, the cache's look-up), `search_top`
+returns the best *k* entries, optionally only those an `allowed` predicate
+accepts: a graph is asked for more than *k* and the refused ones dropped,
+and when too few pass, the allowed entries are scored exhaustively
+(`exact_top`), so a filter never costs correctness.
 """
 
 from __future__ import annotations
 
+import json
 import logging
-from typing import Any, Awaitable, Callable, Protocol
+import shutil
+from pathlib import Path
+from typing import Any, Awaitable, Callable, Iterable, Protocol
 
 import numpy as np
 
@@ -34,6 +46,12 @@ log = logging.getLogger(__name__)
 #: a partition moves from an exhaustive NumPy scan to an HNSW graph past this many entries
 ANN_MIN = 2048
 DIM = 384
+#: a filtered graph search asks for at least this many candidates, then 8 times more, up to
+#: `GRAPH_FETCH_MAX`, before it scores the allowed entries exhaustively
+OVERFETCH = 32
+GRAPH_FETCH_MAX = 2048
+#: the version of the folder `VectorIndex.save` writes
+SAVE_FORMAT = 1
 
 
 class Index(Protocol):
@@ -115,26 +133,39 @@ class VectorIndex:
                 self._to_graph(part)
 
     def add_many(self, ids: list[str], partitions: list[str], vectors: np.ndarray, *, threads: int = 0) -> None:
-        """Bulk-load entries (a store opening): a large partition's graph is built in one batch, on
-        `threads` threads (0: all cores), many times faster than adding its vectors one by one."""
+        """Bulk-load entries (a store opening, a document's chunks): a large partition's graph is built, or
+        grown, in one batch on `threads` threads (0: all cores), many times faster than adding its vectors
+        one by one. An id already in the index is replaced."""
+        for entry_id in ids:
+            if entry_id in self._where:
+                self.remove(entry_id)
         groups: dict[str, list[int]] = {}
         for i, partition in enumerate(partitions):
             groups.setdefault(partition, []).append(i)
         for partition, rows in groups.items():
-            if len(rows) <= self.ann_min or partition in self._partitions:
+            part = self._partitions.get(partition)
+            if part is None and len(rows) > self.ann_min:
+                part = self._partitions[partition] = _Partition(self.dim)
+                part.matrix = None
+                part.ann = self._graph()
+            elif part is not None and part.ann is None and len(rows) > 1 and len(part) + len(rows) > self.ann_min:
+                self._to_graph(part, threads=threads)
+            if part is None or part.ann is None:
                 for i in rows:
                     self.add(ids[i], partition, vectors[i])
                 continue
-            part = self._partitions[partition] = _Partition(self.dim)
-            block = np.asarray(vectors[rows], dtype=np.float32)
-            block /= np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
-            part.ids = [ids[i] for i in rows]
-            part.slots = {entry_id: slot for slot, entry_id in enumerate(part.ids)}
-            part.matrix = None
-            part.ann = self._graph()
-            part.ann.add(np.arange(len(rows), dtype=np.uint64), block, threads=threads)
-            for entry_id in part.ids:
-                self._where[entry_id] = partition
+            block = np.asarray(vectors[rows], dtype=np.float32).reshape(len(rows), -1)
+            if block.shape[1] != self.dim:
+                raise ValueError(f"vectors of {block.shape[1]} dimensions in an index of {self.dim}")
+            block = block / np.maximum(np.linalg.norm(block, axis=1, keepdims=True), 1e-12)
+            slots = []
+            for i in rows:
+                slot = part.free.pop() if part.free else self._new_slot(part)
+                part.slots[ids[i]] = slot
+                part.ids[slot] = ids[i]
+                self._where[ids[i]] = partition
+                slots.append(slot)
+            part.ann.add(np.asarray(slots, dtype=np.uint64), block, threads=threads)
 
     def _graph(self):
         Graph = require("usearch.index", "cache", "the semantic cache's vector index").Index
@@ -152,10 +183,10 @@ class VectorIndex:
             part.size = slot + 1
         return slot
 
-    def _to_graph(self, part: _Partition) -> None:
+    def _to_graph(self, part: _Partition, *, threads: int = 1) -> None:
         graph = self._graph()
         slots = np.fromiter(part.slots.values(), dtype=np.uint64, count=len(part.slots))
-        graph.add(slots, part.matrix[slots.astype(np.int64)], threads=1)  # type: ignore[index]
+        graph.add(slots, part.matrix[slots.astype(np.int64)], threads=threads)  # type: ignore[index]
         part.ann, part.matrix = graph, None
         log.debug("partition of %d entries moved to an HNSW graph", len(part))
 
@@ -188,6 +219,148 @@ class VectorIndex:
         scores = part.matrix[: part.size] @ v  # type: ignore[index]
         best = int(np.argmax(scores))
         return part.ids[best], float(scores[best])
+
+    def search_top(self, partition: str, vector: np.ndarray, k: int, allowed: Callable[[str], bool] | None = None,
+                   *, share: float = 1.0) -> list[tuple[str, float]]:
+        """The (at most) `k` entries of `partition` nearest to `vector`, best first, with their cosine
+        similarity; only entries `allowed` accepts, when it is given (`share`: about which part of the
+        entries it accepts, if the caller knows).
+
+        Exact below `ann_min` entries. In a graph, a filtered search fetches more candidates than `k`
+        (and more again) and drops the refused ones; when still too few pass, the entries `allowed`
+        accepts are scored exhaustively, so a selective filter is slower, never wrong."""
+        part = self._partitions.get(partition)
+        if part is None or k <= 0:
+            return []
+        v = unit(vector)
+        want = min(k, len(part))
+        if part.ann is None:
+            return self._scan_top(part, v, want, allowed)
+        first = max(4 * k, OVERFETCH, int(2 * k / max(share, 1e-6)))
+        fetch = want if allowed is None else min(len(part), first, GRAPH_FETCH_MAX)
+        while True:
+            found = part.ann.search(v, fetch, threads=1)
+            hits = []
+            for slot, distance in zip(found.keys.tolist(), found.distances.tolist()):
+                entry_id = part.ids[slot]
+                if entry_id is not None and (allowed is None or allowed(entry_id)):
+                    hits.append((entry_id, 1.0 - distance))
+            if len(hits) >= want or allowed is None:
+                return hits[:want]
+            if fetch >= min(len(part), GRAPH_FETCH_MAX):
+                break
+            fetch = min(len(part), fetch * 8, GRAPH_FETCH_MAX)
+        return self.exact_top(partition, (i for i in part.ids if i is not None and allowed(i)), v, k)
+
+    def _scan_top(self, part: _Partition, v: np.ndarray, want: int,
+                  allowed: Callable[[str], bool] | None) -> list[tuple[str, float]]:
+        scores = part.matrix[: part.size] @ v  # type: ignore[index]
+        # freed rows score 0 and are skipped, so look at that many more from the start
+        fetch = min(part.size, want + len(part.free) if allowed is None else max(4 * want, OVERFETCH))
+        while True:
+            if fetch >= part.size:
+                order = np.argsort(-scores, kind="stable")
+            else:
+                top = np.argpartition(-scores, fetch - 1)[:fetch]
+                order = top[np.argsort(-scores[top], kind="stable")]
+            hits = []
+            for slot in order.tolist():
+                entry_id = part.ids[slot]
+                if entry_id is not None and (allowed is None or allowed(entry_id)):
+                    hits.append((entry_id, float(scores[slot])))
+                    if len(hits) == want:
+                        return hits
+            if fetch >= part.size:
+                return hits
+            fetch = min(part.size, fetch * 8)
+
+    def exact_top(self, partition: str, ids: Iterable[str], vector: np.ndarray, k: int) -> list[tuple[str, float]]:
+        """The (at most) `k` of `ids` nearest to `vector`, scored exhaustively, best first; ids that are not
+        in `partition` are ignored. The way to search a small subset of a large partition."""
+        part = self._partitions.get(partition)
+        if part is None or k <= 0:
+            return []
+        slots = [part.slots[i] for i in ids if i in part.slots]
+        if not slots:
+            return []
+        v = unit(vector)
+        if part.ann is not None:
+            # in the graph's own half precision: usearch's conversion costs more than NumPy's
+            found = part.ann.get(np.asarray(slots, dtype=np.uint64))
+            block = np.vstack(found).reshape(len(slots), self.dim).astype(np.float32)
+        else:
+            block = part.matrix[np.asarray(slots)]  # type: ignore[index]
+        scores = block @ v
+        if k < len(slots):
+            top = np.argpartition(-scores, k - 1)[:k]
+        else:
+            top = np.arange(len(slots))
+        top = top[np.argsort(-scores[top], kind="stable")]
+        return [(part.ids[slots[j]], float(scores[j])) for j in top.tolist()]  # type: ignore[misc]
+
+    def ids(self) -> list[str]:
+        """Every entry's id."""
+        return list(self._where)
+
+    def save(self, path: Path, meta: dict[str, Any] | None = None) -> None:
+        """Write the index to the folder `path`, with `meta` (the caller's own JSON-able facts, read back
+        by `load`). The folder is written beside `path` and then renamed into place, so a crash leaves the
+        old index, or none, never half of one."""
+        path = Path(path)
+        tmp = path.with_name(path.name + ".tmp")
+        shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True)
+        parts = []
+        for n, (name, part) in enumerate(self._partitions.items()):
+            if part.ann is not None:
+                file = f"{n}.usearch"
+                part.ann.save(str(tmp / file))
+            else:
+                file = f"{n}.npy"
+                np.save(tmp / file, part.matrix[: part.size])  # type: ignore[index]
+            parts.append({"name": name, "file": file, "ids": part.ids})
+        header = {"format": SAVE_FORMAT, "dim": self.dim, "partitions": parts, "meta": meta or {}}
+        (tmp / "index.json").write_text(json.dumps(header))
+        old = path.with_name(path.name + ".old")
+        shutil.rmtree(old, ignore_errors=True)
+        if path.exists():
+            path.rename(old)
+        tmp.rename(path)
+        shutil.rmtree(old, ignore_errors=True)
+
+    @classmethod
+    def load(cls, path: Path, *, ann_min: int = ANN_MIN) -> tuple["VectorIndex", dict[str, Any]]:
+        """An index `save` wrote, and its `meta`. Raises ValueError (or OSError) when the folder is missing,
+        of another format, or damaged: the caller rebuilds from its own store then."""
+        path = Path(path)
+        header = json.loads((path / "index.json").read_text())
+        if header.get("format") != SAVE_FORMAT:
+            raise ValueError(f"{path}: format {header.get('format')!r}, not {SAVE_FORMAT}")
+        index = cls(int(header["dim"]), ann_min=ann_min)
+        for saved in header["partitions"]:
+            part = _Partition(index.dim)
+            part.ids = list(saved["ids"])
+            part.slots = {entry_id: slot for slot, entry_id in enumerate(part.ids) if entry_id is not None}
+            part.free = [slot for slot, entry_id in enumerate(part.ids) if entry_id is None]
+            if saved["file"].endswith(".usearch"):
+                part.matrix = None
+                part.ann = index._graph()
+                part.ann.load(str(path / saved["file"]))
+                if part.ann.size != len(part.slots):
+                    raise ValueError(f"{path}: a graph of {part.ann.size} vectors for {len(part.slots)} entries")
+            else:
+                rows = np.load(path / saved["file"])
+                if rows.shape != (len(part.ids), index.dim):
+                    raise ValueError(f"{path}: a matrix of shape {rows.shape} for {len(part.ids)} slots")
+                part.matrix = np.zeros((max(8, len(part.ids)), index.dim), dtype=np.float32)
+                part.matrix[: len(part.ids)] = rows
+                part.size = len(part.ids)
+            if not part.slots:
+                continue
+            index._partitions[saved["name"]] = part
+            for entry_id in part.slots:
+                index._where[entry_id] = saved["name"]
+        return index, header.get("meta") or {}
 
     def clear(self) -> None:
         self._partitions.clear()

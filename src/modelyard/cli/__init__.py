@@ -35,6 +35,8 @@ def _register() -> None:
     app.add_typer(cache.app, name="cache")
     from . import router
     app.add_typer(router.app, name="router")
+    from . import index
+    app.add_typer(index.app, name="index")
     from . import router_report
     router.app.command("report")(router_report.report)
     from . import router_calibrate

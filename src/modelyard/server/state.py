@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import logging
 from dataclasses import dataclass
+from typing import Awaitable, Callable
 
 from ..batch import BatchRunner, open_batches
 from ..catalog.registry import Catalog
-from ..gateway import Mirror, Pipeline, Router, build_pipeline
+from ..gateway import Call, Mirror, Pipeline, Router, build_pipeline
 from ..cache.embed import AsyncEmbedder
 from ..cache.service import ResponseCache
 from ..gateway.cache import Cache
 from ..telemetry import budget as budgets
 from ..gateway.feedback import FeedbackService
+from ..index import IndexRegistry
 from ..routing.models import Models
 from ..routing.responses import ResponseLog
 from ..store.responses import ResponseStore
@@ -27,6 +29,7 @@ from ..store.keys import KeyStore
 from ..store.usage import UsageWriter
 from ..serving.rollout import RolloutController
 from ..store.rollouts import RolloutStore
+from ..wire import EmbeddingRequest
 from ..telemetry.metrics import GatewayMetrics
 
 log = logging.getLogger(__name__)
@@ -53,6 +56,8 @@ class Gateway:
     feedback: FeedbackService | None = None
     budget: budgets.BudgetTracker | None = None
     batches: BatchRunner | None = None
+    #: the document indexes flows retrieve from (MODELYARD_HOME/indexes)
+    indexes: IndexRegistry | None = None
     _key_sync: asyncio.Task[None] | None = None
 
     @classmethod
@@ -81,8 +86,21 @@ class Gateway:
                                   router=router, budget=budget, cache=cache)
         feedback = FeedbackService(router.responses, responses, endpoints, router, metrics, budget)
         rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)
+        indexes = IndexRegistry(settings.home / "indexes")
         return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created,
-                   rollouts=rollouts, router=router, feedback=feedback, budget=budget)
+                   rollouts=rollouts, router=router, feedback=feedback, budget=budget, indexes=indexes)
+
+    def index_embedder(self, endpoint: str) -> Callable[[list[str]], Awaitable[list[list[float]]]]:
+        """Embeddings of texts for an index, through the gateway's own pipeline with the admin key: the
+        endpoint's cache, budgets and usage records apply (one usage row per batch of texts)."""
+
+        async def embed(texts: list[str]) -> list[list[float]]:
+            call = Call("embedding", EmbeddingRequest(model=endpoint, input=texts), self.admin_key)
+            await self.pipeline(call)  # raises ModelyardError
+            assert call.body is not None
+            return [row["embedding"] for row in sorted(call.body["data"], key=lambda d: d["index"])]
+
+        return embed
 
     def ensure_default_endpoints(self) -> None:
         """Create `default` (Gemma 3 270M) and `embed` (all-MiniLM-L6-v2) unless they exist."""
@@ -120,7 +138,9 @@ class Gateway:
         if self._key_sync is not None:
             self._key_sync.cancel()
         if self.batches is not None:
-            await self.batches.close()  # finished lines are committed; the rest run after a restart
+            await self.batches.close()
+        if self.indexes is not None:
+            await asyncio.to_thread(self.indexes.close)  # saves changed indexes' vectors  # finished lines are committed; the rest run after a restart
         if self.rollouts is not None:
             await self.rollouts.close()
         for stage in self.pipeline.stages:
