@@ -20,7 +20,7 @@ from modelyard.store.db import MIGRATIONS_DIR
 from modelyard.store.models import Base, Endpoint
 from modelyard.serving.spec import EndpointSpec
 
-TABLES = {"endpoints", "deployments", "api_keys", "usage_records"}
+TABLES = {"endpoints", "deployments", "api_keys", "usage_records", "flows"}
 
 
 def _schema_diffs(db: Database) -> list:
@@ -41,7 +41,7 @@ def test_upgrade_creates_the_tables_in_a_fresh_sqlite_file(tmp_path):
 
     assert path.exists()
     assert TABLES <= set(db.table_names())
-    assert db.current_revision() == _head() == "0004"
+    assert db.current_revision() == _head() == "0005"
     db.close()
 
 
@@ -207,6 +207,7 @@ SHIPPED_MIGRATIONS = {
     "0002_rollouts.py": "38cd7a78bffba84f66afca5e332d492ccceddda7dcd791d4b21645fa7f9f8ecb",
     "0003_batch.py": "7550f369cbae4df3b363872712abe0afdb1b3bfcfe09219dcf6292e23d47902f",
     "0004_router.py": "e754bbdc6fc82daa1d62919f19974bdff2892efe0e139b9f6e9773cda6861250",
+    "0005_flows.py": "b7305112faf98b5d616aeee3d9c83bea06a407bb2cdb7568f29279d8532f82a0",
 }
 
 

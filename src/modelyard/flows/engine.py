@@ -180,16 +180,19 @@ class FlowEngine:
         return node.name if isinstance(node, LLMNode) and node.api == "chat" else None
 
     async def run(self, inputs: Mapping[str, Any], *, steps: StepCalls | None = None,
-                  on_trace: Callable[[Trace], None] | None = None) -> FlowRun:
+                  on_trace: Callable[[Trace], None] | None = None,
+                  on_span: Callable[[Span], None] | None = None) -> FlowRun:
         """Run the flow once. A `FlowError` for inputs that do not fit (a 400); a `FlowRunError` for a node
         that failed. ``steps`` replaces the engine's for this run; ``on_trace`` gets the trace however the
-        run ended (done, failed, cancelled)."""
+        run ended (done, failed, cancelled); ``on_span`` each node's span as the node ends (ok, error or
+        bypassed), as it happens."""
         bound = self.flow.bind_inputs(inputs)
-        return await _Run(self, self._steps(steps), bound, None, None).drive(on_trace)
+        return await _Run(self, self._steps(steps), bound, None, None, on_span).drive(on_trace)
 
     async def run_stream(self, inputs: Mapping[str, Any], *, output: str | None = None,
                          steps: StepCalls | None = None,
-                         on_trace: Callable[[Trace], None] | None = None) -> AsyncIterator[FlowEvent]:
+                         on_trace: Callable[[Trace], None] | None = None,
+                         on_span: Callable[[Span], None] | None = None) -> AsyncIterator[FlowEvent]:
         """Run the flow once, yielding ``("delta", text)`` for the streamed output as it comes and then
         ``("done", FlowRun)``. Closing the iterator early cancels the run."""
         bound = self.flow.bind_inputs(inputs)
@@ -200,7 +203,8 @@ class FlowEngine:
         streamed = self.stream_node(name)
         queue: asyncio.Queue[Any] = asyncio.Queue()
         end = object()
-        task = asyncio.create_task(_Run(self, run_steps, bound, streamed, queue.put_nowait).drive(on_trace))
+        task = asyncio.create_task(_Run(self, run_steps, bound, streamed, queue.put_nowait, on_span)
+                                   .drive(on_trace))
         task.add_done_callback(lambda _: queue.put_nowait(end))
         try:
             while (item := await queue.get()) is not end:
@@ -232,8 +236,9 @@ class _Run:
     """The state of one run: outputs so far, nodes waiting, tasks running, the trace."""
 
     def __init__(self, engine: FlowEngine, steps: StepCalls, inputs: dict[str, Any], streamed: str | None,
-                 emit: Callable[[str], None] | None) -> None:
+                 emit: Callable[[str], None] | None, on_span: Callable[[Span], None] | None = None) -> None:
         self.engine = engine
+        self.on_span = on_span
         self.steps = steps
         self.inputs = inputs
         self.streamed = streamed
@@ -354,6 +359,7 @@ class _Run:
     def finish(self, name: str, output: Any) -> None:
         """A node is done (ran or bypassed): start the nodes that were waiting only for it."""
         self.outputs[name] = output
+        self.told(self.spans[name])
         self.finished += 1
         for dependent in self.engine._dependents[name]:
             self.waiting[dependent] -= 1
@@ -362,9 +368,17 @@ class _Run:
         if self.finished == len(self.waiting) and not self.done.done():
             self.done.set_result(None)
 
+    def told(self, span: Span) -> None:
+        if self.on_span is not None:
+            try:
+                self.on_span(span)
+            except Exception:  # a watcher's failure must not change the run
+                log.exception("watching flow run %s failed", self.trace.run_id)
+
     def fail(self, node: Node, span: Span, failed: _NodeFailed) -> None:
         span.finish("error", error=failed.message)
         span.traceback = failed.traceback
+        self.told(span)
         if self.failure is None:
             self.failure = FlowRunError(f"node '{node.name}' {failed.message}", node=node.name, trace=self.trace,
                                         status=failed.status, code=failed.code, cause=failed.cause,

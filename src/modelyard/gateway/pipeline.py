@@ -34,7 +34,7 @@ Stage = Callable[["Call", Next], Awaitable[None]]
 class Call:
     """One request on its way through the gateway, and what happened to it."""
 
-    kind: str  # chat | completion | embedding
+    kind: str  # chat | completion | embedding | flow (a flow run through /api/flows/NAME/run)
     request: AnyRequest
     api_key: str | None
     #: a deployment named by the client (header ``modelyard-deployment``), bypassing the split
@@ -69,6 +69,11 @@ class Call:
     budget: Any = None
     #: response headers a stage adds (``x-modelyard-cache``, ``x-modelyard-route`` …)
     headers: dict[str, str] = field(default_factory=dict)
+    #: a call answered by a flow: the flow's name, and once the run ended its trace (`flows.trace.Trace`)
+    flow: str | None = None
+    trace: Any = None
+    #: a flow's step: the request id of the flow call it belongs to
+    parent_id: str | None = None
 
     @property
     def streaming(self) -> bool:

@@ -20,6 +20,8 @@ from ..telemetry.metering import Ledger, usage_record
 from .pipeline import Call, Next
 
 CLIENT_CLOSED = 499
+#: How much of each node's inputs, prompt and output a flow run's stored trace keeps (characters of JSON).
+STORED_CHARS = 2048
 
 
 class Record:
@@ -69,11 +71,15 @@ class Record:
         latency = call.finished - call.started
         deployment = call.deployment_name
         # Metric labels only name endpoints that exist, so made-up model names cannot grow the label set.
-        self.metrics.observe(call.endpoint.name if call.endpoint is not None else "", deployment, call.status, call.prompt_tokens, call.completion_tokens,
+        label = call.endpoint.name if call.endpoint is not None else (call.flow or "")
+        self.metrics.observe(label, deployment, call.status, call.prompt_tokens, call.completion_tokens,
                              call.cost_usd, latency, call.ttft_s)
+        trace = call.trace
         self.ledger.submit(usage_record(
             endpoint=call.endpoint_name,
-            kind=call.kind,
+            # a flow call's record sums its steps' tokens and cost and holds the run's trace; the Ledger
+            # does not count it against budgets, its steps' records did
+            kind="flow" if call.flow is not None else call.kind,
             key_id=call.key.id if call.key is not None else None,
             prompt_tokens=call.prompt_tokens,
             completion_tokens=call.completion_tokens,
@@ -91,4 +97,6 @@ class Record:
             batch_id=call.batch_id,
             saved_tokens=call.saved_tokens,
             saved_usd=call.saved_usd,
+            parent_request_id=call.parent_id,
+            trace=trace.to_dict(STORED_CHARS) if trace is not None else None,
         ))

@@ -25,7 +25,7 @@ from ..store.usage import database_unavailable
 from . import batch_routes, endpoint_routes, feedback_routes, manage_routes, metrics_routes, openai_routes, rollout_routes
 from . import router_routes
 from . import catalog_routes, spend_routes
-from . import cache_routes, index_routes, openapi
+from . import cache_routes, flow_routes, index_routes, openapi
 from .admin import is_admin, require_admin
 from .ui import install_console
 from .http import error_response, json_response
@@ -69,6 +69,7 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     app.include_router(router_routes.router)
     app.include_router(cache_routes.router)
     app.include_router(index_routes.router)
+    app.include_router(flow_routes.router)
     # the OpenAI and feedback routes are not FastAPI's, so /openapi.json is told about them
     openapi.install(app, [*openai_routes.routes, *feedback_routes.routes],
                     {**openai_routes.OPENAPI, **feedback_routes.OPENAPI})

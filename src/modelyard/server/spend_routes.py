@@ -38,7 +38,7 @@ async def spend(request: Request, gateway=Depends(require_admin)) -> Response:
     """Spend and savings over the last ``days`` (default 30): totals, by endpoint, by key, by day."""
     days = int_param(request, "days", 30, 1, MAX_DAYS)
     endpoint = request.query_params.get("endpoint") or None
-    if endpoint is not None:
+    if endpoint is not None and not (gateway.flows is not None and endpoint in gateway.flows):
         gateway.endpoints.get(endpoint)
     await gateway.writer.flush()
     until = utcnow()

@@ -16,6 +16,8 @@ from ..gateway.cache import Cache
 from ..telemetry import budget as budgets
 from ..gateway.feedback import FeedbackService
 from ..index import IndexRegistry
+from ..serving.flows import FlowRegistry
+from ..store.flows import FlowStore
 from ..routing.models import Models
 from ..routing.responses import ResponseLog
 from ..store.responses import ResponseStore
@@ -58,6 +60,8 @@ class Gateway:
     batches: BatchRunner | None = None
     #: the document indexes flows retrieve from (MODELYARD_HOME/indexes)
     indexes: IndexRegistry | None = None
+    #: the flows served by name like endpoints (stored in the database, folders under MODELYARD_HOME/flows)
+    flows: FlowRegistry | None = None
     _key_sync: asyncio.Task[None] | None = None
 
     @classmethod
@@ -82,13 +86,15 @@ class Gateway:
         router = Router(ResponseLog(responses), writer, metrics, models=models, budget=budget)
         # the cache embeds with the router's all-MiniLM-L6-v2 (one copy per gateway), on its own thread
         cache = ResponseCache(metrics.cache, root=settings.home / "cache", embedder=AsyncEmbedder(models.embedder()))
+        indexes = IndexRegistry(settings.home / "indexes")
+        flows = FlowRegistry(FlowStore(db), settings.home / "flows", endpoint_exists=lambda name: name in endpoints)
+        endpoints.name_taken = lambda name: name in flows
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics,
-                                  router=router, budget=budget, cache=cache)
+                                  router=router, budget=budget, cache=cache, flows=flows, indexes=indexes)
         feedback = FeedbackService(router.responses, responses, endpoints, router, metrics, budget)
         rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)
-        indexes = IndexRegistry(settings.home / "indexes")
         return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created,
-                   rollouts=rollouts, router=router, feedback=feedback, budget=budget, indexes=indexes)
+                   rollouts=rollouts, router=router, feedback=feedback, budget=budget, indexes=indexes, flows=flows)
 
     def index_embedder(self, endpoint: str) -> Callable[[list[str]], Awaitable[list[list[float]]]]:
         """Embeddings of texts for an index, through the gateway's own pipeline with the admin key: the
@@ -115,6 +121,8 @@ class Gateway:
         if self.router is not None:
             await self.router.responses.start()
         await self.endpoints.load(wait=wait)
+        if self.flows is not None:
+            await self.flows.load()
         for stage in self.pipeline.stages:
             if isinstance(stage, Cache):
                 stage.warm()  # opens the endpoints' caches (and the embedding model) in the background
@@ -131,8 +139,11 @@ class Gateway:
             await asyncio.sleep(self.settings.keys_reload_s)
             try:
                 await asyncio.to_thread(self.keys.reload)
-            except Exception as exc:  # the database is briefly unavailable: keep the keys we have
-                log.warning("could not reload the api keys (%s: %s); trying again", type(exc).__name__, exc)
+                if self.flows is not None:
+                    await self.flows.sync()  # flows applied or deleted through another gateway
+            except Exception as exc:  # the database is briefly unavailable: keep the keys and flows we have
+                log.warning("could not reload the api keys and flows (%s: %s); trying again",
+                            type(exc).__name__, exc)
 
     async def close(self) -> None:
         if self._key_sync is not None:
@@ -143,6 +154,8 @@ class Gateway:
             await asyncio.to_thread(self.indexes.close)  # saves changed indexes' vectors  # finished lines are committed; the rest run after a restart
         if self.rollouts is not None:
             await self.rollouts.close()
+        if self.flows is not None:
+            await self.flows.close()  # their python worker processes
         for stage in self.pipeline.stages:
             if isinstance(stage, (Mirror, Cache)):
                 await stage.close()

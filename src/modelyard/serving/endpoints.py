@@ -86,6 +86,11 @@ class Endpoints:
         self.keys = keys
         self._endpoints: dict[str, Endpoint] = {}
         self._tasks: set[asyncio.Task[Any]] = set()
+        #: names an endpoint may not take (a flow's: requests name either by ``model``); set by the gateway
+        self.name_taken: Any = lambda name: False
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._endpoints
 
     def get(self, name: str) -> Endpoint:
         try:
@@ -156,10 +161,17 @@ class Endpoints:
         """Create an empty endpoint and its two keys; returns the plain keys (shown once)."""
         if spec.name in self._endpoints:
             raise ModelyardError(f"endpoint {spec.name!r} already exists", status=409, param="name", code="conflict")
+        if self.name_taken(spec.name):
+            raise ModelyardError(f"a flow is named {spec.name!r}; a flow and an endpoint cannot share a name",
+                                 status=409, param="name", code="name_taken")
         self._check_routes(spec, {})
         self.store.save_endpoint(spec)
         endpoint = self._endpoints[spec.name] = Endpoint(spec)
         return endpoint, self._new_keys(spec.name)
+
+    def new_keys(self, endpoint: str) -> dict[str, str]:
+        """A ``primary`` and a ``secondary`` key that may call ``endpoint`` (an endpoint's or a flow's name)."""
+        return self._new_keys(endpoint)
 
     def _new_keys(self, endpoint: str) -> dict[str, str]:
         if self.keys is None:

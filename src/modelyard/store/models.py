@@ -44,7 +44,7 @@ NAMING_CONVENTION = {
 }
 
 #: The kinds of request a usage record can describe.
-USAGE_KINDS = ("chat", "completion", "embedding")
+USAGE_KINDS = ("chat", "completion", "embedding", "flow")
 
 
 def utcnow() -> datetime:
@@ -179,9 +179,33 @@ class UsageRecord(Base):
     #: a routed answer: each tier that was called, in order
     #: (``[{"deployment", "prompt_tokens", "completion_tokens", "cost_usd", "outcome"}]``)
     tiers: Mapped[list[dict[str, Any]] | None] = mapped_column(JSON, nullable=True)
+    #: a flow step: the request id of the flow call it is part of (whose record holds the run's trace)
+    parent_request_id: Mapped[str | None] = mapped_column(String(64), nullable=True, index=True)
+    #: a flow call (``kind`` ``flow``): the run's trace, a span per node (`flows.trace.Trace.to_dict`)
+    trace: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
 
     def __repr__(self) -> str:
         return f"UsageRecord(id={self.id!r}, request_id={self.request_id!r}, endpoint={self.endpoint!r})"
+
+
+class FlowRecord(Base):
+    """A flow (a prompt flow DAG) served under its name like an endpoint; see `store.flows`.
+
+    ``dag`` is the ``flow.dag.yaml`` text, ``files`` the other files of the
+    flow folder it names (``{relative path: text}``: templates, python).
+    ``version`` grows by one with each change, so every gateway sharing the
+    database can tell its loaded copy is stale.
+    """
+
+    __tablename__ = "flows"
+
+    name: Mapped[str] = mapped_column(String(64), primary_key=True)
+    version: Mapped[int] = mapped_column(Integer, nullable=False)
+    description: Mapped[str] = mapped_column(Text, nullable=False, default="")
+    dag: Mapped[str] = mapped_column(Text, nullable=False)
+    files: Mapped[dict[str, str]] = mapped_column(JSON, nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
 
 
 class Rollout(Base):
@@ -284,9 +308,9 @@ class BatchFile(Base):
     filename: Mapped[str] = mapped_column(String(255), nullable=False)
     purpose: Mapped[str] = mapped_column(String(32), nullable=False)
     bytes: Mapped[int] = mapped_column(BigInteger, nullable=False)
-    owner_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True, index=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True, default=utcnow)
-    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True, index=True)
 
 
 class BatchJob(Base):

@@ -13,6 +13,10 @@ cache and the router show. Definitions:
   the top tier, nothing cached, would have cost.
 - *batch*: records with a ``batch_id`` (requests of batch jobs), counted
   within the totals and also on their own.
+- *flows*: a flow call's record (``kind`` ``flow``) sums its steps, whose own
+  records carry their endpoints and keys. It has its row in ``by_endpoint``
+  (what the flow costs) and is left out of ``totals``, ``by_key`` and
+  ``by_day``, which would otherwise count the steps twice.
 
 Mirrored (shadow) calls cost money too and are counted; their ``route``
 starts with ``mirror:``.
@@ -97,16 +101,17 @@ def spend_report(db: Database, *, since: datetime, until: datetime | None = None
     keys = ApiKey.__table__.c
     day = _day(db, _T.created_at)
     with db.engine.connect() as conn:
-        totals = conn.execute(select(*_sums()).where(*where)).mappings().one()
+        steps = [*where, _T.kind != "flow"]  # a flow's record repeats its steps' (see the module docstring)
+        totals = conn.execute(select(*_sums()).where(*steps)).mappings().one()
         by_endpoint = conn.execute(select(_T.endpoint.label("endpoint"), *_sums()).where(*where)
                                    .group_by(_T.endpoint).order_by(func.sum(_T.cost_usd).desc(), _T.endpoint)).mappings().all()
         by_key = conn.execute(
             select(_T.key_id.label("key_id"), keys.name.label("key_name"), keys.prefix.label("key_prefix"),
                    keys.endpoint_name.label("key_endpoint"), keys.is_admin.label("is_admin"), *_sums())
             .select_from(UsageRecord.__table__.outerjoin(ApiKey.__table__, and_(keys.id == _T.key_id)))
-            .where(*where).group_by(_T.key_id, keys.name, keys.prefix, keys.endpoint_name, keys.is_admin)
+            .where(*steps).group_by(_T.key_id, keys.name, keys.prefix, keys.endpoint_name, keys.is_admin)
             .order_by(func.sum(_T.cost_usd).desc(), _T.key_id)).mappings().all()
-        by_day = conn.execute(select(day.label("day"), *_sums()).where(*where).group_by(day)
+        by_day = conn.execute(select(day.label("day"), *_sums()).where(*steps).group_by(day)
                               .order_by(day.desc())).mappings().all()
     return {
         "since": since.isoformat(),

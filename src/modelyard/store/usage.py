@@ -82,6 +82,8 @@ _DEFAULTS: dict[str, Any] = {
     "saved_tokens": 0,
     "saved_usd": 0.0,
     "tiers": None,
+    "parent_request_id": None,
+    "trace": None,
 }
 _COLUMN_SET = frozenset(USAGE_COLUMNS)
 #: Columns that may not be NULL: None given for one of them means "use the default".
@@ -135,8 +137,9 @@ def normalize_record(record: Mapping[str, Any]) -> dict[str, Any]:
         value = row[name]
         if value is not None:
             row[name] = _clean(str(value))[:width]
-    if row["tiers"] is not None:
-        row["tiers"] = _clean(row["tiers"])
+    for name in ("tiers", "trace"):
+        if row[name] is not None:
+            row[name] = _clean(row[name])
     return row
 
 
@@ -402,6 +405,8 @@ def usage_summary(
          "avg_latency_ms": 812.5, "cache_hits": 30}
 
     ``group_by="endpoint"`` gives one row per endpoint (no ``day``), by name.
+    A flow's row (``kind`` ``flow``) sums the tokens and cost of its steps, whose
+    own rows are under their endpoints: add rows across endpoints with that in mind.
     An error is a record whose status is 400 or more; a cache hit is
     ``cache`` is ``hit`` or ``semantic-hit``. ``since`` and ``endpoint`` filter the records.
     """

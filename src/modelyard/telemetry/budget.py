@@ -209,7 +209,8 @@ class BudgetTracker:
         t = UsageRecord.__table__.c
         day_cost = func.sum(case((t.created_at >= self.day_start, t.cost_usd), else_=0.0))
         query = (select(t.endpoint, t.key_id, func.sum(t.cost_usd), day_cost)
-                 .where(t.created_at >= self.month_start, t.cost_usd > 0)
+                 # a flow call's record repeats its steps' cost, already counted under their endpoints
+                 .where(t.created_at >= self.month_start, t.cost_usd > 0, t.kind != "flow")
                  .group_by(t.endpoint, t.key_id))
         with db.engine.connect() as connection:
             rows = connection.execute(query).all()
