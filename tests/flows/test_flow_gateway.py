@@ -298,3 +298,34 @@ def test_a_deleted_flow_is_gone_and_its_keys_revoked(gw):
         {"role": "user", "content": "x"}]}, headers={"Authorization": f"Bearer {key}"})
     assert r.status_code == 401
     assert gw.api("GET", "/api/flows/short-lived").status_code == 404
+
+
+def test_a_batch_job_runs_a_flow_over_a_file_and_its_steps_commit_with_each_line(gw, ask_keys):
+    import io
+    import json
+    import time
+
+    client = gw.openai(ask_keys["primary"])
+    lines = [{"custom_id": f"q{i}", "method": "POST", "url": "/v1/chat/completions",
+              "body": {"model": "ask", "messages": [{"role": "user", "content": f"question {i}"}]}} for i in range(3)]
+    data = "".join(json.dumps(line) + "\n" for line in lines).encode()
+    uploaded = client.files.create(file=("flow-batch.jsonl", io.BytesIO(data)), purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                  completion_window="24h")
+    deadline = time.monotonic() + 60
+    while batch.status not in ("completed", "failed", "cancelled", "expired") and time.monotonic() < deadline:
+        time.sleep(0.3)
+        batch = client.batches.retrieve(batch.id)
+    assert batch.status == "completed", batch
+    assert batch.request_counts.completed == 3
+    output = [json.loads(line) for line in client.files.content(batch.output_file_id).text.splitlines()]
+    answers = {o["custom_id"]: o["response"]["body"]["choices"][0]["message"]["content"] for o in output}
+    assert answers == {f"q{i}": "The capital of France is Paris." for i in range(3)}
+
+    flow_rows = rows(gw, "batch_id = ? and kind = 'flow'", (batch.id,))
+    step_rows = rows(gw, "batch_id = ? and kind != 'flow'", (batch.id,))
+    assert len(flow_rows) == 3 and len(step_rows) == 6
+    assert {s["parent_request_id"] for s in step_rows} == {f["request_id"] for f in flow_rows}
+    for f in flow_rows:
+        mine = [s for s in step_rows if s["parent_request_id"] == f["request_id"]]
+        assert f["cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in mine))

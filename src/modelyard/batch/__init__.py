@@ -22,13 +22,13 @@ from .validate import BATCH_URLS, parse_input
 
 
 def open_batches(db: Any, home: Any, endpoints: Any, keys: Any, *, budget: Any = None,
-                 config: BatchConfig | None = None) -> BatchRunner:
+                 config: BatchConfig | None = None, flows: Any = None, indexes: Any = None) -> BatchRunner:
     """The batch runner of a gateway whose state lives in ``home`` (files under ``home/files``)."""
     config = config or BatchConfig.from_env()
     store = BatchStore(db)
     files = FileStore(store, home / "files", max_bytes=config.max_file_bytes,
                       quota=KeyQuota(bytes=config.key_quota_bytes, files=config.key_quota_files))
-    return BatchRunner(store, files, endpoints, keys, config=config, budget=budget)
+    return BatchRunner(store, files, endpoints, keys, config=config, budget=budget, flows=flows, indexes=indexes)
 
 
 __all__ = [

@@ -57,6 +57,7 @@ from pydantic import ValidationError
 
 from ..errors import ModelyardError, from_validation_error, invalid, not_found
 from ..gateway.dispatch import dispatch
+from ..gateway.flows import Flows
 from ..gateway.budget import Budget
 from ..gateway.pipeline import Call, Pipeline
 from ..gateway.policy import Policy
@@ -88,13 +89,20 @@ class _UsageCapture:
 
     def __init__(self) -> None:
         self._records: dict[str, dict[str, Any]] = {}
+        #: a flow line's steps' records, by the line's request id: they commit with the line
+        self._steps: dict[str, list[dict[str, Any]]] = {}
 
     def submit(self, record: dict[str, Any]) -> None:
         row = normalize_record(record)
-        self._records[row["request_id"]] = row
+        if row.get("parent_request_id"):
+            self._steps.setdefault(row["parent_request_id"], []).append(row)
+        else:
+            self._records[row["request_id"]] = row
 
-    def take(self, request_id: str) -> dict[str, Any] | None:
-        return self._records.pop(request_id, None)
+    def take(self, request_id: str) -> list[dict[str, Any]]:
+        """The attempt's record and, for a flow, its steps' records."""
+        own = self._records.pop(request_id, None)
+        return [*self._steps.pop(request_id, ()), *([own] if own is not None else [])]
 
 
 class _Quiet:
@@ -178,8 +186,9 @@ class BatchRunner:
     """Creates, runs, resumes and cancels batch jobs; one per gateway."""
 
     def __init__(self, store: BatchStore, files: FileStore, endpoints: Any, keys: Any, *,
-                 config: BatchConfig, budget: Any = None) -> None:
+                 config: BatchConfig, budget: Any = None, flows: Any = None, indexes: Any = None) -> None:
         self.store = store
+        self.flows = flows
         self.files = files
         self.endpoints = endpoints
         self.keys = keys
@@ -187,7 +196,10 @@ class BatchRunner:
         self._usage = _UsageCapture()
         # A spent budget stops a job's paid lines like live requests (429, retried, then failed).
         stages = [Record(self._usage, _Quiet(), budget)] + ([Budget(budget, endpoints)] if budget is not None else [])
-        self.pipeline = Pipeline([*stages, Policy(endpoints, TrafficSplit()), dispatch])
+        answer = [Policy(endpoints, TrafficSplit()), dispatch]
+        # A line naming a flow runs it (`gateway.flows`); its steps' records commit with the line.
+        staged = [Flows(flows, Pipeline([*stages, *answer]), indexes)] if flows is not None else []
+        self.pipeline = Pipeline([*stages, *staged, *answer])
         self._jobs: dict[str, _Control] = {}
         self._closing = False
         self._closing_since: float | None = None
@@ -330,6 +342,14 @@ class BatchRunner:
         owner = await asyncio.to_thread(self.keys.get, job.owner_key_id) if job.owner_key_id is not None else None
 
         def check_model(name: str, kind: str) -> tuple[str, str] | None:
+            if self.flows is not None and name in self.flows:
+                if owner is not None and not owner.allows(name):
+                    return "endpoint_not_allowed", f"the batch's key may not call flow '{name}'."
+                if kind != "chat":
+                    return "wrong_task", f"'{name}' is a flow: a batch runs it with chat completions requests."
+                if job.deployment is not None:
+                    return "deployment_not_found", f"'{name}' is a flow, which has no deployment '{job.deployment}'."
+                return None
             try:
                 endpoint = self.endpoints.get(name)
             except ModelyardError:
@@ -509,9 +529,7 @@ class BatchRunner:
                 error = ModelyardError(f"The gateway failed on this request: {type(exc).__name__}", status=500,
                                        code="internal_error")
             finally:
-                record = self._usage.take(call.request_id)
-                if record is not None:
-                    usage.append(record)
+                usage.extend(self._usage.take(call.request_id))
             if error is None:
                 return LineResult(line_id=line.id, state="succeeded", attempts=attempt, status_code=200,
                                   request_id=call.request_id, response=orjson.dumps(call.body).decode()

@@ -130,7 +130,7 @@ class Gateway:
             await self.rollouts.resume_all()  # a rollout the last shutdown interrupted goes on, or is reverted
         if self.batches is None:
             self.batches = open_batches(self.db, self.settings.home, self.endpoints, self.keys,
-                                        budget=getattr(self, "budget", None))
+                                        budget=getattr(self, "budget", None), flows=self.flows, indexes=self.indexes)
         await self.batches.start()  # batch jobs the last run left unfinished go on
 
     async def _sync_keys(self) -> None:
