@@ -49,6 +49,10 @@ class Settings(BaseSettings):
     #: threads on a busy 2-core machine one short sentence took 100-500 ms instead of ~10-25 ms (the threads
     #: spin waiting for each other); on an idle machine two embed a 400-character prompt in ~14 ms, not ~23.
     embed_threads: int = Field(default=1, ge=1)
+    #: the OTLP collector flow traces go to, as OpenTelemetry spans (the OTel SDK's own variable; the
+    #: exporter reads it and OTEL_EXPORTER_OTLP_HEADERS itself). Unset: no export.
+    otlp_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(
+        "OTEL_EXPORTER_OTLP_ENDPOINT", "OTEL_EXPORTER_OTLP_TRACES_ENDPOINT", "otlp_endpoint"))
 
     @model_validator(mode="after")
     def _defaults_under_home(self) -> "Settings":

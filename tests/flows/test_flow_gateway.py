@@ -329,3 +329,62 @@ def test_a_batch_job_runs_a_flow_over_a_file_and_its_steps_commit_with_each_line
     for f in flow_rows:
         mine = [s for s in step_rows if s["parent_request_id"] == f["request_id"]]
         assert f["cost_usd"] == pytest.approx(sum(s["cost_usd"] for s in mine))
+
+
+def test_flow_runs_are_exported_as_opentelemetry_spans_to_an_otlp_collector(tmp_path, stub):
+    """A stand-in OTLP/HTTP collector on 127.0.0.1 receives the run as a span tree: the flow, a child per node."""
+    import threading
+    import time
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from opentelemetry.proto.collector.trace.v1.trace_service_pb2 import ExportTraceServiceRequest
+
+    received: list[ExportTraceServiceRequest] = []
+
+    class Collector(BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 - the http.server spelling
+            body = self.rfile.read(int(self.headers["content-length"]))
+            request = ExportTraceServiceRequest()
+            request.ParseFromString(body)
+            received.append(request)
+            self.send_response(200)
+            self.send_header("content-type", "application/x-protobuf")
+            self.end_headers()
+
+        def log_message(self, *args):
+            pass
+
+    collector = ThreadingHTTPServer(("127.0.0.1", 0), Collector)
+    threading.Thread(target=collector.serve_forever, daemon=True).start()
+    home = tmp_path / "home"
+    write_catalog(home, tier_cards(stub, PRICES), name="tiers.yaml")
+    srv = start_server(home, "--no-defaults", extra_env={
+        "OTEL_EXPORTER_OTLP_ENDPOINT": f"http://127.0.0.1:{collector.server_address[1]}",
+        "OTEL_BSP_SCHEDULE_DELAY": "100"})
+    try:
+        for name in ("small", "large"):
+            assert srv.api("POST", "/api/endpoints", json={"name": name}).status_code == 201
+            assert srv.api("POST", f"/api/endpoints/{name}/deployments",
+                           json={"name": name, "model": f"tier-{name}"}).status_code == 201
+        assert apply(srv, "ask", ASK).status_code == 201
+        run = srv.api("POST", "/api/flows/ask/run", json={"inputs": {"question": "q"}}).json()
+        deadline = time.monotonic() + 20
+        spans = []
+        while time.monotonic() < deadline:
+            spans = [s for r in received for rs in r.resource_spans for ss in rs.scope_spans for s in ss.spans]
+            if len(spans) >= 3:
+                break
+            time.sleep(0.1)
+    finally:
+        srv.stop()
+        collector.shutdown()
+    by_name = {s.name: s for s in spans}
+    assert set(by_name) == {"flow ask", "node rewrite", "node compose"}
+    root = by_name["flow ask"]
+    assert by_name["node compose"].parent_span_id == root.span_id == by_name["node rewrite"].parent_span_id
+    attrs = {a.key: a.value for a in by_name["node compose"].attributes}
+    assert attrs["modelyard.endpoint"].string_value == "large"
+    assert attrs["modelyard.cost_usd"].double_value == pytest.approx(
+        next(s["cost_usd"] for s in run["trace"]["spans"] if s["node"] == "compose"))
+    root_attrs = {a.key: a.value for a in root.attributes}
+    assert root_attrs["modelyard.flow.run_id"].string_value == run["id"]

@@ -23,8 +23,10 @@ OpenTelemetry
 
 `configure_otel` is called once at start-up with the OTLP endpoint from the
 settings (``OTEL_EXPORTER_OTLP_ENDPOINT``). With ``opentelemetry-sdk`` and
-``opentelemetry-exporter-otlp-proto-http`` installed it installs a tracer
-provider that sends spans in batches, off the request path; without them it
+``opentelemetry-exporter-otlp-proto-http`` installed (the ``otel`` extra,
+part of ``all``) it makes a tracer provider of its own — not the global one,
+which would switch on the web framework's per-request spans too — that sends
+spans in batches, off the request path; without them it
 logs once what to install and export stays a no-op. `export_otel` sends
 one finished trace as a span tree (the run, a child per node, with their
 real start and end times) through the OpenTelemetry API — also to a tracer
@@ -46,6 +48,7 @@ log = logging.getLogger(__name__)
 PREVIEW_CHARS = 4096
 
 _otel_configured = False
+_provider: Any = None
 
 
 @dataclass(slots=True)
@@ -166,6 +169,8 @@ def configure_otel(endpoint: str | None, *, service_name: str = "modelyard") -> 
     global _otel_configured
     if not endpoint:
         return False
+    if _otel_configured:
+        return True
     try:
         from opentelemetry import trace as otel_trace
         from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
@@ -179,10 +184,19 @@ def configure_otel(endpoint: str | None, *, service_name: str = "modelyard") -> 
     provider = TracerProvider(resource=Resource.create({"service.name": service_name}))
     # The exporter reads the endpoint (and OTEL_EXPORTER_OTLP_HEADERS …) itself, as the OTel spec says.
     provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
-    otel_trace.set_tracer_provider(provider)
+    # Kept to ourselves rather than installed globally: a global provider would also switch on the web
+    # framework's own per-request spans, on every request's path.
+    global _provider
+    _provider = provider
     _otel_configured = True
     log.info("flow traces are exported to %s", endpoint)
     return True
+
+
+def shutdown_otel() -> None:
+    """Send the spans still waiting in the batch processor (at shutdown)."""
+    if _provider is not None:
+        _provider.force_flush(5000)
 
 
 def export_otel(trace: Trace) -> bool:
@@ -193,10 +207,12 @@ def export_otel(trace: Trace) -> bool:
         from opentelemetry.trace import Status, StatusCode
     except ImportError:
         return False
-    if not _otel_configured and type(otel_trace.get_tracer_provider()).__name__ in (
-            "ProxyTracerProvider", "NoOpTracerProvider"):
+    if _provider is not None:
+        tracer = _provider.get_tracer("modelyard.flows")
+    elif type(otel_trace.get_tracer_provider()).__name__ in ("ProxyTracerProvider", "NoOpTracerProvider"):
         return False  # nobody would receive them
-    tracer = otel_trace.get_tracer("modelyard.flows")
+    else:  # a provider the application installed itself (opentelemetry-instrument)
+        tracer = otel_trace.get_tracer("modelyard.flows")
     ended = trace.ended_at or time.time()
     root = tracer.start_span(f"flow {trace.flow}", start_time=_ns(trace.started_at), attributes=_attributes({
         "modelyard.flow": trace.flow, "modelyard.flow.run_id": trace.run_id,

@@ -15,6 +15,7 @@ from ..cache.service import ResponseCache
 from ..gateway.cache import Cache
 from ..telemetry import budget as budgets
 from ..gateway.feedback import FeedbackService
+from ..flows.trace import configure_otel, shutdown_otel
 from ..index import IndexRegistry
 from ..serving.flows import FlowRegistry
 from ..store.flows import FlowStore
@@ -116,6 +117,7 @@ class Gateway:
                 self.config.save_deployment(DeploymentSpec(name=model, endpoint_name=name, model=model))
 
     async def start(self, *, wait: bool = False) -> None:
+        configure_otel(self.settings.otlp_endpoint)  # flow traces as OpenTelemetry spans, when a collector is set
         await self.writer.start()
         self._key_sync = asyncio.create_task(self._sync_keys(), name="modelyard-key-sync")
         if self.router is not None:
@@ -156,6 +158,7 @@ class Gateway:
             await self.rollouts.close()
         if self.flows is not None:
             await self.flows.close()  # their python worker processes
+            await asyncio.to_thread(shutdown_otel)
         for stage in self.pipeline.stages:
             if isinstance(stage, (Mirror, Cache)):
                 await stage.close()
