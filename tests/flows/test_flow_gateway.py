@@ -388,3 +388,11 @@ def test_flow_runs_are_exported_as_opentelemetry_spans_to_an_otlp_collector(tmp_
         next(s["cost_usd"] for s in run["trace"]["spans"] if s["node"] == "compose"))
     root_attrs = {a.key: a.value for a in root.attributes}
     assert root_attrs["modelyard.flow.run_id"].string_value == run["id"]
+
+
+def test_the_models_list_names_the_flows_a_key_may_call(gw, ask_keys):
+    mine = [m.id for m in gw.openai(ask_keys["primary"]).models.list()]
+    assert mine == ["ask"]
+    everything = {m.id for m in gw.openai().models.list()}
+    assert {"ask", "small", "large"} <= everything
+    assert gw.openai(ask_keys["primary"]).models.retrieve("ask").id == "ask"

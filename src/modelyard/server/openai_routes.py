@@ -119,9 +119,17 @@ async def list_models(request: Request) -> Response:
         info = _check_key(request)
     except ModelyardError as err:
         return error_response(err)
-    endpoints = request.app.state.gateway.endpoints.all()
-    data = [_model_entry(e) for e in endpoints if info.allows(e.name)]
+    gateway = request.app.state.gateway
+    data = [_model_entry(e) for e in gateway.endpoints.all() if info.allows(e.name)]
+    if gateway.flows is not None:
+        data += [_flow_entry(f) for f in gateway.flows.all() if info.allows(f.name)]
     return json_response({"object": "list", "data": data})
+
+
+def _flow_entry(loaded) -> dict:
+    """A flow as a model: called by name like an endpoint (chat completions, for a chat flow)."""
+    return {"id": loaded.name, "object": "model", "created": 0, "owned_by": "modelyard", "kind": "flow",
+            "tasks": ["chat"] if loaded.flow.is_chat else []}
 
 
 async def get_model(request: Request) -> Response:
@@ -133,6 +141,9 @@ async def get_model(request: Request) -> Response:
         if not info.allows(name):
             raise ModelyardError(f"This key may not call endpoint '{name}'.", status=403, param="model",
                                  code="endpoint_not_allowed")
+        flows = request.app.state.gateway.flows
+        if flows is not None and name in flows:
+            return json_response(_flow_entry(flows.find(name)))
         endpoint = request.app.state.gateway.endpoints.get(name)
     except ModelyardError as err:
         return error_response(err)
