@@ -396,3 +396,29 @@ def test_the_models_list_names_the_flows_a_key_may_call(gw, ask_keys):
     everything = {m.id for m in gw.openai().models.list()}
     assert {"ask", "small", "large"} <= everything
     assert gw.openai(ask_keys["primary"]).models.retrieve("ask").id == "ask"
+
+
+def test_a_client_that_hangs_up_cancels_the_run_and_every_record_says_so(gw, ask_keys, stub):
+    import time
+
+    stub.tiers["large"] = Script(answer=" ".join(f"w{i}" for i in range(200)), chunk_delay_s=0.05)
+    with httpx.stream("POST", f"{gw.base_url}/chat/completions", headers={"Authorization": f"Bearer {ask_keys['primary']}"},
+                      json={"model": "ask", "stream": True, "messages": [{"role": "user", "content": "long one"}]},
+                      timeout=60) as r:
+        request_id = r.headers["x-request-id"]
+        for line in r.iter_lines():
+            if "w3" in line:
+                break  # hang up mid-answer
+    deadline = time.monotonic() + 10
+    flow_row, steps = [], []
+    while time.monotonic() < deadline:
+        flow_row = rows(gw, "request_id = ?", (request_id,))
+        steps = rows(gw, "parent_request_id = ?", (request_id,))
+        if flow_row and len(steps) == 2:
+            break
+        time.sleep(0.1)
+    assert flow_row and flow_row[0]["status"] == 499 and flow_row[0]["kind"] == "flow"
+    compose = next(s for s in steps if s["endpoint"] == "large")
+    assert compose["status"] == 499  # the upstream stream was closed, not read to its end
+    assert 0 < compose["completion_tokens"] < 200, {k: compose[k] for k in ("status", "error_code", "completion_tokens", "prompt_tokens", "cost_usd", "stream", "latency_ms")}
+    assert '"cancelled"' in flow_row[0]["trace"]

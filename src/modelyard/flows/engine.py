@@ -63,6 +63,7 @@ from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import anyio
 import orjson
 
 from ..errors import ModelyardError
@@ -218,7 +219,12 @@ class FlowEngine:
         finally:
             if not task.done():
                 task.cancel()
-                await asyncio.gather(task, return_exceptions=True)
+                # Wait for the run to wind down (its steps close their streams and settle their usage) without
+                # cancelling it again: a consumer that is itself being cancelled — the server cancels a
+                # hung-up response's task at every await — must neither skip the wait nor pass a second
+                # cancellation on (gather would), which would cut the steps' clean-up short.
+                with anyio.CancelScope(shield=True):
+                    await asyncio.wait([task])
             elif not task.cancelled():
                 task.exception()  # retrieved: the caller left before it was raised to them
 
@@ -304,7 +310,9 @@ class _Run:
         for task in running:
             task.cancel(why)
         if running:
-            await asyncio.gather(*running, return_exceptions=True)
+            # wait, not gather: were this run cancelled again meanwhile, gather would cancel the nodes a second
+            # time, in the middle of their clean-up
+            await asyncio.wait(running)
 
     def flow_outputs(self) -> dict[str, Any]:
         found = {}

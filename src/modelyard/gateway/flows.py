@@ -37,6 +37,7 @@ import time
 from collections.abc import AsyncIterator
 from typing import Any
 
+import anyio
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
@@ -157,7 +158,7 @@ class Flows:
             call.status, call.error_code = err.status, err.code
             yield sse(err.body())
         finally:
-            await inner.aclose()
+            await _close(inner)
         yield SSE_DONE
 
     async def _run_sse(self, call: Call, events: AsyncIterator[Any], inner: Any,
@@ -185,7 +186,7 @@ class Flows:
             call.status, call.error_code = err.status, err.code
             yield sse(err.body() | {"trace": exc.trace.to_dict()}, event="error")
         finally:
-            await inner.aclose()
+            await _close(inner)
 
     @staticmethod
     def _ended(call: Call, trace: Trace) -> None:
@@ -200,6 +201,14 @@ class Flows:
             export_otel(trace)
         except Exception:  # tracing must never fail a request
             log.exception("exporting flow run %s to OpenTelemetry failed", trace.run_id)
+
+
+async def _close(events: Any) -> None:
+    """End the run (cancelling what still runs) and wait for it, even when the client has gone: the server
+    cancels a hung-up response's task again at every await, and the run's steps must close their upstream
+    streams and settle their usage before the flow call's record is written."""
+    with anyio.CancelScope(shield=True):
+        await events.aclose()
 
 
 def _input_error(exc: FlowError) -> ModelyardError:
