@@ -49,6 +49,8 @@ class Settings(BaseSettings):
     #: threads on a busy 2-core machine one short sentence took 100-500 ms instead of ~10-25 ms (the threads
     #: spin waiting for each other); on an idle machine two embed a 400-character prompt in ~14 ms, not ~23.
     embed_threads: int = Field(default=1, ge=1)
+    #: how long one flow node may take, retries included (a 504 naming the node after it)
+    flow_node_timeout_s: float = Field(default=60.0, gt=0)
     #: the OTLP collector flow traces go to, as OpenTelemetry spans (the OTel SDK's own variable; the
     #: exporter reads it and OTEL_EXPORTER_OTLP_HEADERS itself). Unset: no export.
     otlp_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(

@@ -230,8 +230,11 @@ def test_a_streamed_run_sends_each_node_as_it_ends(gw, ask_keys):
         for line in r.iter_lines():
             if line.startswith("event: "):
                 events.append(line[7:])
-    assert events[0] == "node" and events[-1] == "done"
-    assert events.count("node") == 2
+    assert events[-1] == "done"
+    assert events.count("node_start") == 2 and events.count("node") == 2
+    # the first node's end is sent as it happens, before the last node streams its answer
+    assert events[:3] == ["node_start", "node", "node_start"]
+    assert "delta" in events and events.index("delta") < len(events) - 2
 
 
 def test_a_key_reaches_only_its_flow_and_its_own_runs(gw, ask_keys):

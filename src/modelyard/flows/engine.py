@@ -185,8 +185,8 @@ class FlowEngine:
                   on_span: Callable[[Span], None] | None = None) -> FlowRun:
         """Run the flow once. A `FlowError` for inputs that do not fit (a 400); a `FlowRunError` for a node
         that failed. ``steps`` replaces the engine's for this run; ``on_trace`` gets the trace however the
-        run ended (done, failed, cancelled); ``on_span`` each node's span as the node ends (ok, error or
-        bypassed), as it happens."""
+        run ended (done, failed, cancelled); ``on_span`` each node's span as the node starts (status
+        ``running``) and as it ends (ok, error or bypassed), as it happens."""
         bound = self.flow.bind_inputs(inputs)
         return await _Run(self, self._steps(steps), bound, None, None, on_span).drive(on_trace)
 
@@ -333,6 +333,7 @@ class _Run:
                     _t0=time.perf_counter())
         self.trace.spans.append(span)
         self.spans[name] = span
+        self.told(span)
         try:
             if self.is_bypassed(node):
                 span.finish("bypassed")

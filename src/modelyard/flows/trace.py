@@ -87,6 +87,13 @@ class Span:
         self.latency_ms = (time.perf_counter() - self._t0) * 1000 if self._t0 else 0.0
 
     def to_dict(self, max_chars: int = PREVIEW_CHARS) -> dict[str, Any]:
+        out = self._fields(max_chars)
+        if self.kind == "retrieve" and self.status == "ok" and isinstance(self.output, list):
+            # which documents were found, never cut with the output's text (a hit-rate evaluation reads them)
+            out["hits"] = [_hit(h) for h in self.output if isinstance(h, dict)]
+        return out
+
+    def _fields(self, max_chars: int) -> dict[str, Any]:
         return {
             "node": self.node, "kind": self.kind, "variant": self.variant, "status": self.status,
             "started_at": self.started_at, "ended_at": self.ended_at, "latency_ms": self.latency_ms,
@@ -147,6 +154,15 @@ class Trace:
             "outputs": {k: preview(v, max_chars) for k, v in self.outputs.items()} if self.outputs else None,
             "spans": [s.to_dict(max_chars) for s in self.spans],
         }
+
+
+def _hit(hit: dict[str, Any]) -> dict[str, Any]:
+    """A retrieval hit without its text: the document's path and title, the chunk's section, the score."""
+    document = hit.get("document") if isinstance(hit.get("document"), dict) else {}
+    chunk = hit.get("chunk") if isinstance(hit.get("chunk"), dict) else {}
+    meta = document.get("metadata") if isinstance(document.get("metadata"), dict) else {}
+    return {"path": document.get("path"), "title": meta.get("title"), "section": chunk.get("section"),
+            "score": hit.get("score")}
 
 
 def preview(value: Any, max_chars: int = PREVIEW_CHARS) -> str:

@@ -115,16 +115,17 @@ class Flows:
             call.body = completion_body(engine.flow, run, model=call.flow, response_id=f"chatcmpl-{call.request_id}")
         else:
             call.body = {"object": "flow.run", "id": call.request_id, "flow": call.flow, "outputs": run.outputs,
-                         "usage": {"prompt_tokens": run.trace.prompt_tokens,
-                                   "completion_tokens": run.trace.completion_tokens,
-                                   "total_tokens": run.trace.total_tokens},
-                         "cost_usd": run.trace.cost_usd, "trace": run.trace.to_dict()}
+                         "usage": _usage(run.trace), "cost_usd": run.trace.cost_usd, "trace": run.trace.to_dict()}
 
     async def _stream(self, call: Call, engine: Any, inputs: dict[str, Any], steps: "GatewaySteps") -> None:
-        spans: asyncio.Queue[Span] = asyncio.Queue()
-        watch = call.kind == "flow"
-        events = engine.run_stream(inputs, steps=steps, on_trace=lambda t: self._ended(call, t),
-                                   on_span=spans.put_nowait if watch else None)
+        if call.kind == "flow":
+            try:
+                engine.flow.bind_inputs(inputs)  # bad inputs are a 400, before the stream starts
+            except FlowError as exc:
+                raise _input_error(exc) from None
+            call.stream = self._run_sse(call, engine, inputs, steps)
+            return
+        events = engine.run_stream(inputs, steps=steps, on_trace=lambda t: self._ended(call, t))
         # The first event decides the status: bad inputs (400) or a node that failed before anything could be
         # sent are answered as errors, not as a stream that breaks off.
         try:
@@ -143,10 +144,7 @@ class Flows:
             async for event in events:
                 yield event
 
-        if call.kind == "chat":
-            call.stream = self._chat_sse(call, replay(), events)
-        else:
-            call.stream = self._run_sse(call, replay(), events, spans)
+        call.stream = self._chat_sse(call, replay(), events)
 
     async def _chat_sse(self, call: Call, events: AsyncIterator[Any], inner: Any) -> AsyncIterator[bytes]:
         try:
@@ -161,32 +159,54 @@ class Flows:
             await _close(inner)
         yield SSE_DONE
 
-    async def _run_sse(self, call: Call, events: AsyncIterator[Any], inner: Any,
-                       spans: asyncio.Queue[Span]) -> AsyncIterator[bytes]:
-        def pending_spans() -> list[bytes]:
-            out = []
-            while not spans.empty():
-                out.append(sse(spans.get_nowait().to_dict(), event="node"))
-            return out
+    async def _run_sse(self, call: Call, engine: Any, inputs: dict[str, Any],
+                       steps: "GatewaySteps") -> AsyncIterator[bytes]:
+        """The run API's stream: ``node_start`` and ``node`` (a span as a node starts and ends) the moment they
+        happen, ``delta`` (``{"node", "delta"}``, the streamed output's text), then ``done`` or ``error``."""
+        queue: asyncio.Queue[tuple[str, Any]] = asyncio.Queue()
+        streamed = engine.stream_node()
 
+        def on_span(span: Span) -> None:
+            queue.put_nowait(("node_start" if span.status == "running" else "node", span.to_dict()))
+
+        async def pump() -> None:
+            events = engine.run_stream(inputs, steps=steps, on_trace=lambda t: self._ended(call, t), on_span=on_span)
+            try:
+                async for kind, value in events:
+                    queue.put_nowait((kind, value))
+            except FlowRunError as exc:
+                queue.put_nowait(("failed", exc))
+            except Exception as exc:  # noqa: BLE001 - the stream ends with an error event, whatever happened
+                log.exception("flow %s: run %s failed", call.flow, call.request_id)
+                queue.put_nowait(("crashed", exc))
+            finally:
+                await _close(events)
+
+        task = asyncio.create_task(pump(), name=f"flow-run-{call.request_id}")
         try:
-            async for kind, value in events:
-                for event in pending_spans():
-                    yield event
-                if kind == "delta":
-                    yield sse({"delta": value}, event="delta")
+            while True:
+                kind, value = await queue.get()
+                if kind in ("node_start", "node"):
+                    yield sse(value, event=kind)
+                elif kind == "delta":
+                    yield sse({"node": streamed, "delta": value}, event="delta")
                 elif kind == "done":
                     trace = value.trace
                     yield sse({"id": call.request_id, "outputs": value.outputs, "cost_usd": trace.cost_usd,
-                               "trace": trace.to_dict()}, event="done")
-        except FlowRunError as exc:
-            for event in pending_spans():
-                yield event
-            err = exc.to_error()
-            call.status, call.error_code = err.status, err.code
-            yield sse(err.body() | {"trace": exc.trace.to_dict()}, event="error")
+                               "usage": _usage(trace), "trace": trace.to_dict()}, event="done")
+                    break
+                else:
+                    err = value.to_error() if kind == "failed" else ModelyardError(
+                        "The gateway failed while running this flow.", status=500, code="internal_error")
+                    call.status, call.error_code = err.status, err.code
+                    trace = value.trace.to_dict() if kind == "failed" else None
+                    yield sse(err.body() | {"id": call.request_id, "trace": trace}, event="error")
+                    break
         finally:
-            await _close(inner)
+            if not task.done():
+                task.cancel()
+            with anyio.CancelScope(shield=True):
+                await asyncio.wait([task])
 
     @staticmethod
     def _ended(call: Call, trace: Trace) -> None:
@@ -201,6 +221,11 @@ class Flows:
             export_otel(trace)
         except Exception:  # tracing must never fail a request
             log.exception("exporting flow run %s to OpenTelemetry failed", trace.run_id)
+
+
+def _usage(trace: Trace) -> dict[str, int]:
+    return {"prompt_tokens": trace.prompt_tokens, "completion_tokens": trace.completion_tokens,
+            "total_tokens": trace.total_tokens}
 
 
 async def _close(events: Any) -> None:

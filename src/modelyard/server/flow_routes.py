@@ -19,10 +19,13 @@ request (a chat flow), or ``run`` here. A run goes through the gateway's
 request path like a chat request (`gateway.flows`): it is recorded (its
 record holds the trace), and each step is its own call.
 
-A streamed run (``"stream": true``) sends server-sent events: ``node`` (a
-node's span as it ends), ``delta`` (the streamed output's text as it is
-generated), then ``done`` (``{id, outputs, cost_usd, trace}``) or ``error``
-(the error and the trace of what ran).
+A streamed run (``"stream": true``) sends server-sent events as things
+happen: ``node_start`` and ``node`` (a node's span as it starts and as it
+ends), ``delta`` (``{node, delta}``: the streamed output's text as it is
+generated), then ``done`` (``{id, outputs, usage, cost_usd, trace}``) or
+``error`` (the error, the run id and the trace of what ran). The signed-in
+console may run a flow with its session (and CSRF token) instead of a key;
+the run is the admin key's.
 
 A key other than the admin key sees only its own runs.
 """
@@ -45,6 +48,7 @@ from ..serving.flows import MAX_CHARS, describe
 from .admin import read_model, require_admin
 from .http import api_key, error_response, header_value, json_response
 from .openapi import json_body
+from .ui.auth import console_session
 
 router = APIRouter(prefix="/api/flows")
 
@@ -79,8 +83,14 @@ def _registry(gateway: Any) -> Any:
 
 @router.get("")
 async def list_flows(gateway=Depends(require_admin)) -> Response:
-    """Every flow: inputs, outputs, nodes with what each reads, variants."""
-    return json_response({"object": "list", "data": [describe(f) for f in _registry(gateway).all()]})
+    """Every flow: inputs, outputs, nodes with what each reads, variants, and its latest run."""
+    registry = _registry(gateway)
+    await gateway.writer.flush()
+    data = []
+    for loaded in registry.all():
+        latest = await asyncio.to_thread(registry.store.runs, loaded.name, limit=1)
+        data.append(describe(loaded) | {"last_run": latest[0] if latest else None})
+    return json_response({"object": "list", "data": data})
 
 
 @router.post("/check", openapi_extra=json_body(FlowCheck))
@@ -131,9 +141,11 @@ async def delete_flow(name: str, gateway=Depends(require_admin)) -> Response:
 async def run_flow(name: str, request: Request) -> Response:
     """Run the flow once through the gateway (auth, budgets, each step routed, cached and recorded)."""
     gateway = request.app.state.gateway
-    key = api_key(request)
     call = None
     try:
+        key = api_key(request)
+        if key is None and console_session(request):  # the signed-in console (its CSRF token checked)
+            key = gateway.admin_key
         verify_key(gateway.keys, key)  # a 401 before the body is read, as for the OpenAI routes
         body = await read_model(request, FlowRunBody)
         call = Call("flow", FlowRunRequest(model=name, **body.model_dump()), key, request_headers=request.headers)

@@ -88,7 +88,8 @@ class Gateway:
         # the cache embeds with the router's all-MiniLM-L6-v2 (one copy per gateway), on its own thread
         cache = ResponseCache(metrics.cache, root=settings.home / "cache", embedder=AsyncEmbedder(models.embedder()))
         indexes = IndexRegistry(settings.home / "indexes")
-        flows = FlowRegistry(FlowStore(db), settings.home / "flows", endpoint_exists=lambda name: name in endpoints)
+        flows = FlowRegistry(FlowStore(db), settings.home / "flows", endpoint_exists=lambda name: name in endpoints,
+                             node_timeout_s=settings.flow_node_timeout_s)
         endpoints.name_taken = lambda name: name in flows
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics,
                                   router=router, budget=budget, cache=cache, flows=flows, indexes=indexes)

@@ -292,12 +292,17 @@ def describe(loaded: LoadedFlow, *, with_files: bool = False) -> dict[str, Any]:
         "is_chat": flow.is_chat,
         "warnings": list(flow.warnings),
         "inputs": {k: {"type": v.type, "default": v.default, "required": not v.has_default and not v.is_chat_history,
-                       "description": v.description, "is_chat_input": v.is_chat_input,
+                       "description": v.description, "enum": v.enum, "is_chat_input": v.is_chat_input,
                        "is_chat_history": v.is_chat_history} for k, v in flow.inputs.items()},
         "outputs": {k: {"type": v.type, "reference": str(v.reference), "is_chat_output": v.is_chat_output}
                     for k, v in flow.outputs.items()},
         "nodes": nodes,
-        "variants": {name: {"default": v.default, "variants": sorted(v.nodes)} for name, v in flow.variants.items()},
+        "variants": {name: {"default": v.default, "variants": sorted(v.nodes),
+                            "endpoints": {vid: getattr(n, "endpoint", None) if isinstance(getattr(n, "endpoint", None),
+                                                                                          str) else None
+                                          for vid, n in v.nodes.items()},
+                            "descriptions": dict(v.descriptions)}
+                     for name, v in flow.variants.items()},
         "created_at": loaded.stored.created_at.isoformat(), "updated_at": loaded.stored.updated_at.isoformat(),
     }
     if with_files:
