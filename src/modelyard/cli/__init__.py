@@ -37,6 +37,9 @@ def _register() -> None:
     app.add_typer(router.app, name="router")
     from . import index
     app.add_typer(index.app, name="index")
+    from . import flow, flow_eval
+    app.add_typer(flow.app, name="flow")
+    flow.app.command("eval")(flow_eval.evaluate)
     from . import router_report
     router.app.command("report")(router_report.report)
     from . import router_calibrate

@@ -191,14 +191,14 @@ def _files_under(folder: Path, base: Path) -> list[tuple[Path, str]]:
 @app.command()
 def create(
     name: str = typer.Argument(..., help="the index's name (letters, digits, '.', '_', '-')"),
-    source: Path = typer.Option(..., "--from", exists=True, file_okay=False, dir_okay=True,
-                                help="the folder to index (.md .txt .html .pdf, in subfolders too)"),
+    source: Path = typer.Option(..., "--from", exists=True, file_okay=True, dir_okay=True,
+                                help="the folder to index (.md .txt .html .pdf, in subfolders too), or one file"),
     embed: str = typer.Option("embed", "--embed", help="the embeddings endpoint for chunks and queries"),
     chunk: int = typer.Option(DEFAULT_CHUNK, "--chunk", min=100, max=20_000, help="characters per chunk, at most"),
     overlap: int = typer.Option(DEFAULT_OVERLAP, "--overlap", min=0,
                                 help="characters a chunk repeats from the one before (at most half of --chunk)"),
 ) -> None:
-    """Create an index from the files in a folder. Running it again continues where it stopped (files already
+    """Create an index from the files in a folder (or from one file). Running it again continues where it stopped (files already
     in the index, unchanged, are not sent again)."""
     existing = {i["name"]: i for i in call_api("GET", "/api/indexes")["data"]}
     if name in existing:
@@ -209,9 +209,13 @@ def create(
                         f"add`, or delete it first")
         out().print(f"[dim]index {escape(name)} exists: adding what it does not hold yet[/]")
     else:
+        folder = source if source.is_dir() else source.parent
         call_api("POST", "/api/indexes", json={"name": name, "embed": embed, "chunk_size": chunk, "overlap": overlap,
-                                               "source": str(source.resolve())})
-    _upload(name, _files_under(source, source))
+                                               "source": str(folder.resolve())})
+    if source.is_dir():
+        _upload(name, _files_under(source, source))
+    else:
+        _upload(name, [(source, _name_in_index(source, source.parent))])
 
 
 @app.command()

@@ -66,3 +66,5 @@ def _banner(url: str, new_admin_key: str | None, settings: Settings) -> None:
         "reply = client.chat.completions.create(model=\"default\", messages=[{\"role\": \"user\", \"content\": \"Hi!\"}])\n"
         "print(reply.choices[0].message.content)\n",
         markup=False, highlight=False, soft_wrap=True)
+    console.print("A flow that answers questions about modelyard from its README: examples/ask-docs/README.md",
+                  style="dim")
