@@ -21,6 +21,7 @@ from starlette.templating import Jinja2Templates
 
 from ...errors import ModelyardError
 from ...serving import consume
+from ...serving.flows import describe as describe_flow
 from ..catalog_routes import card_view
 from . import views
 from .auth import COOKIE, SESSION_TTL_S, read_form, safe_next, session_id, sessions_for
@@ -46,7 +47,7 @@ templates.env.filters.update(views.FILTERS)
 
 NAV = [("catalog", "Catalog", "/ui/catalog"), ("endpoints", "Endpoints", "/ui/endpoints"),
        ("monitoring", "Monitoring", "/ui/monitoring"), ("usage", "Usage & cost", "/ui/usage"),
-       ("batches", "Batch jobs", "/ui/batches")]
+       ("batches", "Batch jobs", "/ui/batches"), ("flows", "Flows", "/ui/flows")]
 
 
 class _NoCacheStatic(StaticFiles):
@@ -264,3 +265,25 @@ async def batch_page(request: Request, batch_id: str) -> Response:
     if not session_id(request):
         return _login_redirect(request)
     return _render(request, "batch.html", page="batches", title=f"Batch {batch_id}", data={"id": batch_id})
+
+
+@router.get("/ui/flows")
+async def flows_page(request: Request) -> Response:
+    if not session_id(request):
+        return _login_redirect(request)
+    flows = [describe_flow(f) for f in _gateway(request).flows.all()]
+    return _render(request, "flows.html", page="flows", title="Flows", flows=flows, data={"flows": flows})
+
+
+@router.get("/ui/flows/{name}")
+async def flow_page(request: Request, name: str) -> Response:
+    if not session_id(request):
+        return _login_redirect(request)
+    loaded = _gateway(request).flows.get(name)
+    if loaded is None:
+        return _not_found(request, f"There is no flow '{name}'.")
+    flow = describe_flow(loaded, with_files=True)
+    data = {"flow": {k: v for k, v in flow.items() if k not in ("yaml", "files")},
+            "streamed_node": views.streamed_node(flow)}
+    return _render(request, "flow.html", page="flows", title=f"Flow {name}", flow=flow,
+                   graph=views.dag_layout(flow["nodes"]), data=data)
