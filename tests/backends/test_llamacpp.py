@@ -208,3 +208,26 @@ def test_abandoned_generation_stops_and_the_backend_answers_the_next_request(bac
     assert body["choices"][0]["finish_reason"] == "stop"
     # The next request waited for at most one more token of the abandoned ~500, not for all of them.
     assert next_s < 30
+
+
+def test_each_request_frees_its_sampler_at_once_so_memory_does_not_pile_up(backend):
+    """llama-cpp-python builds a sampler chain per request that holds a 3 MiB buffer (Gemma 3's vocabulary) and
+    sits in a reference cycle: left to the garbage collector, they piled up (bench/instance_memory.py)."""
+    import gc
+    import weakref
+
+    from llama_cpp._internals import LlamaSampler
+
+    gc.collect()
+    gc.disable()  # what a busy server looks like between full collections
+    try:
+        before = sum(1 for o in gc.get_objects() if isinstance(o, LlamaSampler))
+        for seed in range(3):
+            answer(backend, chat(temperature=1.0, seed=seed, max_tokens=4))
+        seen = [o for o in gc.get_objects() if isinstance(o, LlamaSampler)]
+        refs = [weakref.ref(o) for o in seen]
+        del seen
+        alive = [r for r in refs if r() is not None and r().sampler is not None]
+        assert len(alive) <= before, f"{len(alive)} sampler chains still hold their buffers"
+    finally:
+        gc.enable()

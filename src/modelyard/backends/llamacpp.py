@@ -81,6 +81,7 @@ class LlamaCppBackend:
     async def close(self) -> None:
         self._thread.shutdown(wait=False, cancel_futures=True)
         if self.llm is not None:
+            _release_sampler(self.llm)
             self.llm.close()
             self.llm = None
 
@@ -311,6 +312,7 @@ class LlamaCppBackend:
                     sent = safe
         finally:
             gen.close()
+            _release_sampler(llm)
         if finish == "length":
             text += decoder.decode(b"", final=True)
         # At a stop, the entries of the stop sequence (past the cut) are dropped; at the length limit, none are.
@@ -333,6 +335,22 @@ class LlamaCppBackend:
         else:
             entry["top_logprobs"] = []
         return entry
+
+
+def _release_sampler(llm: Any) -> None:
+    """Free the sampler chain that ``Llama.generate`` built for the request just finished, now.
+
+    Once it has sampled, a chain holds a candidates buffer of n_vocab entries (3 MiB for Gemma 3's
+    262,144 tokens), and llama-cpp-python's ``LlamaSampler`` sits in a reference cycle with its own
+    ExitStack, so a dropped one is freed only by a full garbage collection, which a long-lived
+    process runs rarely. The chains piled up: the instance's anonymous memory grew 212 -> 293 MiB in
+    a 30-minute soak, and 192 -> 345 MiB over 200 requests in bench/instance_memory.py (a bare
+    ``Llama.create_completion`` loop grows alike); with this, 177 -> 180 MiB.
+    """
+    sampler = getattr(llm, "_sampler", None)
+    llm._sampler = None
+    if sampler is not None:
+        sampler.close()  # frees the chain and empties the ExitStack, which breaks the cycle
 
 
 def _token_entry(llm: Any, token: int, logprob: float) -> dict[str, Any]:
