@@ -302,3 +302,25 @@ def test_revoking_the_key_that_created_a_running_job_stops_its_requests(gw, stub
     sent = stub.seen
     time.sleep(1.0)
     assert stub.seen == sent  # nothing more is sent on the revoked key's behalf
+
+
+def test_output_expires_after_sets_when_the_output_files_expire(gw, tmp_path):
+    client = gw.openai()
+    path = write_jsonl(tmp_path / "expiring.jsonl", [chat_line("a"), chat_line("b")])
+    with open(path, "rb") as f:
+        uploaded = client.files.create(file=f, purpose="batch")
+    batch = client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+                                  extra_body={"output_expires_after": {"anchor": "created_at", "seconds": 7200}})
+    done = wait_batch(client, batch.id)
+    assert done.status == "completed", done
+    output = client.files.retrieve(done.output_file_id)
+    assert output.expires_at - output.created_at == 7200
+    # without it, outputs are kept until deleted
+    kept = wait_batch(client, client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions",
+                                                    completion_window="24h").id)
+    assert client.files.retrieve(kept.output_file_id).expires_at is None
+
+    with pytest.raises(openai.BadRequestError) as refused:
+        client.batches.create(input_file_id=uploaded.id, endpoint="/v1/chat/completions", completion_window="24h",
+                              extra_body={"output_expires_after": {"anchor": "created_at", "seconds": 60}})
+    assert "output_expires_after" in str(refused.value) and "seconds" in str(refused.value)

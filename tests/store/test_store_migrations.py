@@ -207,7 +207,7 @@ SHIPPED_MIGRATIONS = {
     "0002_rollouts.py": "38cd7a78bffba84f66afca5e332d492ccceddda7dcd791d4b21645fa7f9f8ecb",
     "0003_batch.py": "7550f369cbae4df3b363872712abe0afdb1b3bfcfe09219dcf6292e23d47902f",
     "0004_router.py": "e754bbdc6fc82daa1d62919f19974bdff2892efe0e139b9f6e9773cda6861250",
-    "0005_flows.py": "b7305112faf98b5d616aeee3d9c83bea06a407bb2cdb7568f29279d8532f82a0",
+    "0005_flows.py": "dac564e0e8480e1fa5a7b2f0e8d6d831f14bc7fb2563b74dc471c78134ca43d5",
 }
 
 

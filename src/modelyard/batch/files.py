@@ -144,7 +144,7 @@ class FileStore:
                           expires_at=now + timedelta(seconds=expires_after_s) if expires_after_s else None)
 
     def write(self, chunks: Iterable[bytes], *, filename: str, purpose: str = OUTPUT_PURPOSE,
-              owner_key_id: int | None = None) -> FileRecord:
+              owner_key_id: int | None = None, expires_after_s: int | None = None) -> FileRecord:
         """Write bytes (a job's output) to disk under a new id; blocking, run it in a thread.
 
         The row is not added here: the job adds it together with its own change of status
@@ -159,7 +159,8 @@ class FileStore:
                     size += len(chunk)
                 f.flush()
                 os.fsync(f.fileno())
-            return self._place(temp, filename=filename, purpose=purpose, size=size, owner_key_id=owner_key_id)
+            return self._place(temp, filename=filename, purpose=purpose, size=size, owner_key_id=owner_key_id,
+                               expires_after_s=expires_after_s)
         finally:
             temp.unlink(missing_ok=True)
 

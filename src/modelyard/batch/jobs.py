@@ -86,6 +86,12 @@ class BatchConfig(BaseSettings):
         return cls()
 
 
+class OutputExpiry(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    anchor: Literal["created_at"]
+    seconds: int = Field(ge=3600, le=2_592_000)
+
+
 class BatchCreate(BaseModel):
     """The body of ``POST /v1/batches``."""
 
@@ -96,7 +102,8 @@ class BatchCreate(BaseModel):
     endpoint: str
     completion_window: str
     metadata: dict[str, str] | None = None
-    output_expires_after: dict[str, Any] | None = None
+    #: OpenAI's ``{"anchor": "created_at", "seconds": 3600..2592000}``: the output and error files expire
+    output_expires_after: OutputExpiry | None = None
     model: str | None = Field(default=None, min_length=1, max_length=WIDTHS["batch_jobs.model"])
     deployment: str | None = Field(default=None, min_length=1, max_length=WIDTHS["batch_jobs.deployment"])
     mini_batch_size: int = Field(default=10, ge=1, le=1000)

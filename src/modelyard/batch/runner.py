@@ -269,18 +269,20 @@ class BatchRunner:
             raise invalid(f"File {source.id} was uploaded with purpose '{source.purpose}'; a batch reads a file "
                           "uploaded with purpose 'batch'.", param="input_file_id", code="invalid_file")
         if req.model is not None:
-            self.endpoints.get(req.model)  # 404 model_not_found
+            if not (self.flows is not None and req.model in self.flows):
+                self.endpoints.get(req.model)  # 404 model_not_found
             if key is not None and not key.allows(req.model):
                 raise ModelyardError(f"This key may not call endpoint '{req.model}'.", status=403, param="model",
                                      code="endpoint_not_allowed")
             if req.deployment is not None:
-                self.endpoints.deployment(req.model, req.deployment)  # 404 deployment_not_found
+                self.endpoints.deployment(req.model, req.deployment)  # 404 deployment_not_found (a flow has none)
         now = utcnow()
         job = JobRecord(id="batch_" + os.urandom(12).hex(), endpoint=req.endpoint, input_file_id=source.id,
                         completion_window=req.completion_window, model=req.model, deployment=req.deployment,
                         mini_batch_size=req.mini_batch_size, max_retries=req.max_retries,
                         error_threshold=req.error_threshold, output_action=req.output_action,
                         max_share=req.max_share, meta=req.metadata, owner_key_id=key.id if key is not None else None,
+                        output_expires_after_s=req.output_expires_after.seconds if req.output_expires_after else None,
                         created_at=now, expires_at=now + timedelta(seconds=self.config.completion_window_s))
         await asyncio.to_thread(self.store.create_job, job)
         self._launch(job.id)
@@ -589,12 +591,14 @@ class BatchRunner:
         if job.completed:
             out["output"] = self.files.write(
                 (output_line(job.id, line) for line in self.store.lines(job.id) if line.state == "succeeded"),
-                filename=f"{job.id}_output.jsonl", owner_key_id=job.owner_key_id)
+                filename=f"{job.id}_output.jsonl", owner_key_id=job.owner_key_id,
+                expires_after_s=job.output_expires_after_s)
         if job.failed or (pending and not_run):
             out["error"] = self.files.write(
                 (output_line(job.id, line, not_run) for line in self.store.lines(job.id)
                  if line.state == "failed" or (line.state == "pending" and not_run)),
-                filename=f"{job.id}_error.jsonl", owner_key_id=job.owner_key_id)
+                filename=f"{job.id}_error.jsonl", owner_key_id=job.owner_key_id,
+                expires_after_s=job.output_expires_after_s)
         return out
 
 

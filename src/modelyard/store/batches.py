@@ -96,6 +96,7 @@ class JobRecord:
     completed: int = 0
     failed: int = 0
     owner_key_id: int | None = None
+    output_expires_after_s: int | None = None
     output_file_id: str | None = None
     error_file_id: str | None = None
     created_at: datetime | None = None

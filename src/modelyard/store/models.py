@@ -345,6 +345,8 @@ class BatchJob(Base):
     completed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     failed: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
     owner_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: ``output_expires_after.seconds``: the output and error files expire this long after they are written
+    output_expires_after_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)

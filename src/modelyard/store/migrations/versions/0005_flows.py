@@ -1,4 +1,4 @@
-"""Flows: stored flow definitions, flow runs' traces on their usage records, and the batch files' owner index.
+"""Flows: stored flow definitions, flow runs' traces on their usage records; batch files' indexes, outputs' expiry.
 
 Revision ID: 0005
 Revises: 0004
@@ -36,6 +36,8 @@ def upgrade() -> None:
         batch.add_column(sa.Column("parent_request_id", sa.String(64), nullable=True))
         batch.add_column(sa.Column("trace", sa.JSON(), nullable=True))
         batch.create_index(op.f("ix_usage_records_parent_request_id"), ["parent_request_id"])
+    with op.batch_alter_table("batch_jobs") as batch:
+        batch.add_column(sa.Column("output_expires_after_s", sa.Integer(), nullable=True))
     op.create_index(op.f("ix_batch_files_owner_key_id"), "batch_files", ["owner_key_id"])
     op.create_index(op.f("ix_batch_files_expires_at"), "batch_files", ["expires_at"])
 
@@ -43,6 +45,8 @@ def upgrade() -> None:
 def downgrade() -> None:
     op.drop_index(op.f("ix_batch_files_expires_at"), table_name="batch_files")
     op.drop_index(op.f("ix_batch_files_owner_key_id"), table_name="batch_files")
+    with op.batch_alter_table("batch_jobs") as batch:
+        batch.drop_column("output_expires_after_s")
     with op.batch_alter_table("usage_records") as batch:
         batch.drop_index(op.f("ix_usage_records_parent_request_id"))
         batch.drop_column("trace")
