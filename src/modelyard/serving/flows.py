@@ -29,7 +29,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Callable, Mapping
 
 from ..errors import ModelyardError, invalid, not_found
-from ..flows import Flow, FlowEngine, FlowError, PythonWorker, parse_flow, variant
+from ..flows import Flow, FlowEngine, FlowError, PythonWorker, check_endpoints, parse_flow, variant
 from ..flows.model import PythonNode
 from ..store.flows import FlowStore, StoredFlow
 from .spec import check_name
@@ -131,7 +131,7 @@ class FlowRegistry:
 
     def check(self, name: str, dag: str, files: Mapping[str, str]) -> Flow:
         """Check a flow without storing it: a 400 naming the line for anything wrong."""
-        folder = self._write(name, dag, check_files(files), staging=True)
+        folder = self._staging(name, dag, check_files(files))
         try:
             return self._parse(name, dag, folder)
         finally:
@@ -149,7 +149,7 @@ class FlowRegistry:
                                  status=409, param="name", code="name_taken")
         files = check_files(files)
         async with self._lock:
-            staging = await asyncio.to_thread(self._write, name, dag, files, staging=True)
+            staging = await asyncio.to_thread(self._staging, name, dag, files)
             try:
                 flow = self._parse(name, dag, staging)
                 description = description or flow.description or ""
@@ -192,7 +192,7 @@ class FlowRegistry:
                 try:
                     folder = self._folder(name, row.version)
                     await asyncio.to_thread(self._write_folder, folder, row.dag, row.files)
-                    loaded = self._load(row, folder, check_endpoints=False)
+                    loaded = self._load(row, folder)
                 except (FlowError, ModelyardError, OSError) as exc:
                     log.error("flow %s (version %d) does not load: %s", name, row.version, exc)
                     continue
@@ -215,21 +215,20 @@ class FlowRegistry:
             if not self.endpoint_exists(name):
                 missing.append(name)
             return True
-        from ..flows import check_endpoints
         check_endpoints(loaded.flow, exists)
         return sorted(set(missing))
 
     # -- helpers ------------------------------------------------------------------------
 
-    def _parse(self, name: str, dag: str, folder: Path, *, check_endpoints: bool = True) -> Flow:
+    def _parse(self, name: str, dag: str, folder: Path, *, verify: bool = True) -> Flow:
         flow = parse_flow(dag, folder, source=f"{name}/flow.dag.yaml",
-                          endpoint_exists=self.endpoint_exists if check_endpoints else None)
+                          endpoint_exists=self.endpoint_exists if verify else None)
         if flow.name is None:
             flow = flow.model_copy(update={"name": name})
         return flow
 
-    def _load(self, stored: StoredFlow, folder: Path, *, check_endpoints: bool = False) -> LoadedFlow:
-        flow = self._parse(stored.name, stored.dag, folder, check_endpoints=check_endpoints)
+    def _load(self, stored: StoredFlow, folder: Path) -> LoadedFlow:
+        flow = self._parse(stored.name, stored.dag, folder, verify=False)
         flow = flow.model_copy(update={"name": stored.name})
         has_python = any(isinstance(n, PythonNode) for n in flow.nodes) or any(
             isinstance(n, PythonNode) for v in flow.variants.values() for n in v.nodes.values())
@@ -247,7 +246,8 @@ class FlowRegistry:
     def _folder(self, name: str, version: int) -> Path:
         return self.root / name / f"v{version}"
 
-    def _write(self, name: str, dag: str, files: Mapping[str, str], *, staging: bool) -> Path:
+    def _staging(self, name: str, dag: str, files: Mapping[str, str]) -> Path:
+        """A fresh folder holding the flow's files, to check it before anything changes."""
         folder = self.root / name / f".staging-{uuid.uuid4().hex[:12]}"
         self._write_folder(folder, dag, files)
         return folder
