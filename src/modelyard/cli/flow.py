@@ -281,7 +281,7 @@ def apply(
         raise fail(str(exc)) from None
     name = name or default_name(folder)
     if check:
-        body = call_api("POST", "/api/flows/check", json={"name": name, "yaml": dag, "files": files})
+        body = call_api("POST", flow_path(name, "check"), json={"yaml": dag, "files": files})
         out().print(f"flow [bold]{escape(name)}[/] is valid: {len(body['nodes'])} nodes "
                     f"({escape(', '.join(body['nodes']))}); nothing stored")
         _print_warnings(body.get("warnings") or [])

@@ -2,7 +2,7 @@
 
 ======  ===================================  ================================================================
 PUT     /api/flows/{name}                    apply: ``{yaml, files: {path: text}, description}`` (admin)
-POST    /api/flows/check                     check a flow without storing it: ``{name, yaml, files}`` (admin)
+POST    /api/flows/{name}/check              check a flow without storing it: ``{yaml, files}`` (admin)
 GET     /api/flows                           list (admin)
 GET     /api/flows/{name}                    one, with its YAML and files (admin)
 DELETE  /api/flows/{name}                    delete it and revoke its keys (admin)
@@ -71,10 +71,6 @@ class FlowRunBody(BaseModel):
     stream: bool = False
 
 
-class FlowCheck(FlowApply):
-    name: str = Field(default="flow", min_length=1, max_length=64)
-
-
 def _registry(gateway: Any) -> Any:
     if gateway.flows is None:  # pragma: no cover - every gateway built by Gateway.open has one
         raise ModelyardError("this gateway serves no flows", status=501, code="flows_disabled")
@@ -93,13 +89,13 @@ async def list_flows(gateway=Depends(require_admin)) -> Response:
     return json_response({"object": "list", "data": data})
 
 
-@router.post("/check", openapi_extra=json_body(FlowCheck))
-async def check_flow(request: Request, gateway=Depends(require_admin)) -> Response:
+@router.post("/{name}/check", openapi_extra=json_body(FlowApply))
+async def check_flow(name: str, request: Request, gateway=Depends(require_admin)) -> Response:
     """Check a flow as apply would (its endpoints must exist), store nothing: ``{"ok": true, "warnings"}``
     or the 400 naming the first lines that are wrong."""
-    body = await read_model(request, FlowCheck)
+    body = await read_model(request, FlowApply)
     try:
-        flow = _registry(gateway).check(body.name, body.yaml, body.files)
+        flow = _registry(gateway).check(name, body.yaml, body.files)
     except Exception as exc:
         raise _flow_error(exc) from None
     return json_response({"ok": True, "warnings": list(flow.warnings), "nodes": [n.name for n in flow.nodes]})
