@@ -58,6 +58,35 @@ export async function api(method, path, body, extraHeaders = {}) {
   return json;
 }
 
+/** The events of a server-sent-event response body, as {event, data} with data parsed from JSON ([DONE] left out). */
+export async function* serverEvents(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  try {
+    for (;;) {
+      const { value, done } = await reader.read();
+      if (done) break;
+      buffer += decoder.decode(value, { stream: true });
+      let cut;
+      while ((cut = buffer.indexOf("\n\n")) >= 0) {
+        const block = buffer.slice(0, cut);
+        buffer = buffer.slice(cut + 2);
+        let event = "message";
+        const data = [];
+        for (const line of block.split("\n")) {
+          if (line.startsWith("event:")) event = line.slice(6).trim();
+          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
+        }
+        const text = data.join("\n");
+        if (data.length && text !== "[DONE]") yield { event, data: JSON.parse(text) };
+      }
+    }
+  } finally {
+    reader.releaseLock();
+  }
+}
+
 /** Stream a chat completion through the console proxy; calls onDelta(text) per chunk. */
 export async function streamChat(body, { headers = {}, onDelta, signal } = {}) {
   const res = await fetch("/ui/proxy/v1/chat/completions", {
@@ -71,30 +100,14 @@ export async function streamChat(body, { headers = {}, onDelta, signal } = {}) {
     try { json = JSON.parse(text); } catch { json = null; }
     throw new ApiError(res.status, json, text);
   }
-  const reader = res.body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "", text = "", chunks = 0;
-  for (;;) {
-    const { value, done } = await reader.read();
-    if (done) break;
-    buffer += decoder.decode(value, { stream: true });
-    let cut;
-    while ((cut = buffer.indexOf("\n\n")) >= 0) {
-      const event = buffer.slice(0, cut);
-      buffer = buffer.slice(cut + 2);
-      for (const line of event.split("\n")) {
-        if (!line.startsWith("data:")) continue;
-        const data = line.slice(5).trim();
-        if (data === "[DONE]") continue;
-        const msg = JSON.parse(data);
-        if (msg.error) throw new ApiError(500, msg, "");
-        const delta = msg.choices?.[0]?.delta?.content || "";
-        if (delta) {
-          text += delta;
-          chunks += 1;
-          onDelta?.(delta, text);
-        }
-      }
+  let text = "", chunks = 0;
+  for await (const { data: msg } of serverEvents(res.body)) {
+    if (msg.error) throw new ApiError(500, msg, "");
+    const delta = msg.choices?.[0]?.delta?.content || "";
+    if (delta) {
+      text += delta;
+      chunks += 1;
+      onDelta?.(delta, text);
     }
   }
   return { text, chunks, headers: res.headers };

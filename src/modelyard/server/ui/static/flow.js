@@ -5,7 +5,7 @@
 // A streamed run is a POST answered with server-sent events (`node_start`, `node`, `delta`, `done` or
 // `error`), so it is read with fetch and a ReadableStream reader: EventSource can only GET.
 
-import { ApiError, api, csrf, el, fmt, pageData, showError } from "./console.js";
+import { ApiError, api, csrf, el, fmt, pageData, serverEvents, showError } from "./console.js";
 import { runPill } from "./flows.js";
 
 const $ = (id) => document.getElementById(id);
@@ -181,34 +181,6 @@ function onFailed(body) {
   showError($("run-error"), message);
   if (body.trace) showTrace(body.trace, body.trace.run_id);
   loadRuns();
-}
-
-/** The events of a server-sent-event response body, as {event, data} with data parsed from JSON. */
-async function* serverEvents(body) {
-  const reader = body.getReader();
-  const decoder = new TextDecoder();
-  let buffer = "";
-  try {
-    for (;;) {
-      const { value, done } = await reader.read();
-      if (done) break;
-      buffer += decoder.decode(value, { stream: true });
-      let cut;
-      while ((cut = buffer.indexOf("\n\n")) >= 0) {
-        const block = buffer.slice(0, cut);
-        buffer = buffer.slice(cut + 2);
-        let event = "message";
-        const data = [];
-        for (const line of block.split("\n")) {
-          if (line.startsWith("event:")) event = line.slice(6).trim();
-          else if (line.startsWith("data:")) data.push(line.slice(5).replace(/^ /, ""));
-        }
-        if (data.length) yield { event, data: JSON.parse(data.join("\n")) };
-      }
-    }
-  } finally {
-    reader.releaseLock();
-  }
 }
 
 async function run(ev) {
