@@ -87,3 +87,11 @@ def write_catalog(home: Path, *cards: str, name: str = "stubs.yaml") -> None:
     """Put hosted cards in ``home``'s user catalog."""
     (home / "catalog").mkdir(parents=True, exist_ok=True)
     (home / "catalog" / name).write_text("".join(cards))
+
+
+def add_endpoint(server: Server, name: str, model: str) -> None:
+    """An endpoint `name` with one deployment, also named `name`, of catalog card `model`."""
+    r = server.api("POST", "/api/endpoints", json={"name": name})
+    assert r.status_code == 201, r.text
+    r = server.api("POST", f"/api/endpoints/{name}/deployments", json={"name": name, "model": model})
+    assert r.status_code == 201, r.text

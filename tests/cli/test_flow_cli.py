@@ -16,7 +16,7 @@ from modelyard.flows import load_flow
 from modelyard.cli.flow import parse_inputs, read_flow_folder
 from modelyard.cli.flow_eval import exact_match, is_hit, normalise, percentile, retrieved_hits
 from tests.cards import hosted_card, tier_cards
-from tests.live_gateway import start_server, write_catalog
+from tests.live_gateway import add_endpoint, start_server, write_catalog
 from tests.openai_stub import Script
 
 PRICES = {"small": (1.0, 2.0), "large": (10.0, 30.0)}
@@ -83,10 +83,7 @@ def gw(tmp_path_factory, stub):
     srv = start_server(home, "--no-defaults")
     endpoints = {"small": "tier-small", "large": "tier-large", "emb": "tier-emb", "default": "tier-small"}
     for name, model in endpoints.items():
-        r = srv.api("POST", "/api/endpoints", json={"name": name})
-        assert r.status_code == 201, r.text
-        r = srv.api("POST", f"/api/endpoints/{name}/deployments", json={"name": name, "model": model})
-        assert r.status_code == 201, r.text
+        add_endpoint(srv, name, model)
     r = srv.api("POST", "/api/indexes", json={"name": "docs", "embed": "emb"})
     assert r.status_code == 201, r.text
     r = srv.api("POST", "/api/indexes/docs/documents", json={"documents": [

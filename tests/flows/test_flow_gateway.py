@@ -9,7 +9,7 @@ import httpx
 import pytest
 
 from tests.cards import hosted_card, tier_cards
-from tests.live_gateway import start_server, write_catalog
+from tests.live_gateway import add_endpoint, start_server, write_catalog
 from tests.openai_stub import Script
 
 PRICES = {"small": (1.0, 2.0), "large": (10.0, 30.0)}
@@ -63,10 +63,7 @@ def gw(tmp_path_factory, stub):
     write_catalog(home, tier_cards(stub, PRICES), name="tiers.yaml")
     srv = start_server(home, "--no-defaults", extra_env={"MODELYARD_KEYS_RELOAD_S": "0.5"})
     for name in ("small", "large"):
-        r = srv.api("POST", "/api/endpoints", json={"name": name})
-        assert r.status_code == 201, r.text
-        r = srv.api("POST", f"/api/endpoints/{name}/deployments", json={"name": name, "model": f"tier-{name}"})
-        assert r.status_code == 201, r.text
+        add_endpoint(srv, name, f"tier-{name}")
     yield srv
     srv.stop()
 
@@ -366,9 +363,7 @@ def test_flow_runs_are_exported_as_opentelemetry_spans_to_an_otlp_collector(tmp_
         "OTEL_BSP_SCHEDULE_DELAY": "100"})
     try:
         for name in ("small", "large"):
-            assert srv.api("POST", "/api/endpoints", json={"name": name}).status_code == 201
-            assert srv.api("POST", f"/api/endpoints/{name}/deployments",
-                           json={"name": name, "model": f"tier-{name}"}).status_code == 201
+            add_endpoint(srv, name, f"tier-{name}")
         assert apply(srv, "ask", ASK).status_code == 201
         run = srv.api("POST", "/api/flows/ask/run", json={"inputs": {"question": "q"}}).json()
         deadline = time.monotonic() + 20

@@ -14,7 +14,7 @@ import pytest
 from playwright.sync_api import expect
 
 from tests.cards import tier_cards
-from tests.live_gateway import start_server, write_catalog
+from tests.live_gateway import add_endpoint, start_server, write_catalog
 from tests.openai_stub import Script
 
 pytestmark = [pytest.mark.ui, pytest.mark.timeout(300)]
@@ -62,10 +62,7 @@ def gateway(tmp_path_factory, stub):
     srv = start_server(home, "--no-defaults", extra_env={"HF_HUB_OFFLINE": "1", "MODELYARD_USAGE_FLUSH_S": "0.2"})
     try:
         for name in ("small", "large"):
-            r = srv.api("POST", "/api/endpoints", json={"name": name})
-            assert r.status_code == 201, r.text
-            r = srv.api("POST", f"/api/endpoints/{name}/deployments", json={"name": name, "model": f"tier-{name}"})
-            assert r.status_code == 201, r.text
+            add_endpoint(srv, name, f"tier-{name}")
         r = srv.api("PUT", "/api/flows/ask", json={"yaml": ASK, "files": {}, "description": "Rewrites, then answers"})
         assert r.status_code == 201, r.text
         yield srv
