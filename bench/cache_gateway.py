@@ -2,10 +2,15 @@
 
 Target (issue "Response cache"): a hit answers in <= 15 ms p50 end to end;
 reported next to the time the model takes to generate the same answer.
+Target (issue "Cache: verify before serving"): a semantic hit, embedding and
+verification included, still <= 15 ms p50; the ratio against the same
+semantic hit without verification (``verify: off``) is measured in the same
+run, interleaved.
 
 Setup: ``modelyard up --no-defaults`` in a temporary home (its own process),
 an endpoint ``cached`` on the embedded Gemma 3 270M with ``cache.mode:
-semantic``, and an endpoint ``embed`` on all-MiniLM-L6-v2 (to time the other
+semantic`` (``verify: guards``, the default), its twin ``cached-plain`` with
+``verify: off``, and an endpoint ``embed`` on all-MiniLM-L6-v2 (to time the other
 way of embedding: a call to the embedding deployment over HTTP). The client is
 this process (httpx, keep-alive), the official wire format, non-streaming.
 
@@ -68,7 +73,9 @@ def main() -> None:
         gw.wait_ready()
         key = gw.admin_key
         api = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
-        for name, model, cache in (("cached", "gemma-3-270m", {"mode": "semantic"}), ("embed", "all-minilm-l6-v2", None)):
+        for name, model, cache in (("cached", "gemma-3-270m", {"mode": "semantic"}),
+                                   ("cached-plain", "gemma-3-270m", {"mode": "semantic", "verify": "off"}),
+                                   ("embed", "all-minilm-l6-v2", None)):
             r = api.post("/api/endpoints", json={"name": name, **({"cache": cache} if cache else {})})
             assert r.status_code == 201, r.text
             r = api.post(f"/api/endpoints/{name}/deployments", json={"name": "main", "model": model})
@@ -77,13 +84,17 @@ def main() -> None:
         client = httpx.Client(base_url=gw.url, headers={"Authorization": f"Bearer {key}"}, timeout=300)
         chat(client, "Warm up.", 4)
 
-        misses, exact, semantic, similarity = [], [], [], []
+        misses, exact, semantic, similarity, unverified = [], [], [], [], []
         answers = {}
         for question, _ in QUESTIONS:
             elapsed, state, body = chat(client, question, args.max_tokens)
             assert state == "miss", state
             misses.append(elapsed)
             answers[question] = body["choices"][0]["message"]["content"]
+            r = client.post("/v1/chat/completions", json={"model": "cached-plain", "temperature": 0,
+                                                          "max_tokens": args.max_tokens,
+                                                          "messages": [{"role": "user", "content": question}]})
+            r.raise_for_status()
         for _ in range(args.rounds):
             for question, paraphrase in QUESTIONS:
                 elapsed, state, body = chat(client, question, args.max_tokens)
@@ -96,6 +107,13 @@ def main() -> None:
                 if r.headers.get("x-modelyard-cache") == "semantic-hit":
                     semantic.append(elapsed)
                     similarity.append(float(r.headers["x-modelyard-cache-similarity"]))
+                t0 = time.perf_counter()  # the same paraphrase on the twin endpoint without verification
+                r = client.post("/v1/chat/completions", json={"model": "cached-plain", "temperature": 0,
+                                                              "max_tokens": args.max_tokens,
+                                                              "messages": [{"role": "user", "content": paraphrase}]})
+                elapsed = time.perf_counter() - t0
+                if r.headers.get("x-modelyard-cache") == "semantic-hit":
+                    unverified.append(elapsed)
         semantic_share = len(semantic) / (args.rounds * len(QUESTIONS))
 
         http_embed = []
@@ -122,6 +140,7 @@ def main() -> None:
         "miss_generation_ms": {**percentiles_ms(misses), "n": len(misses)},
         "exact_hit_ms": {**percentiles_ms(exact), "n": len(exact)},
         "semantic_hit_ms": {**percentiles_ms(semantic), "n": len(semantic)},
+        "semantic_hit_unverified_ms": {**percentiles_ms(unverified), "n": len(unverified)},
         "semantic_hit_share": semantic_share, "semantic_similarity_median": median(similarity),
         "embedding_via_endpoint_ms": percentiles_ms(http_embed),
         "embedding_in_process_ms": percentiles_ms(in_process),
@@ -136,6 +155,12 @@ def main() -> None:
     if semantic:
         rows.append(["semantic hit (embeds the paraphrase)", f"{result['semantic_hit_ms']['p50']:.2f}",
                      f"{result['semantic_hit_ms']['p99']:.2f}", "p50 <= 15 ms", f"{gen / result['semantic_hit_ms']['p50']:.0f}x faster"])
+    if semantic and unverified:
+        ratio = result["semantic_hit_ms"]["p50"] / result["semantic_hit_unverified_ms"]["p50"]
+        result["verified_vs_unverified_p50"] = ratio
+        rows.append(["semantic hit, verify: off (same run)", f"{result['semantic_hit_unverified_ms']['p50']:.2f}",
+                     f"{result['semantic_hit_unverified_ms']['p99']:.2f}", "",
+                     f"verified/unverified p50 {ratio:.2f}x"])
     rows += [
         ["embedding: call to the `embed` endpoint", f"{result['embedding_via_endpoint_ms']['p50']:.2f}",
          f"{result['embedding_via_endpoint_ms']['p99']:.2f}", "", ""],

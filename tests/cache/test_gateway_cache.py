@@ -236,7 +236,7 @@ def test_the_cache_block_in_a_spec_file(gw, tmp_path):
     assert result.exit_code == 0, result.output
     cache = gw.api("GET", "/api/endpoints/assistant").json()["cache"]
     assert cache == {"mode": "semantic", "similarity": 0.9, "ttl": "1h", "max_entries": 500, "scope": "key",
-                     "backend": "local"}
+                     "backend": "local", "verify": "guards", "judge": None}  # verification is on by default
     shown = cli("get", "endpoint", "assistant", "-o", "yaml")
     assert shown.exit_code == 0 and "similarity: 0.9" in shown.output and "mode: semantic" in shown.output
     assert "unchanged" in cli("apply", "-f", str(spec)).output

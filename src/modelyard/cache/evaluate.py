@@ -1,5 +1,9 @@
 """How well semantic look-ups tell a paraphrase from a different question.
 
+Two kinds of file: *labeled* pairs with hard negatives (`evaluate_labeled`,
+see `modelyard.cache.labeled`: the cache crowded with every first question,
+each verification layer measured) and, below, today's positive-only file.
+
 The evaluation runs the real store and index (`LocalStore` in a temporary
 folder) on a file of paraphrase pairs (``[{"origin": ..., "similar": ...}]``):
 
@@ -154,6 +158,14 @@ def evaluate(pairs: list[tuple[str, str]], thresholds: list[float], *, default: 
     result["default"] = rows[default]
     result["thresholds"] = [rows[t] for t in sorted(set(thresholds))]
     return result
+
+
+def evaluate_labeled(pairs: list[Any], thresholds: list[float], *, default: float = DEFAULT_SIMILARITY,
+                     embedder: Embedder | None = None, judge: Any = None) -> dict[str, Any]:
+    """Labeled pairs (`modelyard.cache.labeled.load_labeled`) in a crowded cache, per verification layer."""
+    from .labeled import evaluate_labeled as run
+
+    return run(pairs, thresholds, default=default, embedder=embedder or MiniLMEmbedder(), judge=judge)
 
 
 def plot(result: dict[str, Any], path: str | Path) -> None:

@@ -28,7 +28,7 @@ import time
 from collections import OrderedDict, deque
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -182,9 +182,11 @@ class LocalStore:
         self._touch(entry_id, now)
         return Entry(entry_id, partition, kind, query, body, prompt_tokens, completion_tokens, cost_usd, meta[0], meta[1])
 
-    async def nearest(self, partition: str, vector: np.ndarray, threshold: float) -> tuple[Entry | None, float]:
-        """The nearest live entry in `partition` if its similarity reaches `threshold`, and the best similarity seen."""
-        return await nearest_live(self.index, self.get, partition, vector, threshold)
+    async def nearest(self, partition: str, vector: np.ndarray, threshold: float,
+                      accept: Callable[[Entry, float], Awaitable[bool]] | None = None) -> tuple[Entry | None, float]:
+        """The nearest live entry in `partition` that `accept` agrees to serve, if its similarity reaches
+        `threshold`; and the best similarity seen."""
+        return await nearest_live(self.index, self.get, partition, vector, threshold, accept)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -223,6 +225,14 @@ class LocalStore:
         except BaseException:
             conn.execute("ROLLBACK")  # type: ignore[union-attr]
             raise
+
+    async def delete(self, entry_id: str) -> bool:
+        """Delete one entry (a down-rated answer); False when it was not there."""
+        if entry_id not in self._lru:
+            return False
+        self._forget([entry_id])
+        await asyncio.gather(*list(self._pending), return_exceptions=True)
+        return True
 
     async def clear(self, older_than_s: float | None = None) -> int:
         """Delete every entry, or those stored more than `older_than_s` seconds ago; returns how many."""

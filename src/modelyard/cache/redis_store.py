@@ -32,7 +32,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from typing import Any, Callable
+from typing import Any, Awaitable, Callable
 
 import numpy as np
 
@@ -173,9 +173,10 @@ class RedisStore:
             return None
         return entry
 
-    async def nearest(self, partition: str, vector: np.ndarray, threshold: float) -> tuple[Entry | None, float]:
+    async def nearest(self, partition: str, vector: np.ndarray, threshold: float,
+                      accept: Callable[[Entry, float], Awaitable[bool]] | None = None) -> tuple[Entry | None, float]:
         await self.sync()
-        return await nearest_live(self.index, self.get, partition, vector, threshold)
+        return await nearest_live(self.index, self.get, partition, vector, threshold, accept)
 
     # --- writing --------------------------------------------------------------------------
 
@@ -215,6 +216,12 @@ class RedisStore:
         pipe.zrem(self._lru, *ids)
         pipe.xadd(self._log, {"op": "del", "ids": ",".join(ids)}, maxlen=self._stream_max, approximate=True)
         await pipe.execute()
+
+    async def delete(self, entry_id: str) -> bool:
+        """Delete one entry (a down-rated answer), for every gateway; False when it was not there."""
+        existed = bool(await self.redis.exists(self._key(entry_id)))
+        await self._delete([entry_id])
+        return existed
 
     async def clear(self, older_than_s: float | None = None) -> int:
         ids = [_text(i) for i in await self.redis.zrange(self._lru, 0, -1)]

@@ -6,6 +6,17 @@ for the management API, `stats`/`clear` — and it answers from the store the
 endpoint's ``cache`` spec names (`LocalStore` or `RedisStore`), opening it
 the first time and reopening it when the spec changes.
 
+A semantic neighbour is served only when `modelyard.cache.verify` finds
+that it asks the same thing (``cache.verify``, guards by default); a
+rejected one falls to the next-nearest, and the look-up says which guard
+refused (`Lookup.rejected`).
+
+Feedback closes the loop (`rated_down`): a -1 rating of an answer the cache
+served deletes that entry and, when it was a semantic hit, raises the
+endpoint's effective threshold by `TIGHTEN_STEP` (at most `TIGHTEN_MAX`
+above its ``similarity``). The raised threshold is kept in
+``MODELYARD_HOME/cache/thresholds.json`` and shown by `stats`.
+
 When a store fails (Redis unreachable, a disk error) the failure is logged
 once, counted (``modelyard_cache_errors_total``) and the gauge
 ``modelyard_cache_backend_up`` drops to 0; for the next `RETRY_S` seconds
@@ -16,8 +27,10 @@ unavailable``), then the store is tried again.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import time
+from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -29,6 +42,7 @@ from .embed import AsyncEmbedder
 from .entry import Entry
 from .keys import CacheKeys
 from .spec import CacheSpec
+from .verify import Judge, Verdict, Verifier
 
 log = logging.getLogger(__name__)
 
@@ -38,6 +52,11 @@ RETRY_S = 5.0
 OPEN_WAIT_S = 1.0
 #: what `ResponseCache.store` returns while a store is still opening
 WARMING = object()
+#: how much one down-rated semantic hit raises the endpoint's threshold, and how far above its spec it may go
+TIGHTEN_STEP = 0.01
+TIGHTEN_MAX = 0.05
+#: answers the cache remembers having served (or stored), so that a rating can find their entry
+SERVED_MAX = 100_000
 
 
 @dataclass(slots=True)
@@ -49,6 +68,19 @@ class Lookup:
     similarity: float | None = None
     #: the query's embedding (semantic mode), kept to store the answer under
     vector: np.ndarray | None = None
+    #: the guards (or the judge) that refused near neighbours on the way, e.g. ``["numbers"]``
+    rejected: list[str] | None = None
+
+
+@dataclass(slots=True)
+class Served:
+    """An answer the cache served (or stored), remembered by its response id for feedback."""
+
+    endpoint: str
+    entry_id: str
+    result: str  # semantic-hit | hit | stored
+    similarity: float
+    key_id: Any
 
 
 class _Slot:
@@ -70,6 +102,10 @@ class ResponseCache:
         self._root = root
         self._embedder = embedder
         self._slots: dict[str, _Slot] = {}
+        self._verifiers: dict[str, Verifier] = {}
+        self._served: OrderedDict[str, Served] = OrderedDict()
+        self._tightened: dict[str, float] | None = None
+        self._removed: dict[str, int] = {}
 
     @property
     def root(self) -> Path:
@@ -175,13 +211,27 @@ class ResponseCache:
 
     # --- the request path -----------------------------------------------------------------
 
-    async def lookup(self, endpoint: str, spec: CacheSpec, keys: CacheKeys) -> Lookup:
-        """Exact first (no embedding needed), then — in semantic mode — the nearest paraphrase."""
+    def similarity(self, endpoint: str, spec: CacheSpec) -> float:
+        """The endpoint's effective threshold: its ``similarity``, raised by down-rated semantic hits."""
+        return max(spec.similarity, self._tightenings().get(endpoint, 0.0))
+
+    def verifier(self, spec: CacheSpec) -> Verifier | None:
+        if spec.verify == "off":
+            return None
+        verifier = self._verifiers.get(spec.verify)
+        if verifier is None:
+            verifier = self._verifiers[spec.verify] = Verifier()
+        return verifier
+
+    async def lookup(self, endpoint: str, spec: CacheSpec, keys: CacheKeys, judge: Judge | None = None) -> Lookup:
+        """Exact first (no embedding needed), then — in semantic mode — the nearest paraphrase that the
+        verification accepts (`judge` only with ``verify: judge``)."""
         store = await self.store(endpoint, spec)
         if store is None:
             return Lookup("unavailable")
         if store is WARMING:
             return Lookup("warming")
+        rejected: list[str] = []
         try:
             entry = await store.get(keys.exact) if keys.lookup else None
             if entry is not None:
@@ -191,13 +241,95 @@ class ResponseCache:
             vector = await self.embedder.embed(keys.query)
             if not keys.lookup:
                 return Lookup("miss", vector=vector)
-            entry, similarity = await store.nearest(keys.partition, vector, spec.similarity)
+            verifier = self.verifier(spec)
+            use_judge = judge if spec.verify == "judge" else None
+
+            async def verified(candidate: Entry, _similarity: float) -> bool:
+                if verifier is None:
+                    return True
+                verdict = verifier.check(candidate.query, keys.query)
+                if verdict.same and use_judge is not None:
+                    try:
+                        same = await use_judge(candidate.query, keys.query)
+                    except Exception as exc:  # a judge that fails says no: a miss costs less than a wrong hit
+                        log.warning("the cache judge of endpoint %s failed, not serving: %s", endpoint, exc)
+                        same = False
+                    verdict = verdict if same else Verdict(False, "judge")
+                if not verdict.same:
+                    rejected.append(verdict.guard or "judge")
+                    if self.metrics is not None:
+                        self.metrics.rejected.labels(endpoint, verdict.guard or "judge").inc()
+                return verdict.same
+
+            entry, similarity = await store.nearest(keys.partition, vector, self.similarity(endpoint, spec),
+                                                    verified if verifier is not None else None)
         except Exception as exc:
             self.failed(endpoint, exc)
             return Lookup("unavailable")
         if entry is not None:
-            return Lookup("semantic-hit", entry, similarity, vector)
-        return Lookup("miss", similarity=similarity or None, vector=vector)
+            return Lookup("semantic-hit", entry, similarity, vector, rejected or None)
+        return Lookup("miss", similarity=similarity or None, vector=vector, rejected=rejected or None)
+
+    # --- feedback --------------------------------------------------------------------------
+
+    def remember(self, response_id: str, endpoint: str, entry_id: str, result: str, similarity: float,
+                 key_id: Any = None) -> None:
+        """Note that the answer with `response_id` came from (or went into) entry `entry_id`."""
+        self._served[response_id] = Served(endpoint, entry_id, result, similarity, key_id)
+        self._served.move_to_end(response_id)
+        while len(self._served) > SERVED_MAX:
+            self._served.popitem(last=False)
+
+    def served(self, response_id: str) -> Served | None:
+        """What the cache knows of an answer it served or stored, or None."""
+        return self._served.get(response_id)
+
+    async def rated_down(self, response_id: str, spec: CacheSpec) -> dict[str, Any] | None:
+        """A -1 rating of an answer the cache served or stored: delete its entry and, for a semantic hit,
+        raise the endpoint's threshold. None when the cache knows nothing of `response_id`."""
+        served = self._served.get(response_id)
+        if served is None:
+            return None
+        removed = False
+        store = await self.store(served.endpoint, spec, wait_s=None)
+        if store is not None and store is not WARMING:
+            try:
+                removed = await store.delete(served.entry_id)
+            except Exception as exc:
+                self.failed(served.endpoint, exc)
+        if removed:
+            self._removed[served.endpoint] = self._removed.get(served.endpoint, 0) + 1
+        before = self.similarity(served.endpoint, spec)
+        after = before
+        if served.result == "semantic-hit":
+            ceiling = min(0.99, spec.similarity + TIGHTEN_MAX)
+            after = round(min(ceiling, max(before, before + TIGHTEN_STEP)), 4)
+            if after > before:
+                self._tightenings()[served.endpoint] = after
+                self._save_tightenings()
+                log.info("cache of endpoint %s: a down-rated semantic hit (similarity %.4f) raised the threshold "
+                         "from %.4f to %.4f", served.endpoint, served.similarity, before, after)
+        return {"entry_removed": removed, "similarity_before": before, "similarity_after": after,
+                "result": served.result}
+
+    def _tightenings(self) -> dict[str, float]:
+        if self._tightened is None:
+            try:
+                data = json.loads((self.root / "thresholds.json").read_text())
+                self._tightened = {str(k): float(v) for k, v in data.items() if 0 < float(v) <= 1}
+            except (OSError, ValueError, AttributeError, TypeError):
+                self._tightened = {}
+        return self._tightened
+
+    def _save_tightenings(self) -> None:
+        path = self.root / "thresholds.json"
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            tmp = path.with_suffix(".tmp")
+            tmp.write_text(json.dumps(self._tightenings(), indent=1, sort_keys=True))
+            tmp.replace(path)
+        except OSError as exc:  # the raised threshold still holds in this process
+            log.warning("could not keep the cache thresholds in %s: %s", path, exc)
 
     async def save(self, endpoint: str, spec: CacheSpec, keys: CacheKeys, kind: str, body: dict[str, Any],
                    prompt_tokens: int, completion_tokens: int, cost_usd: float, vector: np.ndarray | None) -> bool:
@@ -222,7 +354,9 @@ class ResponseCache:
     async def stats(self, endpoint: str, spec: CacheSpec) -> dict[str, Any]:
         out: dict[str, Any] = {"mode": spec.mode, "backend": spec.backend if not spec.is_redis else "redis",
                                "available": True, "similarity": spec.similarity, "ttl": spec.ttl,
-                               "max_entries": spec.max_entries, "scope": spec.scope}
+                               "max_entries": spec.max_entries, "scope": spec.scope, "verify": spec.verify,
+                               "effective_similarity": self.similarity(endpoint, spec),
+                               "removed_by_feedback": self._removed.get(endpoint, 0)}
         if not spec.enabled:
             return {**out, "entries": 0, "memory_bytes": 0}
         store = await self.store(endpoint, spec)

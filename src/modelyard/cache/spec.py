@@ -8,11 +8,20 @@
       max_entries: 100000     # least recently used entries go first
       scope: endpoint         # endpoint | key
       backend: local          # local | redis://host:port/db
+      verify: guards          # off | guards | judge
+      judge: small            # (verify: judge) the deployment asked; default: the endpoint's cheapest
 
 ``scope: endpoint`` shares answers between the endpoint's keys; ``scope:
 key`` keeps each key's answers to itself. ``backend: local`` keeps the cache
 in this gateway (persisted under ``MODELYARD_HOME/cache``); a Redis URL
 shares it between gateways.
+
+``verify`` decides whether a semantic neighbour may be served
+(`modelyard.cache.verify`): ``guards`` (the default) rejects one that differs
+in a number, a negation, the kind of question, a name or its key terms, and
+tries the next-nearest; ``judge`` also asks a deployment of the endpoint
+(``judge``, default its cheapest) whether the two questions are the same;
+``off`` serves the nearest neighbour above ``similarity`` as it is.
 """
 
 from __future__ import annotations
@@ -61,8 +70,12 @@ class CacheSpec(BaseModel):
     scope: Literal["endpoint", "key"] = "endpoint"
     #: ``local`` or a Redis URL (``redis://``, ``rediss://``, ``unix://``)
     backend: str = "local"
+    #: how a semantic neighbour is checked before it is served (see `modelyard.cache.verify`)
+    verify: Literal["off", "guards", "judge"] = "guards"
+    #: ``verify: judge``: the deployment asked whether two questions are the same (default: the cheapest)
+    judge: str | None = Field(default=None, min_length=1, max_length=200)
 
-    @field_validator("mode", "scope", mode="before")
+    @field_validator("mode", "scope", "verify", mode="before")
     @classmethod
     def _lower(cls, value: object) -> object:
         return value.lower() if isinstance(value, str) else value

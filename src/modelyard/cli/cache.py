@@ -73,36 +73,57 @@ def clear(
 
 @app.command("eval")
 def evaluate(
-    pairs: str = typer.Option(..., "--pairs", help='JSON file of [{"origin": ..., "similar": ...}] paraphrase pairs'),
+    pairs: str = typer.Option(..., "--pairs", help="pairs file: labeled pairs (CSV/TSV with question1, question2, "
+                              "is_duplicate; JSON/JSONL with text_a, text_b, label) or a JSON list of "
+                              '[{"origin": ..., "similar": ...}] paraphrases'),
     thresholds: str = typer.Option("0.8:0.99:0.01", "--thresholds", help="start:stop:step, or a list 0.85,0.9"),
     default: float = typer.Option(None, "--default", help="the threshold reported as default (default: the built-in one)"),
-    plot_path: str = typer.Option(None, "--plot", help="write precision/recall against the threshold to this PNG"),
-    seed: int = typer.Option(0, "--seed", help="which half of the origins is withheld"),
+    plot_path: str = typer.Option(None, "--plot", help="write the precision/recall plot to this PNG"),
+    seed: int = typer.Option(0, "--seed", help="(positive-only pairs) which half of the origins is withheld"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object instead of a table"),
 ) -> None:
-    """Precision, recall, false-hit rate and look-up time of semantic look-ups, per threshold."""
+    """Precision, recall, false-hit rate and look-up time of semantic look-ups, per threshold.
+
+    Labeled pairs are measured in a crowded cache (every first text stored), per verification layer:
+    the vector search alone, each guard added in turn, and (``verify: judge``) the judge."""
     from ..cache import evaluate as ev
+    from ..cache import labeled
     from ..cache.spec import DEFAULT_SIMILARITY
 
     try:
         values = ev.parse_thresholds(thresholds)
-        data = ev.load_pairs(pairs)
         chosen = DEFAULT_SIMILARITY if default is None else ev.parse_thresholds(str(default))[0]
+        is_labeled = labeled.is_labeled(pairs)
+        data = labeled.load_labeled(pairs) if is_labeled else ev.load_pairs(pairs)
     except ValueError as exc:
         console.print(f"[red]error:[/] {exc}")
         raise typer.Exit(2) from None
     if not as_json:
         console.print(f"[dim]embedding {len(data):,} pairs with all-MiniLM-L6-v2…[/]")
-    result = ev.evaluate(data, values, default=chosen, seed=seed)
+    if is_labeled:
+        result = ev.evaluate_labeled(data, values, default=chosen)
+        plot = labeled.plot_labeled
+    else:
+        result = ev.evaluate(data, values, default=chosen, seed=seed)
+        plot = ev.plot
     if plot_path:
         try:
-            ev.plot(result, plot_path)
+            plot(result, plot_path)
         except RuntimeError as exc:
             console.print(f"[red]error:[/] {exc}")
             raise typer.Exit(2) from None
     if as_json:
         print(json.dumps(result, indent=2))
         return
+    if is_labeled:
+        _print_labeled(result)
+    else:
+        _print_positive_only(result)
+    if plot_path:
+        console.print(f"plot: {plot_path}")
+
+
+def _print_positive_only(result: dict[str, Any]) -> None:
     table = Table(title=f"{result['pairs']:,} pairs; {result['withheld']:,} of {result['origins']:,} origins withheld",
                   caption=f"look-up excludes embedding (p50 {result['embedding_p50_ms']:.1f} ms per sentence)")
     for col in ("threshold", "precision", "recall", "false hits", "hits", "lookup p50 ms", "p99 ms"):
@@ -115,5 +136,32 @@ def evaluate(
     d = result["default"]
     console.print(f"default {d['threshold']:g}: precision {_pct(d['precision'])}, recall {_pct(d['recall'])}, "
                   f"false hits {_pct(d['false_hit_rate'])}")
-    if plot_path:
-        console.print(f"plot: {plot_path}")
+
+
+def _print_labeled(result: dict[str, Any]) -> None:
+    default = result["default_threshold"]
+    table = Table(title=f"{result['pairs']:,} labeled pairs ({result['duplicates']:,} duplicates), "
+                        f"{result['stored']:,} questions stored; threshold {default:g}",
+                  caption=f"store look-up p50 {result['lookup_p50_ms']:.3f} ms, with the guards "
+                          f"{result['verified_lookup_p50_ms']:.3f} ms (embedding excluded)")
+    for col in ("layer", "precision", "recall", "false-hit rate", "hits", "wrong hits"):
+        table.add_column(col, justify="right")
+    for name, row in result["default"].items():
+        table.add_row(name, _pct(row["precision"]), _pct(row["recall"]), _pct(row["false_hit_rate"]),
+                      f"{row['hits']:,}", f"{row['false_hits']:,}",
+                      style="bold" if name in ("vector", "+terms", "+judge") else None)
+    console.print(table)
+    sweep = Table(title="per threshold: vector only / with the guards")
+    for col in ("threshold", "precision", "recall", "false-hit rate"):
+        sweep.add_column(col, justify="right")
+    guarded = {r["threshold"]: r for r in result["layers"]["+terms"]}
+    for row in result["layers"]["vector"]:
+        g = guarded[row["threshold"]]
+        sweep.add_row(f"{row['threshold']:g}", f"{_pct(row['precision'])} / {_pct(g['precision'])}",
+                      f"{_pct(row['recall'])} / {_pct(g['recall'])}",
+                      f"{_pct(row['false_hit_rate'])} / {_pct(g['false_hit_rate'])}",
+                      style="bold" if row["threshold"] == default else None)
+    console.print(sweep)
+    refused = ", ".join(f"{guard} {c['wrong_refused']} wrong / {c['right_refused']} right"
+                        for guard, c in result["rejected_at_default"].items())
+    console.print(f"candidates refused at {default:g}: {refused or 'none'}")

@@ -16,6 +16,13 @@ deployment. For an endpoint whose spec has ``cache.mode`` ``exact`` or
 4. on a miss, **stored** once the answer is complete, unless it failed or
    was cut by the token limit.
 
+A semantic neighbour is served only when it asks the same thing
+(``cache.verify``, see `modelyard.cache.verify`); with ``verify: judge`` the
+`DeploymentJudge` asks one of the endpoint's deployments (``cache.judge``,
+default its cheapest tier). ``x-modelyard-cache-rejected`` names the checks
+that refused neighbours on the way (``numbers``, ``terms``, ``judge`` …).
+A -1 rating of a cached answer deletes its entry (`modelyard.gateway.feedback`).
+
 The ``x-modelyard-cache`` header says what happened: ``hit``,
 ``semantic-hit``, ``miss``, ``bypass`` (not cacheable, or a request that
 names a deployment), ``unavailable`` (the store failed: the request is
@@ -29,6 +36,7 @@ are logged and counted, and the call goes on.
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 from dataclasses import replace
 from typing import Any, AsyncIterator
@@ -39,10 +47,40 @@ import orjson
 from ..cache.entry import storable
 from ..cache.keys import cache_control, not_repeatable, request_keys
 from ..cache.service import Lookup, ResponseCache
-from ..wire import SSEDecoder, gather, new_id, now, replay_stream, usage
+from ..telemetry import metering
+from ..wire import KINDS, SSEDecoder, answer_text, gather, new_id, now, replay_stream, usage
 from .pipeline import Call, Next, resolve_endpoint
 
 log = logging.getLogger(__name__)
+
+#: seconds the judge may take before its silence counts as "not the same question"
+JUDGE_TIMEOUT_S = 2.0
+JUDGE_PROMPT = ("Do these two questions ask for the same information, so that one answer serves both? "
+                "Reply with one word, yes or no.\nQuestion A: {a}\nQuestion B: {b}")
+
+
+class DeploymentJudge:
+    """``verify: judge``: asks a deployment whether two questions are the same (a yes/no chat completion)."""
+
+    def __init__(self, deployment: Any) -> None:
+        self.deployment = deployment
+
+    async def __call__(self, cached: str, query: str, call: Call | None = None) -> bool:
+        """Whether the deployment says the two questions are the same. The judge's tokens and cost are
+        counted on `call` (so its usage record and the budgets carry them), a failed judgement's too."""
+        request = KINDS["chat"].model_validate({
+            "model": self.deployment.name, "temperature": 0, "max_tokens": 3, "stream": False,
+            "messages": [{"role": "user", "content": JUDGE_PROMPT.format(a=cached, b=query)}]})
+        try:
+            body, metered = await asyncio.wait_for(metering.complete(self.deployment, "chat", request),
+                                                   JUDGE_TIMEOUT_S)
+        except metering.MeteringError as err:
+            if call is not None:
+                call.add(err.metered)
+            raise
+        if call is not None:
+            call.add(metered)
+        return answer_text("chat", body).strip().lower().lstrip("*\"' ").startswith("yes")
 
 
 class Cache:
@@ -53,6 +91,7 @@ class Cache:
         self.metrics = metrics.cache
         self.cache = cache or ResponseCache(self.metrics)
         self._warming: set[asyncio.Task] = set()
+        self._judges: dict[tuple[str, str], DeploymentJudge] = {}
 
     def warm(self) -> None:
         """Open the caches of the endpoints that have one, in the background, so first requests need not wait."""
@@ -84,7 +123,9 @@ class Cache:
             self.metrics.lookups.labels(endpoint.name, "bypass").inc()
             return await call_next(call)
         try:
-            found = await self.cache.lookup(endpoint.name, spec, keys)
+            judge = self._judge(endpoint, spec)
+            found = await self.cache.lookup(endpoint.name, spec, keys,
+                                            functools.partial(judge, call=call) if judge is not None else None)
         except Exception as exc:  # the cache never fails a request
             log.exception("cache look-up failed on endpoint %s", endpoint.name)
             self.cache.failed(endpoint.name, exc)
@@ -92,6 +133,8 @@ class Cache:
         self.metrics.lookups.labels(endpoint.name, found.result).inc()
         if found.similarity is not None:
             call.headers["x-modelyard-cache-similarity"] = f"{found.similarity:.4f}"
+        if found.rejected:
+            call.headers["x-modelyard-cache-rejected"] = ",".join(dict.fromkeys(found.rejected))
         if found.entry is not None:
             self._replay(call, found)
             return
@@ -103,6 +146,20 @@ class Cache:
             call.stream = self._store_when_done(call, call.stream, spec, keys, found)
         elif call.status == 200 and storable(call.body):
             await self._save(call, spec, keys, found, call.body)  # type: ignore[arg-type]
+
+    def _judge(self, endpoint: Any, spec: Any) -> DeploymentJudge | None:
+        """The endpoint's judge (``verify: judge``): the deployment ``cache.judge`` names, else its cheapest tier."""
+        if spec.verify != "judge" or spec.mode != "semantic":
+            return None
+        name = spec.judge or (endpoint.spec.tiers[0] if getattr(endpoint.spec, "tiers", None) else None) \
+            or next(iter(endpoint.deployments), None)
+        deployment = endpoint.deployments.get(name) if name else None
+        if deployment is None:
+            return None
+        judge = self._judges.get((endpoint.name, name))
+        if judge is None or judge.deployment is not deployment:
+            judge = self._judges[(endpoint.name, name)] = DeploymentJudge(deployment)
+        return judge
 
     def _keys(self, call: Call, endpoint: Any, spec: Any):
         """The request's cache keys, or None when it is not to be cached."""
@@ -139,6 +196,8 @@ class Cache:
             self.metrics.saved_usd.labels(call.endpoint.name).inc(entry.cost_usd)
         body = dict(entry.body)
         body["id"] = new_id("chatcmpl" if entry.kind == "chat" else "cmpl")
+        self.cache.remember(body["id"], call.endpoint.name, entry.id, found.result, found.similarity or 1.0,
+                            getattr(call.key, "id", None))
         body["created"] = now()
         body["usage"] = usage(0, 0)
         if call.streaming:
@@ -159,6 +218,9 @@ class Cache:
             return
         if saved:
             self.metrics.stored.labels(call.endpoint.name).inc()
+            if isinstance(body.get("id"), str):  # so that a -1 rating of this answer also removes it
+                self.cache.remember(body["id"], call.endpoint.name, keys.exact, "stored", 1.0,
+                                    getattr(call.key, "id", None))
 
     async def _store_when_done(self, call: Call, stream: AsyncIterator[bytes], spec: Any, keys: Any,
                                found: Lookup) -> AsyncIterator[bytes]:

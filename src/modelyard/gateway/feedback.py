@@ -12,6 +12,12 @@ key's budgets: once a budget is spent, a paid next tier is not asked; the
 rating is kept and the answer says why nothing was escalated
 (``escalation_refused``, the same message as the 429 a request would get).
 
+An answer the response cache served (or stored) is rated too: a -1 deletes
+its cache entry, so it is not served again, and a -1 of a *semantic* hit
+raises the endpoint's similarity threshold a step (see
+`modelyard.cache.service.ResponseCache.rated_down`); the answer says so
+(``cache``).
+
 A key may read and rate only the answers it was given (an admin key, any);
 any other id is answered 404, as if it did not exist, so ids of other
 endpoints or other keys cannot be probed. An answer whose request was too
@@ -27,6 +33,7 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field
 
+from ..cache.service import ResponseCache
 from ..errors import ModelyardError
 from ..routing.responses import ResponseLog, kept_request
 from ..serving.endpoints import Endpoints
@@ -57,13 +64,15 @@ class FeedbackService:
     """Takes ratings of routed answers and escalates a down-rated one to the next tier (see the module docstring)."""
 
     def __init__(self, log_: ResponseLog, store: ResponseStore, endpoints: Endpoints, router: Router,
-                 metrics: GatewayMetrics | None = None, budgets: budget.BudgetTracker | None = None) -> None:
+                 metrics: GatewayMetrics | None = None, budgets: budget.BudgetTracker | None = None,
+                 cache: ResponseCache | None = None) -> None:
         self.responses = log_
         self.store = store
         self.endpoints = endpoints
         self.router = router
         self.metrics = metrics
         self.budgets = budgets
+        self.cache = cache
 
     async def response(self, response_id: str, key: Any) -> dict[str, Any]:
         row = await self.responses.get(response_id)
@@ -72,7 +81,15 @@ class FeedbackService:
         return row
 
     async def submit(self, fb: FeedbackRequest, key: Any) -> dict[str, Any]:
-        row = await self.response(fb.response_id, key)
+        cached = self.cache.served(fb.response_id) if self.cache is not None else None
+        if cached is not None and cached.result != "stored":
+            return await self._rate_cached(fb, key, cached)
+        try:
+            row = await self.response(fb.response_id, key)
+        except ModelyardError:
+            if cached is None:
+                raise
+            return await self._rate_cached(fb, key, cached)  # an answer the cache stored, of an endpoint without a router
         await self.responses.flush()  # the rated answer is in the database before its rating
         rated_tier = row["latest_tier"] or row["tier"]
         saved = await asyncio.to_thread(self.store.add_feedback, response_id=row["id"], endpoint=row["endpoint"],
@@ -92,7 +109,35 @@ class FeedbackService:
                   "status": "improving" if escalate_to else row["status"]}
         if refused is not None:
             answer["escalation_refused"] = {"code": refused.code, "message": refused.message}
+        if cached is not None and fb.rating < 0:  # a routed answer that the cache also stored
+            answer["cache"] = await self._forget_cached(fb.response_id, row["endpoint"])
         return answer
+
+    async def _rate_cached(self, fb: FeedbackRequest, key: Any, cached: Any) -> dict[str, Any]:
+        """A rating of an answer the cache served: kept like any rating (tier ``cache``); a -1 also removes the
+        entry and, for a semantic hit, tightens the endpoint's threshold."""
+        if not (key.is_admin or (cached.key_id == getattr(key, "id", None) and key.allows(cached.endpoint))):
+            raise not_found(fb.response_id)
+        saved = await asyncio.to_thread(self.store.add_feedback, response_id=fb.response_id, endpoint=cached.endpoint,
+                                        tier="cache", rating=fb.rating, comment=fb.comment,
+                                        key_id=getattr(key, "id", None))
+        if self.metrics is not None:
+            self.metrics.feedback(cached.endpoint, "cache", fb.rating)
+        answer: dict[str, Any] = {"id": f"fb-{saved['id']}", "object": "modelyard.feedback",
+                                  "response_id": fb.response_id, "rating": fb.rating, "tier": "cache",
+                                  "escalated_to": None, "status": "answered"}
+        if fb.rating < 0:
+            answer["cache"] = await self._forget_cached(fb.response_id, cached.endpoint)
+        return answer
+
+    async def _forget_cached(self, response_id: str, endpoint_name: str) -> dict[str, Any] | None:
+        try:
+            spec = self.endpoints.get(endpoint_name).spec.cache
+        except ModelyardError:
+            return None
+        if not spec.enabled or self.cache is None:
+            return None
+        return await self.cache.rated_down(response_id, spec)
 
     def _budget_refusal(self, row: dict[str, Any], tier: Deployment) -> ModelyardError | None:
         """Why the budget does not allow asking ``tier`` for this answer now, or None when it does."""

@@ -93,7 +93,7 @@ class Gateway:
         endpoints.name_taken = lambda name: name in flows
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics,
                                   router=router, budget=budget, cache=cache, flows=flows, indexes=indexes)
-        feedback = FeedbackService(router.responses, responses, endpoints, router, metrics, budget)
+        feedback = FeedbackService(router.responses, responses, endpoints, router, metrics, budget, cache=cache)
         rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)
         return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created,
                    rollouts=rollouts, router=router, feedback=feedback, budget=budget, indexes=indexes, flows=flows)

@@ -30,6 +30,10 @@ class GatewayMetrics:
         self.in_flight = Gauge("modelyard_requests_in_flight", "Requests being answered", registry=self.registry)
         self.ratings = Counter("modelyard_feedback", "Feedback ratings of routed answers, by the tier that answered",
                                (*labels, "rating"), registry=self.registry)
+        self.router_fallbacks = Counter(
+            "modelyard_router_fallbacks", "Learned-router decisions left to the endpoint's fallback, by reason: ood "
+            "(the prompt is far from the training data) or inactive (the router did not beat the length rule)",
+            ("endpoint", "reason"), registry=self.registry)
         self.cache = CacheMetrics(self.registry)
 
         # The labelled series of each (endpoint, deployment, status), looked up once: `labels()` is
@@ -64,6 +68,9 @@ class GatewayMetrics:
         if ttft_s is not None:
             ttft.observe(ttft_s)
 
+    def router_fallback(self, endpoint: str, reason: str) -> None:
+        self.router_fallbacks.labels(endpoint, reason).inc()
+
     def feedback(self, endpoint: str, deployment: str, rating: int) -> None:
         self.ratings.labels(endpoint, deployment, "up" if rating > 0 else "down").inc()
 
@@ -84,6 +91,8 @@ class CacheMetrics:
         self.lookups = Counter("modelyard_cache_lookups", "Cache decisions: hit, semantic-hit, miss, bypass, unavailable, warming",
                                (*ep, "result"), registry=registry)
         self.stored = Counter("modelyard_cache_stored", "Answers stored in the cache", ep, registry=registry)
+        self.rejected = Counter("modelyard_cache_rejected", "Semantic neighbours not served because a guard or the judge "
+                                "found they ask something else", (*ep, "guard"), registry=registry)
         self.saved_tokens = Counter("modelyard_cache_saved_tokens", "Tokens not generated thanks to cache hits", ep,
                                     registry=registry)
         self.saved_usd = Counter("modelyard_cache_saved_usd", "USD not spent thanks to cache hits", ep, registry=registry)
