@@ -12,7 +12,12 @@ Measured in one process, in alternating blocks so machine noise hits both alike:
 - learned: `LearnedRouter.score([prompt])` — embedding with the packaged
   all-MiniLM-L6-v2 plus the classifier — on MMLU-like prompts; baseline: the
   embedding alone (the part no classifier can avoid). A model is trained
-  first on ``../shared/data/routing/mmlu`` when present, else on synthetic rows.
+  first on ``../shared/data/routing/mmlu`` when present, else on synthetic rows
+  (training embeddings come from the on-disk cache; the timed calls embed afresh);
+- the out-of-distribution check: `LearnedRouter.assess([prompt])` — what the
+  live strategy calls: the score plus the distance to the nearest training
+  prompts — against `score` alone (before the check existed), and the check
+  by itself on a precomputed embedding.
 
     .venv/bin/python bench/router_decision.py              # ~1 min
     .venv/bin/python bench/router_decision.py --n 200      # quick
@@ -105,6 +110,8 @@ def bench_learned(n: int, rounds: int, threads: int) -> dict:
     from modelyard.routing.features import MiniLMEmbedder
     from modelyard.routing.learned import LearnedRouter
 
+    from modelyard.routing.features import CachedEmbedder
+
     embedder = MiniLMEmbedder(threads=threads)  # the gateway uses 1 (routing.models.Models)
     if DATA.exists():
         from modelyard.routing.data import load_outcomes
@@ -120,25 +127,34 @@ def bench_learned(n: int, rounds: int, threads: int) -> dict:
         weak = [float(len(p) < 60) for p in prompts]
         strong = [1.0] * len(prompts)
         source = "synthetic"
-    model = LearnedRouter(embedder=embedder)
+    model = LearnedRouter(embedder=CachedEmbedder.default(embedder))
     model.fit(prompts, weak, strong)
+    model.embedder = embedder  # the timed calls embed each prompt, as the gateway does
     queries = [prompts[i % len(prompts)] for i in range(n)]
     model.score(queries[:5])  # warm: the embedder is loaded
-    learned_t, embed_t = [], []
+    vectors = embedder(queries)
+    learned_t, embed_t, assess_t, check_t = [], [], [], []
     for r in range(rounds):
-        blocks = [("learned", learned_t), ("embed", embed_t)]
-        for name, out in (blocks if r % 2 == 0 else blocks[::-1]):
-            for q in queries:
+        blocks = [("learned", learned_t), ("embed", embed_t), ("assess", assess_t), ("check", check_t)]
+        for name, out in (blocks[r % 4:] + blocks[:r % 4]):
+            for i, q in enumerate(queries):
                 t0 = time.perf_counter()
                 if name == "learned":
                     model.score([q])
+                elif name == "assess":
+                    model.assess([q])
+                elif name == "check":
+                    model.ood.outside(vectors[i:i + 1])
                 else:
                     embedder([q])
                 out.append(time.perf_counter() - t0)
     lengths = [len(q) for q in queries]
     return {"trained_on": source, "threads": embedder.threads, "prompt_chars_p50": percentile(lengths, 50), "learned_p50_ms": p50_ms(learned_t), "embedding_only_p50_ms": p50_ms(embed_t),
             "classifier_share_ms": p50_ms(learned_t) - p50_ms(embed_t),
-            "ratio_learned_vs_embedding": p50_ms(learned_t) / p50_ms(embed_t), "target_ms": 15.0}
+            "ratio_learned_vs_embedding": p50_ms(learned_t) / p50_ms(embed_t), "target_ms": 15.0,
+            "with_ood_check_p50_ms": p50_ms(assess_t), "ood_check_alone_p50_ms": p50_ms(check_t),
+            "ood_reference_rows": int(len(model.ood.reference)),
+            "ratio_with_check_vs_without": p50_ms(assess_t) / p50_ms(learned_t)}
 
 
 def main() -> None:
@@ -155,6 +171,9 @@ def main() -> None:
           f"= {l_['ratio_learned_vs_embedding']:.2f}x   target <= 15 ms: "
           f"{'met' if l_['learned_p50_ms'] <= 15 else 'NOT met'}  (trained on {l_['trained_on']}; {l_['threads']} torch "
           f"thread(s); prompts of {l_['prompt_chars_p50']} characters p50)")
+    print(f"ood      p50 {l_['with_ood_check_p50_ms']:.2f} ms with the out-of-distribution check vs "
+          f"{l_['learned_p50_ms']:.2f} ms without = {l_['ratio_with_check_vs_without']:.3f}x  (the check alone: "
+          f"{l_['ood_check_alone_p50_ms']:.3f} ms over {l_['ood_reference_rows']} reference prompts)")
     RESULTS.mkdir(parents=True, exist_ok=True)
     (RESULTS / "router_decision.json").write_text(json.dumps(out, indent=2))
 

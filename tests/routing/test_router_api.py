@@ -378,7 +378,8 @@ def test_learned_router_sends_prompts_it_scores_high_to_the_strong_tier_and_cali
     LearnedRouter().fit(easy + hard, [1] * len(easy) + [0] * len(hard), [1] * (len(easy) + len(hard))) \
         .save(router_path(_Home, "smart"))
 
-    router_endpoint(gw, "smart", {"strategy": "learned", "threshold": 0.5})
+    # the model decides every prompt here (its out-of-distribution fallback: the next test)
+    router_endpoint(gw, "smart", {"strategy": "learned", "threshold": 0.5, "ood_fallback": False})
     client = gw.openai()
 
     def tier(prompt: str) -> str:
@@ -409,6 +410,48 @@ def test_learned_router_sends_prompts_it_scores_high_to_the_strong_tier_and_cali
     assert cli.returncode == 0, cli.stderr
     assert abs(json.loads(cli.stdout)["strong_share"] - 0.5) <= 0.1
     assert gw.api("GET", "/api/endpoints/smart").json()["router"]["threshold"] == json.loads(cli.stdout)["threshold"]
+
+
+@pytest.mark.model  # embeds prompts with the packaged all-MiniLM-L6-v2
+def test_an_out_of_domain_prompt_falls_back_to_the_length_rule_by_default_and_is_counted(gw, stub):
+    from modelyard.routing.learned import LearnedRouter, router_path
+
+    class _Home:
+        home = gw.home
+
+    easy = [t.format(w) for t in EASY for w in WORDS]
+    hard = [t.format(w) for t in HARD for w in WORDS]
+    model = LearnedRouter().fit(easy + hard, [1] * len(easy) + [0] * len(hard), [1] * (len(easy) + len(hard)))
+    model.save(router_path(_Home, "guarded"))
+    router_endpoint(gw, "guarded", {"strategy": "learned", "threshold": 0.5})  # ood_fallback not set: on
+    client = gw.openai()
+
+    def route(prompt: str) -> tuple[str, str]:
+        raw = client.chat.completions.with_raw_response.create(model="guarded",
+                                                               messages=[{"role": "user", "content": prompt}])
+        return raw.headers["x-modelyard-route"], raw.headers["x-modelyard-deployment"]
+
+    # exam-like prompts are the router's to decide
+    exam_route, exam_tier = route("Prove the theorem about matrix norms by induction.")
+    assert exam_route.startswith("learned:") and exam_tier == "large"
+    # pirate talk is nothing like its training data: the length rule routes it
+    short_route, short_tier = route("Sing a sea shanty!")
+    long_prompt = ("Ahoy! Write me a shopping list for a pirate ship: rope, barrels of rum, a parrot, lanterns, "
+                   "sailcloth, salted fish, maps of the southern seas and a brass telescope.")
+    long_route, long_tier = route(long_prompt)
+    assert (short_route, short_tier) == ("learned-ood:length>small", "small")
+    assert (long_route, long_tier) == ("learned-ood:length>large", "large")
+
+    metrics = gw.api("GET", "/metrics").text
+    assert 'modelyard_router_fallbacks_total{endpoint="guarded",reason="ood"} 2.0' in metrics
+    report = gw.api("GET", "/api/endpoints/guarded/router/report?window=1h").json()
+    assert report["learned_fallbacks"]["ood"] == 2 and report["learned_fallbacks"]["learned_requests"] == 3
+
+    # with the check off the model decides every prompt
+    router_endpoint_update = {"name": "guarded", "policy": "router", "tiers": ["small", "large"],
+                              "router": {"strategy": "learned", "threshold": 0.5, "ood_fallback": False}}
+    assert gw.api("POST", "/api/apply", json={"kind": "endpoint", "spec": router_endpoint_update}).status_code == 200
+    assert route("Sing a sea shanty!")[0].startswith("learned:")
 
 
 def test_a_learned_endpoint_without_a_trained_model_says_how_to_train_one(gw, stub):
@@ -450,10 +493,16 @@ def test_feedback_becomes_training_data_for_the_learned_router(gw, stub):
 
     cli = subprocess.run([sys.executable, "-m", "modelyard.cli", "router", "train", "learner", "--from-feedback", "--json"],
                          env=gw.env(), capture_output=True, text=True, timeout=300)
-    assert cli.returncode == 0, cli.stderr
+    # four rated answers cannot show that the router beats the length rule: trained, saved, not activated
+    assert cli.returncode == 3, cli.stderr
     trained = json.loads(cli.stdout)
-    assert trained["rows"] == 4 and trained["positives"] == 2
+    assert trained["rows"] == 4 and trained["positives"] == 2 and not trained["activated"]
     assert Path(trained["path"]) == gw.home / "routers" / "learner.npz" and Path(trained["path"]).exists()
+
+    forced = subprocess.run([sys.executable, "-m", "modelyard.cli", "router", "train", "learner", "--from-feedback",
+                             "--force", "--json"], env=gw.env(), capture_output=True, text=True, timeout=300)
+    assert forced.returncode == 0, forced.stderr
+    assert json.loads(forced.stdout)["activated"] and json.loads(forced.stdout)["gate"]["forced"]
 
 
 def test_a_client_that_hangs_up_mid_stream_still_gets_the_strong_tiers_work_accounted(gw, stub):

@@ -81,6 +81,11 @@ def eval_command(
     weak_column: Optional[str] = WeakColumn,
     strong_column: Optional[str] = StrongColumn,
     seed: int = typer.Option(0, "--seed", help="which subjects fall in which half of the split"),
+    gated: bool = typer.Option(True, "--gate/--no-gate", help="learned: measure it as `router train` would activate "
+                               "it (inactive, so the length rule, unless it beats the rule on held-out subjects "
+                               "of its training data)"),
+    ood: bool = typer.Option(True, "--ood/--no-ood", help="learned: prompts out of the training distribution take "
+                             "the length rule, as when serving"),
 ) -> None:
     """Measure a router offline: quality and strong-call share at each threshold, PGR, APGR, CPT(50%), CPT(80%).
 
@@ -99,8 +104,12 @@ def eval_command(
         embedder = None
         if strategy is Strategy.learned:
             embedder = _embedder()
-            router = learned_router(embedder)
+            router = learned_router(embedder, gated=gated, ood=ood)
         result = evaluate(outcomes, strategy.value, train=training, router=router, seed=seed)
+        if router is not None and router.gates:
+            for fold, gate in zip(result.folds, router.gates):
+                verdict = "passed" if gate.passed else "FAILED, so the learned router is inactive and the rule routes"
+                result.notes.append(f"{fold.name}: gate {verdict}: {gate.reason}")
     body = result.to_json()
     body["data"] = {"path": outcomes.source, "rows": len(outcomes), "subjects": len(outcomes.group_names),
                     "weak_column": outcomes.weak_column, "strong_column": outcomes.strong_column,
@@ -109,6 +118,9 @@ def eval_command(
         body["train"] = {"path": training.source, "rows": len(training), "subjects": len(training.group_names)}
     if embedder is not None:
         body["embeddings"] = {"model": embedder.name, "cached": embedder.hits, "computed": embedder.misses}
+    if router is not None:
+        body["gated"], body["ood_fallback"] = gated, ood
+        body["gates"] = [g.to_json() for g in router.gates]
     body["seconds"] = round(time.perf_counter() - t0, 3)
     if plot is not None:
         with _friendly_errors():
@@ -132,7 +144,11 @@ def _print_eval(body: dict[str, Any], result: Any) -> None:
               f"strong = {escape(info['strong_column'])}; {split}")
     for note in body["notes"]:
         out.print(f"[yellow]note:[/yellow] {escape(note)}")
-    table = Table(title=f"{body['strategy']} router: quality against strong calls")
+    caption = None
+    if body.get("gated") or body.get("ood_fallback"):
+        caption = ("threshold: on the served scale, the share of training prompts ranked below (by the model, or "
+                   "by length for prompts that take the rule); --no-gate --no-ood for the model's own scores")
+    table = Table(title=f"{body['strategy']} router: quality against strong calls", caption=caption)
     for col in ("strong calls", "threshold", "quality", "PGR", "random PGR", "oracle PGR"):
         table.add_column(col, justify="right")
     points = {round(p["strong_share"], 6): p for p in result.points(shares=_np_shares())}
@@ -147,12 +163,12 @@ def _print_eval(body: dict[str, Any], result: Any) -> None:
     out.print(table)
     summary = Table(title="summary (mean of the folds)")
     summary.add_column("")
-    for col in (body["strategy"], "random", "oracle"):
-        summary.add_column(col, justify="right")
-    summary.add_row("APGR", _num(body["apgr"]), _num(body["random"]["apgr"]), _num(body["oracle"]["apgr"]))
-    summary.add_row("CPT(50%)", _pct(body["cpt50"]), _pct(body["random"]["cpt50"]), _pct(body["oracle"]["cpt50"]))
-    summary.add_row("CPT(80%)", _pct(body["cpt80"]), _pct(body["random"]["cpt80"]), _pct(body["oracle"]["cpt80"]))
-    summary.add_row("quality weak / strong", f"{body['q_weak']:.4f} / {body['q_strong']:.4f}", "", "")
+    refs = ("length", "random", "oracle") if body["strategy"] != "length" else ("random", "oracle")
+    for col in (body["strategy"],) + refs:
+        summary.add_column(col if col != "length" else "length rule", justify="right")
+    for label, key, fmt in (("APGR", "apgr", _num), ("CPT(50%)", "cpt50", _pct), ("CPT(80%)", "cpt80", _pct)):
+        summary.add_row(label, fmt(body[key]), *(fmt(body[r][key]) for r in refs))
+    summary.add_row("quality weak / strong", f"{body['q_weak']:.4f} / {body['q_strong']:.4f}", *([""] * len(refs)))
     out.print(summary)
     folds = ", ".join(f"{f['name']}: APGR {_num(f['apgr'])}, CPT(50%) {_pct(f['cpt50'])}" for f in body["folds"])
     out.print(f"folds: {folds}")
@@ -225,15 +241,28 @@ def train_command(
     strong_column: Optional[str] = StrongColumn,
     answer_column: Optional[str] = typer.Option(None, "--answer-column", help="the weak model's answer: trains a "
                                                 "verifier (for the cascade) that scores prompt + answer"),
+    check_data: Optional[list[str]] = typer.Option(None, "--check-data", help="outcome data from outside the "
+                                                   "training domain to measure the router on too (repeatable)"),
+    force: bool = typer.Option(False, "--force", help="activate the router even if it does not beat the length rule"),
+    ood_quantile: float = typer.Option(0.99, "--ood-quantile", min=0.5, max=0.999,
+                                       help="out of distribution: farther from the training prompts than this share "
+                                       "of them are from the others (lower: more prompts take the fallback)"),
     as_json: bool = typer.Option(False, "--json", help="print one JSON object"),
 ) -> None:
     """Train the learned router from recorded outcomes and save it as ENDPOINT's router model.
 
-    The live `learned` strategy of the endpoint picks up the new file on its
-    next request; choose its threshold with `modelyard router calibrate`.
+    Before it goes live the router is measured against the length rule and
+    random on held-out subjects of the data (and on --check-data): one that
+    does not beat the rule is not activated (exit status 3; --force
+    overrides). If the endpoint already has an active router it is kept and
+    the new one is saved beside it as ENDPOINT.candidate.npz; otherwise it is
+    saved inactive and the endpoint routes by the rule. The live `learned`
+    strategy picks up a new file on its next request; choose its threshold
+    with `modelyard router calibrate`.
     """
     from ..routing.data import load_outcomes
-    from ..routing.learned import LearnedRouter, router_path
+    from ..routing.gate import run_gate
+    from ..routing.learned import LearnedRouter, candidate_path, router_path
     from ..settings import Settings
 
     t0 = time.perf_counter()
@@ -246,18 +275,36 @@ def train_command(
         if from_feedback:
             outcomes = _with_feedback(outcomes, endpoint)
         outcomes.require_positive()
-        router = LearnedRouter(embedder=_embedder())
-        router.fit(outcomes.prompts, outcomes.weak, outcomes.strong, answers=outcomes.answers)
+        checks = [load_outcomes(c, weak_column=weak_column, strong_column=strong_column, param="check_data")
+                  for c in check_data or ()]
+        embedder = _embedder()
+
+        def fit(rows: Any) -> Any:
+            return LearnedRouter(embedder=embedder, ood_quantile=ood_quantile).fit(
+                rows.prompts, rows.weak, rows.strong, answers=rows.answers)
+
+        router = fit(outcomes)
+        gate = run_gate(outcomes, fit, final=router, checks=checks)
+        gate.forced = force and not gate.passed
+        router.active = gate.passed or force
+        router.gate = gate.to_json()
+        kept_current = not router.active and _live_and_active(path)
+        if kept_current:
+            path = candidate_path(path)  # keep the endpoint's working router
         saved = router.save(path)
     body = {
         "endpoint": endpoint, "path": str(saved), "rows": len(outcomes), "positives": router.info["positives"],
         "weak_column": outcomes.weak_column, "strong_column": outcomes.strong_column,
         "verifier": router.uses_answers, "contaminated_dropped": outcomes.dropped_contaminated,
         "thresholds": {f"{s:g}": router.threshold_for_share(s) for s in (0.1, 0.2, 0.3, 0.5)},
+        "activated": router.active, "gate": router.gate, "ood": {"threshold": router.ood.threshold,
+                                                                 "quantile": router.ood.quantile, "k": router.ood.k},
         "notes": outcomes.notes, "seconds": round(time.perf_counter() - t0, 3),
     }
     if as_json:
         print(json.dumps(body))
+        if not router.active:
+            raise typer.Exit(NOT_ACTIVATED)
         return
     out = _out()
     for note in outcomes.notes:
@@ -272,6 +319,42 @@ def train_command(
     for share, value in body["thresholds"].items():
         table.add_row(_pct(float(share)), f"{value:.4f}")
     out.print(table)
+    out.print(gate_table(router.gate))
+    if router.active and gate.forced:
+        out.print(f"[yellow]activated with --force although {escape(gate.reason)}[/yellow]")
+    elif router.active:
+        out.print(f"[green]activated:[/green] {escape(gate.reason)}")
+    else:
+        where = ("the endpoint keeps its current router; this one is saved beside it for inspection" if kept_current
+                 else "saved inactive: the endpoint routes every prompt by the length rule")
+        out.print(f"[red]not activated:[/red] {escape(gate.reason)}; {where}. Pass --force to activate it anyway.")
+        raise typer.Exit(NOT_ACTIVATED)
+
+
+#: exit status of `router train` when the router was trained but not activated
+NOT_ACTIVATED = 3
+
+
+def gate_table(gate: dict[str, Any]) -> Table:
+    """The gate's comparisons: learned (as served) against the length rule and random, per test set."""
+    table = Table(title="learned router against the length rule (data it did not train on)")
+    for col in ("test set", "prompts", "learned APGR", "length APGR", "random", "learned CPT(50%)",
+                "length CPT(50%)", "out of distribution"):
+        table.add_column(col, justify="right")
+    for row in gate["folds"] + gate["checks"]:
+        table.add_row(escape(row["name"]), f"{row['rows']:,}", _num(row["learned_apgr"]), _num(row["length_apgr"]),
+                      _num(row["random_apgr"]), _pct(row["learned_cpt50"]), _pct(row["length_cpt50"]),
+                      _pct(row["ood_share"]))
+    return table
+
+
+def _live_and_active(path: Path) -> bool:
+    """Whether an active router is saved at ``path`` (one that went live and should not be replaced by a worse one)."""
+    meta = Path(path).with_suffix(".json") if Path(path).suffix == ".npz" else Path(str(path) + ".json")
+    try:
+        return bool(json.loads(meta.read_text()).get("active", True))
+    except (OSError, ValueError):
+        return False
 
 
 def _with_feedback(outcomes: Any, endpoint: str) -> Any:

@@ -43,6 +43,11 @@ def summary_table(body: dict[str, Any]) -> Table:
         table.add_row("  of which follow-up work", _usd(body["follow_up_spend_usd"]))
     table.add_row("escalation rate", f"{body['escalation_rate'] * 100:.1f}% ({body['escalations']:,})")
     table.add_row("cache hits", f"{body['cache_hits']:,}, saved {_usd(body['cache_saved_usd'])}")
+    fallbacks = body.get("learned_fallbacks")
+    if fallbacks:
+        table.add_row("learned router fell back", f"{fallbacks['ood'] + fallbacks['inactive']:,} of "
+                      f"{fallbacks['learned_requests']:,} ({fallbacks['fallback_share'] * 100:.1f}%): "
+                      f"{fallbacks['ood']:,} out of distribution, {fallbacks['inactive']:,} router inactive")
     if top is not None:
         where = "card price" if top["price_from"] == "card" else "observed cost per token"
         table.add_row("top tier", f"{top['deployment']} ({top.get('model') or '?'}, {where})")

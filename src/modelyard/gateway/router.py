@@ -27,6 +27,7 @@ from ..routing.responses import ResponseLog
 from ..telemetry import metering
 from ..serving.deployment import Deployment
 from ..telemetry.metering import Ledger, MeteredStream, MeteringError, TierStep, step_record
+from ..telemetry.router_report import fallback_reason
 from ..wire import SSE_DONE, AnyRequest, answer_text, replay_stream, sse
 from .pipeline import Call
 
@@ -260,7 +261,12 @@ class Router:
             cached = self._strategies[endpoint.name] = (spec, router_policy.build(spec.router, self.models, endpoint.name))
         strategy = cached[1]
         ctx = TierContext(call, tiers, self)
-        await strategy.answer(ctx)
+        try:
+            await strategy.answer(ctx)
+        finally:
+            reason = fallback_reason(call.route)
+            if reason is not None and self.metrics is not None:
+                self.metrics.router_fallback(endpoint.name, reason)
 
     def background(self, coro: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coro)

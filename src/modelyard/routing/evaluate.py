@@ -14,7 +14,12 @@ gives on average). The summary:
 
 * ``apgr`` — the area under PGR against strong share (random routing: 0.5);
 * ``cpt(x)`` — the smallest strong share that reaches PGR ``x`` (call-performance threshold);
-* the *random* router (PGR = share) and the *oracle* (strong only where it beats weak) as references.
+* the *length rule* (longer prompts to strong), the *random* router (PGR =
+  share) and the *oracle* (strong only where it beats weak) as references.
+
+The ``learned`` strategy is measured as it would serve: gated against the
+length rule on held-out subjects of its training data and with the
+out-of-distribution fallback (see `learned_router`).
 
 Data in a folder is split **by subject** (each file is one): a fixed, seeded
 half of the subjects trains the router and the other half tests it, then the
@@ -140,19 +145,52 @@ RouterFactory = Callable[[OutcomeData], Callable[[OutcomeData], np.ndarray]]
 
 def length_router(train: OutcomeData) -> Callable[[OutcomeData], np.ndarray]:
     """The rule "longer prompts go to the strong model": the score is the prompt's length in characters."""
-    return lambda test: np.array([len(p) for p in test.prompts], dtype=np.float64)
+    return length_scores
 
 
-def learned_router(embedder: Callable[[list[str]], np.ndarray] | None = None, **options: Any) -> RouterFactory:
-    """A factory that fits a `LearnedRouter` (with ``embedder``) on each training fold."""
-    from .learned import LearnedRouter
+def length_scores(data: OutcomeData) -> np.ndarray:
+    """The length rule's scores: each prompt's length in characters."""
+    return np.array([len(p) for p in data.prompts], dtype=np.float64)
 
-    def factory(train: OutcomeData) -> Callable[[OutcomeData], np.ndarray]:
-        router = LearnedRouter(embedder=embedder, **options)
-        router.fit(train.prompts, train.weak, train.strong, answers=train.answers)
-        return lambda test: router.score(test.prompts, answers=test.answers)
 
-    return factory
+class learned_router:
+    """A factory that fits a `LearnedRouter` (with ``embedder``) on each training fold, and scores as served.
+
+    ``gated`` (default): the router is first measured against the length rule
+    on held-out subjects of the fold's own training data (`gate.run_gate`,
+    a nested split); one that does not beat it is inactive, and every test
+    prompt takes the rule — what `modelyard router train` would activate.
+    ``ood`` (default): test prompts out of the training distribution take
+    the rule, as the live strategy does. With both off: the bare model.
+    ``gates`` collects each fold's gate result.
+    """
+
+    def __init__(self, embedder: Callable[[list[str]], np.ndarray] | None = None, *, gated: bool = True,
+                 ood: bool = True, **options: Any) -> None:
+        self.embedder = embedder
+        self.gated = gated
+        self.ood = ood
+        self.options = options
+        self.gates: list[Any] = []
+
+    def fit(self, train: OutcomeData) -> Any:
+        from .learned import LearnedRouter
+
+        router = LearnedRouter(embedder=self.embedder, **self.options)
+        return router.fit(train.prompts, train.weak, train.strong, answers=train.answers)
+
+    def __call__(self, train: OutcomeData) -> Callable[[OutcomeData], np.ndarray]:
+        router = self.fit(train)
+        if self.gated:
+            from .gate import run_gate
+
+            result = run_gate(train, self.fit, final=router)
+            router.active = result.passed
+            router.gate = result.to_json()
+            self.gates.append(result)
+        if not self.gated and not self.ood:
+            return lambda test: router.score(test.prompts, answers=test.answers)
+        return lambda test: router.guarded_scores(test.prompts, answers=test.answers, ood=self.ood)
 
 
 # --- the evaluation --------------------------------------------------------------------------
@@ -170,6 +208,7 @@ class Fold:
     curve: Curve
     random: Curve
     oracle: Curve
+    length: Curve
     seconds: float = 0.0
 
 
@@ -212,12 +251,13 @@ class Evaluation:
         out["points"] = self.points()
         out["q_weak"] = float(np.mean([f.curve.q_weak for f in self.folds]))
         out["q_strong"] = float(np.mean([f.curve.q_strong for f in self.folds]))
-        for ref in ("random", "oracle"):
+        for ref in ("length", "random", "oracle"):
             out[ref] = self.summary(ref)
         out["folds"] = [{
             "name": f.name, "train": f.train_groups, "test": f.test_groups, "n_train": f.n_train,
             "n_test": f.n_test, "seconds": round(f.seconds, 3),
             "apgr": f.curve.apgr, "cpt50": f.curve.cpt(0.5), "cpt80": f.curve.cpt(0.8),
+            "length_apgr": f.length.apgr, "length_cpt50": f.length.cpt(0.5),
             "q_weak": f.curve.q_weak, "q_strong": f.curve.q_strong,
         } for f in self.folds]
         out["notes"] = list(self.notes)
@@ -292,7 +332,8 @@ def evaluate(
             scorer = router(tr)
             curve = sweep(scorer(te), te.weak, te.strong)
         fold = Fold(name, gtr, gte, len(tr), len(te), curve, random_curve(te.weak, te.strong),
-                    oracle_curve(te.weak, te.strong), seconds=time.perf_counter() - f0)
+                    oracle_curve(te.weak, te.strong), sweep(length_scores(te), te.weak, te.strong),
+                    seconds=time.perf_counter() - f0)
         folds.append(fold)
         log.info("fold %s: trained on %d, tested on %d: APGR %.3f (%.1f s)", name, len(tr), len(te), curve.apgr,
                  fold.seconds)

@@ -24,6 +24,20 @@ weak model's answer, the router becomes a *verifier*: it also sees the
 answer's features, its embedding and its similarity to the prompt, and must
 then be given the answer when scoring (the cascade does).
 
+Outside its training data a learned router is no better than a coin, so it
+knows where its data is: `ood.NearestNeighbours` keeps (a sample of) the
+training prompts' embeddings — what a prompt is about — and of their
+standardised surface features — its shape: length, numbers, a list of
+choices... — and calls a prompt *out of distribution* when it is farther
+from the training prompts than 99% of them are from each other, in either.
+(The shape catches what the topic misses: a word problem is close to MMLU's
+mathematics questions by topic, but it has no lettered choices.) `assess` says, per prompt, the score and whether the prompt is
+outside; the serving strategy routes such a prompt by its fallback (the
+length rule by default), and `guarded_scores` puts both on one scale (the
+share of training prompts ranked below) for offline evaluation. A router
+whose held-out evaluation did not beat the length rule (`gate`) is saved
+*inactive*: every prompt then takes the fallback.
+
 Scoring is numpy only: the model is a handful of arrays, saved as ``.npz``
 with a ``.json`` description beside it (no pickle), so a saved router loads
 fast and safely::
@@ -41,6 +55,7 @@ import logging
 import os
 import tempfile
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -49,11 +64,16 @@ import numpy as np
 from ..errors import ModelyardError, invalid
 from ..extras import require
 from .features import FEATURE_NAMES, MiniLMEmbedder, embedder_name, feature_matrix
+from .ood import DEFAULT_K, DEFAULT_QUANTILE, NearestNeighbours
 
 log = logging.getLogger(__name__)
 
 FORMAT = "modelyard.learned-router"
-FORMAT_VERSION = 1
+#: 2 added the out-of-distribution reference, the training prompts' lengths and the gate; 1 still loads
+FORMAT_VERSION = 2
+READABLE_VERSIONS = (1, 2)
+#: quantiles kept of the training scores and prompt lengths (to put both on one "share ranked below" scale)
+N_QUANTILES = 1001
 #: features of the weak model's answer, used by the verifier variant
 ANSWER_FEATURE_NAMES = ("answer_log_chars", "answer_hedges", "answer_prompt_similarity")
 _HEDGES = ("i don't know", "i do not know", "not sure", "i cannot", "i can't", "unable to", "as an ai",
@@ -65,6 +85,12 @@ def router_path(settings: Any, endpoint: str) -> Path:
     if not endpoint or "/" in endpoint or "\\" in endpoint or endpoint.startswith("."):
         raise invalid(f"invalid endpoint name {endpoint!r}", param="endpoint")
     return Path(settings.home) / "routers" / f"{endpoint}.npz"
+
+
+def candidate_path(path: str | Path) -> Path:
+    """Where a router that was not activated is saved when the endpoint already has an active one."""
+    npz, _ = _paths(path)
+    return npz.with_name(npz.name.removesuffix(".npz") + ".candidate.npz")
 
 
 class LearnedRouter:
@@ -79,7 +105,8 @@ class LearnedRouter:
     """
 
     def __init__(self, embedder: Callable[[list[str]], np.ndarray] | None = None, *, l2: float = 0.007,
-                 use_embeddings: bool = True, max_iter: int = 2000) -> None:
+                 use_embeddings: bool = True, max_iter: int = 2000, ood_quantile: float = DEFAULT_QUANTILE,
+                 ood_k: int = DEFAULT_K) -> None:
         self.embedder = embedder
         if not l2 > 0:
             raise invalid(f"l2 must be positive (got {l2})", param="l2")
@@ -95,8 +122,20 @@ class LearnedRouter:
         self.uses_answers = False
         self.embedding_dim = 0
         self.embedder_id = ""
-        #: the distribution of training scores (101 quantiles), for `threshold_for_share`
+        #: the distribution of training scores (quantiles), for `threshold_for_share`
         self.score_quantiles: np.ndarray | None = None
+        #: the distribution of training prompt lengths (characters), for the length fallback
+        self.length_quantiles: np.ndarray | None = None
+        self.ood_quantile = ood_quantile
+        self.ood_k = ood_k
+        #: where the training prompts are: by embedding (or features, without embeddings), and by surface
+        #: features (None: a version-1 file, no check)
+        self.ood: NearestNeighbours | None = None
+        self.ood_shape: NearestNeighbours | None = None
+        #: the held-out comparison with the length rule (`gate.run_gate`), when one was run
+        self.gate: dict[str, Any] | None = None
+        #: False when the gate failed and nobody forced it: every prompt takes the fallback
+        self.active = True
         self.info: dict[str, Any] = {}
 
     # --- the embedder -----------------------------------------------------------------------
@@ -160,7 +199,12 @@ class LearnedRouter:
         else:
             self.coef = model.coef_.astype(np.float64)
             self.intercept = model.intercept_.astype(np.float64)
-        self.score_quantiles = np.quantile(self._apply(x), np.linspace(0, 1, 101))
+        grid = np.linspace(0, 1, N_QUANTILES)
+        self.score_quantiles = np.quantile(self._apply(x), grid)
+        self.length_quantiles = np.quantile([len(p) for p in prompts], grid)
+        self.ood = NearestNeighbours.fit(self._ood_vectors(x), k=self.ood_k, quantile=self.ood_quantile)
+        if self.use_embeddings and self.embedding_dim:
+            self.ood_shape = NearestNeighbours.fit(self._shape_vectors(x), k=self.ood_k, quantile=self.ood_quantile)
         self.info = {"rows": len(prompts), "positives": positives, "positive_share": positives / len(prompts),
                      "q_weak": float(weak_a.mean()), "q_strong": float(strong_a.mean()),
                      "fit_seconds": round(time.perf_counter() - t0, 3), "trained_at": time.strftime("%Y-%m-%dT%H:%M:%SZ",
@@ -191,12 +235,19 @@ class LearnedRouter:
 
     def score(self, prompts: Sequence[str], answers: Sequence[str] | None = None) -> np.ndarray:
         """Per prompt, in [0, 1]: P(strong better) - P(strong worse), floored at 0. Strong at or above a threshold."""
+        prompts = list(prompts)
+        if not prompts:
+            if self.coef is None:
+                raise ModelyardError("the learned router is not trained: run `modelyard router train`", status=409,
+                                     code="router_not_trained")
+            return np.empty(0)
+        return self._scored(prompts, answers)[0]
+
+    def _scored(self, prompts: list[str], answers: Sequence[str] | None) -> tuple[np.ndarray, np.ndarray]:
+        """The scores and the design matrix they came from."""
         if self.coef is None:
             raise ModelyardError("the learned router is not trained: run `modelyard router train`", status=409,
                                  code="router_not_trained")
-        prompts = list(prompts)
-        if not prompts:
-            return np.empty(0)
         if self.uses_answers and answers is None:
             raise invalid("this router is a verifier trained on the weak model's answers; pass the answers too",
                           param="answers")
@@ -208,7 +259,76 @@ class LearnedRouter:
                 f"the router expects {self.coef.shape[1]} inputs but got {x.shape[1]}: it was trained with the "
                 f"embedder {self.embedder_id!r} ({self.embedding_dim} dimensions); load it with the same embedder",
                 status=500, code="router_embedder_mismatch")
-        return self._apply(x)
+        return self._apply(x), x
+
+    def _ood_vectors(self, x: np.ndarray) -> np.ndarray:
+        """What the out-of-distribution check compares: the prompt's embedding, else its standardised features."""
+        n = self._n_scaled()
+        if self.use_embeddings and self.embedding_dim:
+            return x[:, n:n + self.embedding_dim]
+        return self._shape_vectors(x)
+
+    def _shape_vectors(self, x: np.ndarray) -> np.ndarray:
+        """The prompt's standardised surface features."""
+        assert self.mean is not None and self.scale is not None
+        k = len(FEATURE_NAMES)
+        return (x[:, :k] - self.mean[:k]) / self.scale[:k]
+
+    def assess(self, prompts: Sequence[str], answers: Sequence[str] | None = None) -> "Assessment":
+        """Score the prompts and say which lie outside the training data (one embedding per prompt)."""
+        prompts = list(prompts)
+        if not prompts:
+            return Assessment(np.empty(0), np.empty(0), np.zeros(0, dtype=bool))
+        scores, x = self._scored(prompts, answers)
+        if self.ood is None:
+            return Assessment(scores, np.zeros(len(prompts)), np.zeros(len(prompts), dtype=bool))
+        distance = self.ood.distance(self._ood_vectors(x))
+        outside = distance > self.ood.threshold
+        if self.ood_shape is not None:
+            outside |= self.ood_shape.outside(self._shape_vectors(x))
+        return Assessment(scores, distance, outside)
+
+    def strong_share(self, threshold: float) -> float:
+        """The share of training prompts scored at or above ``threshold`` (what the threshold sends to strong)."""
+        if self.score_quantiles is None:
+            raise ModelyardError("the learned router is not trained", status=409, code="router_not_trained")
+        return 1.0 - _rank(self.score_quantiles, np.array([threshold]))[0]
+
+    def length_rank(self, prompts: Sequence[str]) -> np.ndarray:
+        """Per prompt: the share of training prompts shorter than it (ties count half), in [0, 1].
+
+        The length rule on the learned score's scale: a prompt at or above
+        ``1 - strong_share(threshold)`` is as long as the longest prompts the
+        threshold's share would send to the strong tier.
+        """
+        lengths = np.array([len(p) for p in prompts], dtype=np.float64)
+        if self.length_quantiles is None:
+            raise ModelyardError("this router file has no training lengths (version 1): retrain it with "
+                                 "`modelyard router train`", status=409, code="router_outdated")
+        return _rank(self.length_quantiles, lengths) + 1e-9 * np.log1p(lengths)  # ties broken by length
+
+    def guarded_scores(self, prompts: Sequence[str], answers: Sequence[str] | None = None, *,
+                       ood: bool = True) -> np.ndarray:
+        """Scores on one scale for prompts inside and outside the training data, as served.
+
+        Inside: the share of training prompts scored below this one. Outside
+        (when ``ood``), or for every prompt when the router is inactive: the
+        share of training prompts shorter than it — the length rule, which is
+        what the live strategy falls back to. So ``guarded >= 1 - share``
+        sends about ``share`` of prompts like the training data to the strong
+        tier whichever way each is decided. A version-1 file (no reference)
+        scores as before.
+        """
+        prompts = list(prompts)
+        if self.length_quantiles is None or self.score_quantiles is None:
+            return self.score(prompts, answers)
+        if not self.active:
+            return self.length_rank(prompts)
+        a = self.assess(prompts, answers)
+        out = _rank(self.score_quantiles, a.scores) + 1e-6 * a.scores
+        if ood and a.outside.any():
+            out[a.outside] = self.length_rank([p for p, o in zip(prompts, a.outside) if o])
+        return out
 
     def _apply(self, x: np.ndarray) -> np.ndarray:
         assert self.coef is not None and self.mean is not None and self.scale is not None
@@ -243,13 +363,40 @@ class LearnedRouter:
             "answer_features": list(ANSWER_FEATURE_NAMES) if self.uses_answers else [],
             "use_embeddings": self.use_embeddings, "embedder": self.embedder_id, "embedding_dim": self.embedding_dim,
             "label": "sign(strong - weak)", "score": "max(0, P(strong better) - P(strong worse))", "trained": self.info,
+            "active": self.active, "gate": self.gate,
         }
-        _atomic_write(npz, lambda fh: np.savez(fh, coef=self.coef, intercept=self.intercept, classes=self.classes,
-                                                mean=self.mean, scale=self.scale,
-                                                score_quantiles=self.score_quantiles))
+        arrays = {"coef": self.coef, "intercept": self.intercept, "classes": self.classes, "mean": self.mean,
+                  "scale": self.scale, "score_quantiles": self.score_quantiles}
+        if self.length_quantiles is not None:
+            arrays["length_quantiles"] = self.length_quantiles
+        if self.ood is not None:
+            arrays["ood_reference"] = self.ood.reference
+            description["ood"] = {"distance": f"mean cosine distance to the {self.ood.k} nearest training prompts",
+                                  "k": self.ood.k, "quantile": self.ood.quantile, "threshold": self.ood.threshold,
+                                  "reference_rows": int(len(self.ood.reference))}
+        if self.ood_shape is not None:
+            arrays["ood_shape_reference"] = self.ood_shape.reference
+            description["ood"]["shape"] = {"k": self.ood_shape.k, "quantile": self.ood_shape.quantile,
+                                           "threshold": self.ood_shape.threshold,
+                                           "vectors": "standardised surface features"}
+        _atomic_write(npz, lambda fh: np.savez(fh, **arrays))
         _atomic_write(meta, lambda fh: fh.write(json.dumps(description, indent=2).encode()))
         log.info("saved the learned router to %s", npz)
         return npz
+
+    @staticmethod
+    def set_active(path: str | Path, active: bool, reason: str) -> None:
+        """Mark a saved router active or not (its description only), recording ``reason`` in its gate."""
+        _, meta = _paths(path)
+        try:
+            description = json.loads(meta.read_text())
+        except (OSError, ValueError) as exc:
+            raise invalid(f"{meta}: cannot read the router's description ({exc})", param="router") from None
+        description["active"] = bool(active)
+        gate = description.get("gate") or {}
+        gate.update({"forced": bool(active) and not gate.get("passed", True), "activation": reason})
+        description["gate"] = gate
+        _atomic_write(meta, lambda fh: fh.write(json.dumps(description, indent=2).encode()))
 
     @classmethod
     def load(cls, path: str | Path, embedder: Callable[[list[str]], np.ndarray] | None = None) -> "LearnedRouter":
@@ -264,8 +411,12 @@ class LearnedRouter:
                 data = {k: arrays[k] for k in arrays.files}
         except (OSError, ValueError) as exc:
             raise invalid(f"{npz}: not a router file ({exc})", param="router") from None
-        if description.get("format") != FORMAT or description.get("version") != FORMAT_VERSION:
-            raise invalid(f"{meta}: not a modelyard learned router of version {FORMAT_VERSION}", param="router")
+        if description.get("format") != FORMAT:
+            raise invalid(f"{meta}: not a modelyard learned router", param="router")
+        if description.get("version") not in READABLE_VERSIONS:
+            raise invalid(f"{meta}: a learned router of version {description.get('version')!r}; this modelyard reads "
+                          f"versions {', '.join(map(str, READABLE_VERSIONS))}: retrain it with `modelyard router train`",
+                          param="router", code="router_version")
         if description.get("features") != list(FEATURE_NAMES):
             raise invalid(f"{meta}: trained with other prompt features; retrain it with this version", param="router")
         router = cls(embedder, l2=float(description.get("l2", 0.007)), use_embeddings=bool(description.get("use_embeddings")))
@@ -279,13 +430,45 @@ class LearnedRouter:
         router.embedding_dim = int(description.get("embedding_dim") or 0)
         router.embedder_id = str(description.get("embedder") or "")
         router.info = dict(description.get("trained") or {})
+        router.length_quantiles = data.get("length_quantiles")
+        router.active = bool(description.get("active", True))
+        router.gate = description.get("gate")
+        ood = description.get("ood")
+        if "ood_reference" in data and isinstance(ood, dict):
+            try:
+                router.ood = NearestNeighbours(reference=data["ood_reference"].astype(np.float32), k=int(ood["k"]),
+                                               threshold=float(ood["threshold"]), quantile=float(ood["quantile"]))
+                shape = ood.get("shape")
+                if "ood_shape_reference" in data and isinstance(shape, dict):
+                    router.ood_shape = NearestNeighbours(
+                        reference=data["ood_shape_reference"].astype(np.float32), k=int(shape["k"]),
+                        threshold=float(shape["threshold"]), quantile=float(shape["quantile"]))
+            except (KeyError, TypeError, ValueError) as exc:
+                raise invalid(f"{meta}: unreadable out-of-distribution settings ({exc})", param="router") from None
         if embedder is not None and router.embedder_id and embedder_name(embedder) != router.embedder_id:
             log.warning("router %s was trained with embedder %r but is loaded with %r", npz, router.embedder_id,
                         embedder_name(embedder))
         return router
 
 
+@dataclass
+class Assessment:
+    """What the router makes of some prompts: its scores, their distance to the training data, and which are
+    out of distribution (farther than the threshold calibrated on the training prompts)."""
+
+    scores: np.ndarray
+    distance: np.ndarray
+    outside: np.ndarray
+
+
 # --- helpers ---------------------------------------------------------------------------------
+
+
+def _rank(quantiles: np.ndarray, values: np.ndarray) -> np.ndarray:
+    """The share of a distribution (given by its quantiles) below each value, ties counted half, in [0, 1]."""
+    q = np.asarray(quantiles, dtype=np.float64)
+    below = np.searchsorted(q, values, side="left") + np.searchsorted(q, values, side="right")
+    return below / (2.0 * len(q))
 
 
 def _outcomes(values: Sequence[float], name: str, n: int) -> np.ndarray:

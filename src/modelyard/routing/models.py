@@ -20,7 +20,7 @@ class Models:
 
     def __init__(self, settings: Settings | None = None) -> None:
         self.settings = settings or Settings.from_env()
-        self._routers: dict[str, tuple[float, LearnedRouter]] = {}
+        self._routers: dict[str, tuple[int, LearnedRouter]] = {}
         self._embedder: MiniLMEmbedder | None = None
 
     def path(self, endpoint: str) -> Path:
@@ -34,7 +34,8 @@ class Models:
     def router(self, endpoint: str) -> LearnedRouter:
         path = self.path(endpoint)
         try:
-            mtime = os.stat(path).st_mtime
+            # the description (.json) changes alone when a router is activated
+            mtime = max(os.stat(path).st_mtime_ns, os.stat(path.with_suffix(".json")).st_mtime_ns)
         except FileNotFoundError:
             raise ModelyardError(f"endpoint '{endpoint}' routes with a learned model, but none is trained yet: run "
                                  f"`modelyard router train {endpoint} --data outcomes.csv`", status=503,
@@ -43,6 +44,11 @@ class Models:
         if cached is None or cached[0] != mtime:
             self._routers[endpoint] = cached = (mtime, LearnedRouter.load(path, embedder=self.embedder()))
         return cached[1]
+
+    def activate(self, endpoint: str, reason: str) -> None:
+        """Mark the endpoint's saved router active (``--force``), recording why; it is reloaded on next use."""
+        LearnedRouter.set_active(self.path(endpoint), True, reason)
+        self._routers.pop(endpoint, None)
 
     def embed(self, texts: list[str]) -> np.ndarray:
         """Unit-length sentence embeddings of `texts`."""

@@ -32,6 +32,7 @@ from typing import Any, Protocol
 import regex
 
 from ..errors import invalid
+from ..telemetry.router_report import LEARNED_FALLBACK_ROUTES
 from ..wire import prompt_text
 from .cascade import CascadePolicy
 from .context import TierCalls, respond
@@ -152,22 +153,53 @@ class LearnedPolicy:
     The cheapest and the strongest tier are the two choices (tiers between
     them are for the cascade); while the budget runs low the threshold moves
     halfway to 1, so fewer prompts go to the paid tier.
+
+    A prompt out of the model's training distribution (``ood_fallback``), and
+    every prompt while the model is inactive, goes to ``fallback`` instead;
+    the route says so (``learned-ood:…``, ``learned-off:…``), and the gateway
+    counts those decisions (``modelyard_router_fallbacks``, `router report`).
+    The ``length`` fallback sends a prompt to the strongest tier when it is
+    longer than the share of training prompts the threshold keeps on the
+    cheapest tier: the length rule at the learned threshold's strong share.
     """
 
     def __init__(self, spec: LearnedRouter, models: Models, endpoint: str) -> None:
         self.spec = spec
         self.models = models
         self.endpoint = endpoint
+        fallback = spec.fallback
+        self._fallback: RouterPolicy | None = (None if fallback == "length" else
+                                               build(fallback, models, endpoint))
 
     async def answer(self, ctx: TierCalls) -> None:
         model = self.models.router(self.endpoint)
-        score = float((await asyncio.to_thread(model.score, [prompt_text(ctx.request)]))[0])
+        text = prompt_text(ctx.request)
+        assessment = await asyncio.to_thread(model.assess, [text])
         threshold = self.spec.threshold
         if ctx.budget_low:
             threshold += (1 - threshold) / 2
-        strong = score >= threshold
-        tier = ctx.tiers[-1] if strong else ctx.tiers[0]
+        if not model.active:
+            await self._fall_back(ctx, model, text, threshold, "inactive")
+            return
+        if self.spec.ood_fallback and bool(assessment.outside[0]):
+            await self._fall_back(ctx, model, text, threshold, "ood")
+            return
+        score = float(assessment.scores[0])
+        tier = ctx.tiers[-1] if score >= threshold else ctx.tiers[0]
         ctx.route = f"learned:{score:.2f}>{tier.name}"
+        await respond(ctx, tier)
+
+    async def _fall_back(self, ctx: TierCalls, model: Any, text: str, threshold: float, reason: str) -> None:
+        prefix = LEARNED_FALLBACK_ROUTES[reason]
+        if self._fallback is not None:
+            try:
+                await self._fallback.answer(ctx)
+            finally:
+                ctx.route = prefix + (ctx.route or "")
+            return
+        strong = float(model.length_rank([text])[0]) >= 1.0 - model.strong_share(threshold)
+        tier = ctx.tiers[-1] if strong else ctx.tiers[0]
+        ctx.route = f"{prefix}length>{tier.name}"
         await respond(ctx, tier)
 
 

@@ -101,11 +101,19 @@ class LearnedRouter(_Spec):
     """A trained model scores each prompt; above ``threshold`` goes to the stronger tier.
 
     The model is trained with ``modelyard router train ENDPOINT`` and the
-    threshold chosen with ``modelyard router calibrate``.
+    threshold chosen with ``modelyard router calibrate``. A prompt far from
+    the model's training data (``ood_fallback``, on by default), and every
+    prompt while the model is not activated (it did not beat the length rule
+    when trained), is routed by ``fallback``: ``length`` — the length rule
+    at the threshold's share of strong calls — or a ``rules`` or ``cascade``
+    router of its own.
     """
 
     strategy: Literal["learned"]
     threshold: float = Field(default=0.5, ge=0, le=1)
+    ood_fallback: bool = True
+    fallback: Union[Literal["length"], Annotated[Union[RulesRouter, CascadeRouter], Field(discriminator="strategy")]] \
+        = "length"
 
 
 class SpeculativeRouter(_Spec):

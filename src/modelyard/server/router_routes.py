@@ -65,6 +65,8 @@ async def budget(request: Request, name: str, gateway=Depends(require_admin)) ->
 class CalibrateBody(BaseModel):
     model_config = ConfigDict(extra="forbid")
     strong_share: float = Field(ge=0, le=1)
+    #: set the threshold even if the router is not activated or is below the length rule on rated answers
+    force: bool = False
 
 
 @router.post("/endpoints/{name}/router/calibrate", openapi_extra=json_body(CalibrateBody))
@@ -72,7 +74,7 @@ async def calibrate(request: Request, name: str, gateway=Depends(require_admin))
     """Set a learned router's threshold so ``{"strong_share": 0.3}`` of recent prompts go to the strong tier."""
     body = await read_model(request, CalibrateBody)
     await gateway.router.responses.flush()
-    return json_response(await calibrate_threshold(gateway, name, body.strong_share))
+    return json_response(await calibrate_threshold(gateway, name, body.strong_share, force=body.force))
 
 
 @router.get("/endpoints/{name}/router/outcomes")

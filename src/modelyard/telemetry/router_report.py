@@ -35,6 +35,10 @@ What it counts (every figure in USD comes from the records' ``cost_usd``):
   ``savings_usd`` = counterfactual − what those requests and their
   follow-up work cost; ``savings_pct`` is that share of the counterfactual.
   Cache savings are not in it: they are reported on their own.
+- **learned fallbacks** — requests a ``learned`` router left to its fallback:
+  ``ood`` (the prompt was far from the router's training data; route
+  ``learned-ood:…``) and ``inactive`` (the router was not activated; route
+  ``learned-off:…``), and their share of the learned router's requests.
 - **feedback** — ratings per tier (``POST /v1/feedback``), when any.
 - **series** — the same numbers per time bucket (5 minutes up to a 2-hour
   window, hours up to 2 days, days beyond), for the plot.
@@ -64,6 +68,18 @@ FOLLOW_UP_PREFIXES = ("speculative-check:", "feedback:")
 #: Outcomes of a tier step that mean the request went further than its first answer.
 ESCALATED = frozenset({"escalated", "corrected"})
 CACHE_ROW = "(cache)"
+#: Route prefixes of a learned router's decisions left to its fallback (``routing.policy`` writes them), by reason.
+LEARNED_FALLBACK_ROUTES = {"ood": "learned-ood:", "inactive": "learned-off:"}
+LEARNED_PREFIX = "learned"
+
+
+def fallback_reason(route: str | None) -> str | None:
+    """``ood`` or ``inactive`` when ``route`` is a learned router's fallback decision, else None."""
+    if route and route.startswith("learned-"):
+        for reason, prefix in LEARNED_FALLBACK_ROUTES.items():
+            if route.startswith(prefix):
+                return reason
+    return None
 MAX_WINDOW = timedelta(days=366)
 
 
@@ -231,6 +247,7 @@ def router_report(db: Any, spec: Any, cards: Mapping[str, Any], window: timedelt
         "counterfactual_usd": _r(counterfactual) if counterfactual is not None else None,
         "savings_usd": _r(savings) if savings is not None else None,
         "savings_pct": savings / counterfactual * 100 if savings is not None and counterfactual else None,
+        "learned_fallbacks": _fallbacks(totals),
         "feedback": feedback,
         "bucket_s": bucket_s,
         "series": series,
@@ -242,7 +259,7 @@ def _tally(rows: Iterable[Any], series: list[dict[str, Any]], first: int, bucket
     deployment's observed (cost, tokens) — from each tier step of a routed record, else the record's."""
     t: dict[str, Any] = {"requests": 0, "errors": 0, "spend_usd": 0.0, "mirror_spend_usd": 0.0,
                          "follow_up_spend_usd": 0.0, "escalations": 0, "cache_hits": 0, "cache_saved_usd": 0.0,
-                         "compared_usd": 0.0}
+                         "compared_usd": 0.0, "learned": 0, "fallback_ood": 0, "fallback_inactive": 0}
     mix: dict[str, dict[str, Any]] = {}
     observed: dict[str, tuple[float, int]] = {}
     would = [0, 0]  # the counterfactual's prompt and completion tokens
@@ -266,6 +283,11 @@ def _tally(rows: Iterable[Any], series: list[dict[str, Any]], first: int, bucket
             t["compared_usd"] += cost
             continue
         t["requests"] += 1
+        if route.startswith(LEARNED_PREFIX):
+            t["learned"] += 1
+            reason = fallback_reason(route)
+            if reason is not None:
+                t[f"fallback_{reason}"] += 1
         if point is not None:
             point["requests"] += 1
         if status >= 400:
@@ -296,6 +318,16 @@ def _tally(rows: Iterable[Any], series: list[dict[str, Any]], first: int, bucket
     t["observed"] = observed
     t["counterfactual_tokens"] = tuple(would)
     return t
+
+
+def _fallbacks(totals: dict[str, Any]) -> dict[str, Any] | None:
+    """The learned router's fallback decisions in the window, or None when no request was routed by one."""
+    learned = totals.pop("learned")
+    ood, inactive = totals.pop("fallback_ood"), totals.pop("fallback_inactive")
+    if not learned:
+        return None
+    return {"learned_requests": learned, "ood": ood, "inactive": inactive, "ood_share": ood / learned,
+            "fallback_share": (ood + inactive) / learned}
 
 
 def _observe(observed: dict[str, tuple[float, int]], dep: str | None, tiers: Any, cost: float, tokens: int) -> None:
