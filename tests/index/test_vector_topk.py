@@ -104,3 +104,23 @@ def test_bulk_adds_grow_a_matrix_into_a_graph(tmp_path):
     assert len(index) == 100
     assert index.search_top("p", block[77], 1)[0][0] == "c77"
     assert index.search_top("p", block[3], 1)[0][0] == "c3"
+
+
+def test_a_wider_graph_search_finds_more_of_the_exact_top_k_and_the_width_survives_a_reload(tmp_path):
+    block = vectors(4000, seed=3)
+    ids = [f"c{i}" for i in range(4000)]
+    queries = vectors(100, seed=4)
+
+    def recall(index: VectorIndex) -> float:
+        found = [len({i for i, _ in index.search_top("p", q, 10)} & set(brute_force(block, ids, q, 10))) / 10
+                 for q in queries]
+        return float(np.mean(found))
+
+    narrow = VectorIndex(DIM, ann_min=16, expansion_search=10)
+    narrow.add_many(ids, ["p"] * 4000, block, threads=1)
+    narrow.save(tmp_path / "saved")
+    wide, _ = VectorIndex.load(tmp_path / "saved", ann_min=16, expansion_search=200)
+    narrow_again, _ = VectorIndex.load(tmp_path / "saved", ann_min=16, expansion_search=10)
+    assert recall(wide) >= 0.95
+    assert recall(narrow) < recall(wide) - 0.05  # the same graph, searched less widely
+    assert recall(narrow_again) == pytest.approx(recall(narrow))
