@@ -158,9 +158,10 @@ class Gateway:
     """One ``modelyard up`` process with its own MODELYARD_HOME and port."""
 
     def __init__(self, home: Path | None = None, port: int | None = None, log_name: str = "gateway",
-                 log_level: str = "warning", extra_args: tuple[str, ...] = ()) -> None:
+                 log_level: str = "warning", extra_args: tuple[str, ...] = (), env: dict[str, str] | None = None) -> None:
         self.log_level = log_level
         self.extra_args = tuple(extra_args)
+        self.env = dict(env or {})  # on top of this process's environment (PYTHONPATH=another source tree, say)
         self._tmp = None
         if home is None:
             self._tmp = tempfile.TemporaryDirectory(prefix="modelyard-bench-")
@@ -179,7 +180,7 @@ class Gateway:
         return (self.home / "admin.key").read_text().strip()
 
     def start(self) -> "Gateway":
-        env = dict(os.environ)
+        env = {**os.environ, **self.env}
         env["MODELYARD_HOME"] = str(self.home)
         env.pop("MODELYARD_ADMIN_KEY", None)
         env.pop("DATABASE_URL", None)

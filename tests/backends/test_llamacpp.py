@@ -10,9 +10,11 @@ llama.cpp cannot do.
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 from typing import Any
 
+import httpx
 import pytest
 
 from modelyard.backends.llamacpp import LlamaCppBackend
@@ -231,3 +233,130 @@ def test_each_request_frees_its_sampler_at_once_so_memory_does_not_pile_up(backe
         assert len(alive) <= before, f"{len(alive)} sampler chains still hold their buffers"
     finally:
         gc.enable()
+
+
+# --- through the instance process's HTTP server ----------------------------------------
+
+
+class _Borrowed:
+    """The module's backend lent to a worker app: the app's start-up and shut-down leave the model alone."""
+
+    max_concurrency = 1
+
+    def __init__(self, backend: LlamaCppBackend) -> None:
+        self.backend = backend
+
+    async def start(self) -> None:
+        pass
+
+    async def close(self) -> None:
+        pass
+
+    def generate(self, kind: str, request: Any):
+        return self.backend.generate(kind, request)
+
+    async def embed(self, request: Any) -> dict[str, Any]:
+        return await self.backend.embed(request)
+
+
+@pytest.fixture(scope="module")
+def instance(backend):
+    """The worker app (`python -m modelyard.worker`) around the module's backend, served by uvicorn as an
+    instance is (uvloop, httptools) on a free port, in a thread. Yields its base URL."""
+    import socket
+    import threading
+
+    import uvicorn
+
+    from modelyard.worker.app import build_app
+
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    server = uvicorn.Server(uvicorn.Config(build_app(_Borrowed(backend)), log_level="warning", loop="uvloop",
+                                           http="httptools"))
+    thread = threading.Thread(target=server.run, kwargs={"sockets": [sock]}, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{sock.getsockname()[1]}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if server.started and httpx.get(url + "/readyz").status_code == 200:
+            break
+        time.sleep(0.02)
+    yield url
+    server.should_exit = True
+    thread.join(timeout=10)
+    sock.close()
+
+
+def _reads(response: httpx.Response) -> list[tuple[float, list[dict[str, Any]]]]:
+    """The stream as the client reads it: (time, the chunks that read completed), read by read."""
+    from modelyard.wire import SSEDecoder
+
+    decoder = SSEDecoder()
+    out = []
+    for piece in response.iter_raw():
+        events = [json.loads(d) for d in decoder.feed(piece) if d != b"[DONE]"]
+        if events:
+            out.append((time.perf_counter(), events))
+    return out
+
+
+def test_the_instance_streams_token_by_token_and_the_first_token_comes_with_the_role(instance):
+    body = {"model": "gemma-3-270m", "messages": [{"role": "user", "content": "Tell me a long story about a dragon."}],
+            "temperature": 0, "max_tokens": 24, "stream": True}
+    with httpx.stream("POST", instance + "/v1/chat/completions", json=body, timeout=120) as r:
+        assert r.status_code == 200
+        reads = _reads(r)
+    first_read = reads[0][1]
+    assert first_read[0]["choices"][0]["delta"] == {"role": "assistant", "content": ""}
+    assert len(first_read) == 2 and first_read[1]["choices"][0]["delta"]["content"], \
+        "the first text leaves in the same write as the role chunk"
+    with_text = [t for t, events in reads if any(e["choices"] and e["choices"][0]["delta"].get("content")
+                                                  for e in events)]
+    # One token per write as they are generated: a stream gathered and sent at the end would arrive in one read.
+    assert len(with_text) >= 12, f"{len(with_text)} reads carried text"
+    assert with_text[-1] - with_text[0] > 0.05
+
+
+def test_a_client_that_hangs_up_after_the_first_token_frees_the_instance_at_once(instance, backend):
+    body = {"model": "gemma-3-270m", "prompt": "Once upon a time", "temperature": 1.0, "seed": 5,
+            "max_tokens": CONTEXT - 16, "stream": True}
+    with httpx.stream("POST", instance + "/v1/completions", json=body, timeout=120) as r:
+        for line in r.iter_lines():
+            if line.startswith("data: ") and json.loads(line[6:])["choices"][0]["text"]:
+                break  # hang up after the first token of ~500
+    t0 = time.perf_counter()
+    reply = httpx.post(instance + "/v1/chat/completions", timeout=120, json={
+        "model": "gemma-3-270m", "messages": [{"role": "user", "content": FRANCE}], "temperature": 0, "max_tokens": 32})
+    assert reply.status_code == 200
+    assert "Paris" in reply.json()["choices"][0]["message"]["content"]
+    assert time.perf_counter() - t0 < 30, "the next request waited for the abandoned generation"
+    assert backend.llm._sampler is None, "the sampler chain of the last request is still held"
+
+
+def test_a_consumer_slow_to_take_the_first_token_does_not_hold_up_generation(backend):
+    """The generating thread waits for the first token to be passed on, but only briefly: a consumer that
+    dawdles after it finds the rest of the answer ready when it comes back."""
+    # seeded: the whole prompt is evaluated each time, so both runs give the same text
+    request = CompletionRequest(model="gemma-3-270m", prompt="Once upon a time", temperature=0, seed=1, max_tokens=32)
+
+    async def run(dawdle_s: float) -> tuple[list[dict[str, Any]], float]:
+        stream = backend.generate("completion", request)
+        first = [c async for c in _until_text(stream)]
+        await asyncio.sleep(dawdle_s)
+        t0 = time.perf_counter()
+        rest = [c async for c in stream]
+        return first + rest, time.perf_counter() - t0
+
+    whole, eager_rest_s = asyncio.run(run(0))  # 31 more tokens: about half a second at this model's best speed
+    dawdled, rest_s = asyncio.run(run(2 * eager_rest_s + 1.0))
+    assert gather("completion", dawdled)["choices"][0]["text"] == gather("completion", whole)["choices"][0]["text"]
+    assert rest_s < 0.2, f"the rest took {rest_s:.2f}s after the consumer came back ({eager_rest_s:.2f}s eagerly)"
+
+
+async def _until_text(stream):
+    """The chunks of `stream` up to and including the first that carries text."""
+    async for chunk in stream:
+        yield chunk
+        if chunk["choices"] and chunk["choices"][0]["text"]:
+            return

@@ -45,6 +45,9 @@ class LlamaCppBackend:
     """
 
     max_concurrency = 1
+    #: After handing over the first text, the generating thread waits (up to this long) until the event loop
+    #: has sent it on before it decodes the next token. See `_run`.
+    first_chunk_wait_s = 0.05
 
     def __init__(self, card: Any, *, context_length: int | None = None, threads: int | None = None,
                  threads_batch: int | None = None, batch_size: int = 512, path: str | None = None) -> None:
@@ -183,6 +186,7 @@ class LlamaCppBackend:
         loop = asyncio.get_running_loop()
         queue: asyncio.Queue[Any] = asyncio.Queue()
         cancel = threading.Event()
+        first_sent = threading.Event()  # set once the consumer has passed the first text on (or left)
 
         def put(item: Any) -> None:
             try:
@@ -196,7 +200,7 @@ class LlamaCppBackend:
             with self._busy:
                 try:
                     self._run(tokens, max_new, stops, temperature, top_p, seed, request, want_lp, top_n, cancel, put,
-                              kind == "chat")
+                              kind == "chat", first_sent)
                 except BaseException as exc:  # handed to the consumer, which re-raises it
                     put(exc)
                 finally:
@@ -205,14 +209,21 @@ class LlamaCppBackend:
         async with self._lock:  # requests queue here, in arrival order
             self._thread.submit(run)
             try:
-                async for chunk in self._consume(kind, queue, rid, created, echo_text, want_lp, len(tokens)):
+                async for chunk in self._consume(kind, queue, rid, created, echo_text, want_lp, len(tokens),
+                                                 first_sent):
                     yield chunk
             finally:
                 cancel.set()  # the thread stops after the token it is on
+                first_sent.set()
 
     async def _consume(self, kind: str, queue: asyncio.Queue[Any], rid: str, created: int,
-                       echo_text: str, want_lp: bool, n_prompt: int) -> AsyncIterator[dict[str, Any]]:
-        """Turn what the generating thread hands over into OpenAI chunks."""
+                       echo_text: str, want_lp: bool, n_prompt: int,
+                       first_sent: threading.Event) -> AsyncIterator[dict[str, Any]]:
+        """Turn what the generating thread hands over into OpenAI chunks.
+
+        `first_sent` is set when the consumer asks for the chunk after the first one that
+        carries text: by then it has passed that one on (a worker has written it to its socket).
+        """
         started = False
         while True:
             item = await queue.get()
@@ -235,17 +246,26 @@ class LlamaCppBackend:
                 else:
                     yield _text_chunk(rid, created, self.card.id, text, finish,
                                       _legacy_logprobs(lps) if want_lp else None)
+                first_sent.set()
             if finish:
                 yield {"id": rid, "object": "chat.completion.chunk" if kind == "chat" else "text_completion",
                        "created": created, "model": self.card.id, "choices": [], "usage": usage(n_prompt, counts)}
 
     def _run(self, tokens: list[int], max_new: int, stops: list[str], temperature: float, top_p: float, seed: int,
-             request: Any, want_lp: bool, top_n: int, cancel: threading.Event, put: Any, strip_lead: bool) -> None:
+             request: Any, want_lp: bool, top_n: int, cancel: threading.Event, put: Any, strip_lead: bool,
+             first_sent: threading.Event) -> None:
         """The generation loop (in a thread). Hands ``(text, finish, logprobs, tokens so far)`` to `put`.
 
         Text that could be the start of a stop sequence is held back until it is
         clear it is not; a token's logprob entry travels with the text it starts in,
         so the entries of a stop sequence are never reported.
+
+        Once the first text is handed over, the loop waits for `first_sent` (at most
+        `first_chunk_wait_s`) before the next token: decoding takes every core the
+        instance has, and the event loop that sends the first token on would
+        otherwise wait for a core (and the GIL) behind it, which is time to first
+        token. Waiting costs the next token the event loop's turn, a fraction of a
+        millisecond, once per request.
         """
         import llama_cpp
 
@@ -309,6 +329,8 @@ class LlamaCppBackend:
                     return
                 if safe > sent:
                     put((text[sent:safe], None, take_lp(safe), count))
+                    if sent == 0:
+                        first_sent.wait(self.first_chunk_wait_s)
                     sent = safe
         finally:
             gen.close()

@@ -48,6 +48,13 @@ def error_response(err: ModelyardError) -> Response:
                     headers=err.headers or None)
 
 
+def _opens_chat(chunk: dict[str, Any]) -> bool:
+    """A chat stream's opening chunk: the assistant's role, no text, not the end."""
+    choices = chunk.get("choices") or ()
+    return (len(choices) == 1 and choices[0].get("delta") == {"role": "assistant", "content": ""}
+            and not choices[0].get("finish_reason"))
+
+
 def build_app(backend: Backend, *, name: str = "instance", token: str | None = None) -> Starlette:
     state: dict[str, Any] = {"ready": False, "error": None}
 
@@ -150,17 +157,25 @@ def build_app(backend: Backend, *, name: str = "instance", token: str | None = N
         return work.result()  # re-raises a backend error (a ModelyardError becomes its response)
 
     async def _events(first: dict[str, Any], stream: AsyncIterator[dict[str, Any]], include_usage: bool) -> AsyncIterator[bytes]:
+        def wanted(chunk: dict[str, Any]) -> bool:
+            return include_usage or not (chunk.get("usage") and not chunk.get("choices"))
+
+        # A chat stream's role chunk comes with its first text (a local backend hands them over together):
+        # it is held back to leave in one write with that text, so the gateway and its client wake once for it.
+        held = sse(first) if _opens_chat(first) else b""
         try:
-            chunk: dict[str, Any] | None = first
+            chunk: dict[str, Any] | None = await anext(stream, None) if held else first
             while chunk is not None:
-                if include_usage or not (chunk.get("usage") and not chunk.get("choices")):
-                    yield sse(chunk)
+                if wanted(chunk):
+                    yield held + sse(chunk)
+                    held = b""
                 chunk = await anext(stream, None)
         except ModelyardError as err:
-            yield sse(err.body())
+            yield held + sse(err.body())
+            held = b""
         finally:
             await stream.aclose()  # type: ignore[attr-defined]
-        yield SSE_DONE
+        yield held + SSE_DONE
 
     routes = [
         Route("/healthz", healthz),
