@@ -202,8 +202,13 @@ def test_a_down_rated_semantic_hit_is_deleted_and_tightens_the_threshold(tmp_pat
         assert (await cache.lookup("ep", spec, _keys(QUERY))).result == "miss"  # the entry is gone
         stats = await cache.stats("ep", spec)
         assert stats["effective_similarity"] == pytest.approx(0.9 + TIGHTEN_STEP) and stats["removed_by_feedback"] == 1
+        again_rated = await cache.rated_down("chatcmpl-1", spec)  # the same answer rated again: already gone
+        assert again_rated["entry_removed"] is False
+        assert cache.similarity("ep", spec) == pytest.approx(0.9 + TIGHTEN_STEP)  # not tightened twice
         for i in range(20):  # bounded: never more than TIGHTEN_MAX above the spec
-            cache.remember(f"chatcmpl-x{i}", "ep", "gone", "semantic-hit", 0.95)
+            entry = _entry(2, RIGHT, vectors[RIGHT])
+            await store.put(entry)
+            cache.remember(f"chatcmpl-x{i}", "ep", entry.id, "semantic-hit", 0.95)
             await cache.rated_down(f"chatcmpl-x{i}", spec)
         assert cache.similarity("ep", spec) == pytest.approx(0.9 + TIGHTEN_MAX)
         assert await cache.rated_down("chatcmpl-unknown", spec) is None
@@ -212,8 +217,9 @@ def test_a_down_rated_semantic_hit_is_deleted_and_tightens_the_threshold(tmp_pat
         assert json.loads((tmp_path / "thresholds.json").read_text())["ep"] == pytest.approx(0.9 + TIGHTEN_MAX)
         again = _cache(tmp_path, vectors)
         assert again.similarity("ep", spec) == pytest.approx(0.9 + TIGHTEN_MAX)
-        # a stricter spec than the tightened threshold wins
+        # a stricter spec than the tightened threshold wins; a lowered one lowers it too
         assert again.similarity("ep", CacheSpec(mode="semantic", similarity=0.98)) == 0.98
+        assert again.similarity("ep", CacheSpec(mode="semantic", similarity=0.8)) == pytest.approx(0.8 + TIGHTEN_MAX)
 
     asyncio.run(go())
 

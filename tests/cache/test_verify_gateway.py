@@ -87,3 +87,8 @@ def test_a_judge_that_says_no_keeps_the_neighbour_from_being_served_and_its_toke
     # the second request's record carries the judge's call on top of its own answer
     assert answer["prompt_tokens"] > first["prompt_tokens"]
     assert answer["cost_usd"] > first["cost_usd"]
+    # the answer was stored at its own cost: a later hit saves that, not the judging too
+    repeat = raw(client, "judged", **ask(SAME))
+    assert repeat.headers["x-modelyard-cache"] == "hit"
+    hit = usage_rows(gw, "judged")[-1]
+    assert hit["cost_usd"] == 0 and hit["saved_usd"] == pytest.approx(first["cost_usd"])

@@ -213,7 +213,8 @@ class ResponseCache:
 
     def similarity(self, endpoint: str, spec: CacheSpec) -> float:
         """The endpoint's effective threshold: its ``similarity``, raised by down-rated semantic hits."""
-        return max(spec.similarity, self._tightenings().get(endpoint, 0.0))
+        # read back within `TIGHTEN_MAX` of the spec as it is now: a lowered setting lowers it too
+        return max(spec.similarity, min(self._tightenings().get(endpoint, 0.0), spec.similarity + TIGHTEN_MAX))
 
     def verifier(self, spec: CacheSpec) -> Verifier | None:
         if spec.verify == "off":
@@ -301,7 +302,7 @@ class ResponseCache:
             self._removed[served.endpoint] = self._removed.get(served.endpoint, 0) + 1
         before = self.similarity(served.endpoint, spec)
         after = before
-        if served.result == "semantic-hit":
+        if served.result == "semantic-hit" and removed:  # one answer tightens once, however often it is rated
             ceiling = min(0.99, spec.similarity + TIGHTEN_MAX)
             after = round(min(ceiling, max(before, before + TIGHTEN_STEP)), 4)
             if after > before:

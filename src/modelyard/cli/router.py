@@ -275,7 +275,8 @@ def train_command(
         if from_feedback:
             outcomes = _with_feedback(outcomes, endpoint)
         outcomes.require_positive()
-        checks = [load_outcomes(c, weak_column=weak_column, strong_column=strong_column, param="check_data")
+        checks = [load_outcomes(c, weak_column=weak_column, strong_column=strong_column, answer_column=answer_column,
+                                param="check_data")
                   for c in check_data or ()]
         embedder = _embedder()
 

@@ -67,7 +67,9 @@ class DeploymentJudge:
 
     async def __call__(self, cached: str, query: str, call: Call | None = None) -> bool:
         """Whether the deployment says the two questions are the same. The judge's tokens and cost are
-        counted on `call` (so its usage record and the budgets carry them), a failed judgement's too."""
+        counted on `call` (so its usage record and the budgets carry them), a failed judgement's too —
+        except one cut off by `JUDGE_TIMEOUT_S`, whose partial use is not known (the look-up goes on
+        without it)."""
         request = KINDS["chat"].model_validate({
             "model": self.deployment.name, "temperature": 0, "max_tokens": 3, "stream": False,
             "messages": [{"role": "user", "content": JUDGE_PROMPT.format(a=cached, b=query)}]})
@@ -122,6 +124,7 @@ class Cache:
             call.cache = "bypass"
             self.metrics.lookups.labels(endpoint.name, "bypass").inc()
             return await call_next(call)
+        before = (call.prompt_tokens, call.completion_tokens, call.cost_usd)  # a judge adds its own use
         try:
             judge = self._judge(endpoint, spec)
             found = await self.cache.lookup(endpoint.name, spec, keys,
@@ -131,6 +134,7 @@ class Cache:
             self.cache.failed(endpoint.name, exc)
             found = Lookup("unavailable")
         self.metrics.lookups.labels(endpoint.name, found.result).inc()
+        judged = (call.prompt_tokens - before[0], call.completion_tokens - before[1], call.cost_usd - before[2])
         if found.similarity is not None:
             call.headers["x-modelyard-cache-similarity"] = f"{found.similarity:.4f}"
         if found.rejected:
@@ -143,9 +147,9 @@ class Cache:
         if not keys.store or found.result in ("unavailable", "warming"):
             return
         if call.stream is not None:
-            call.stream = self._store_when_done(call, call.stream, spec, keys, found)
+            call.stream = self._store_when_done(call, call.stream, spec, keys, found, judged)
         elif call.status == 200 and storable(call.body):
-            await self._save(call, spec, keys, found, call.body)  # type: ignore[arg-type]
+            await self._save(call, spec, keys, found, call.body, judged)  # type: ignore[arg-type]
 
     def _judge(self, endpoint: Any, spec: Any) -> DeploymentJudge | None:
         """The endpoint's judge (``verify: judge``): the deployment ``cache.judge`` names, else its cheapest tier."""
@@ -208,10 +212,14 @@ class Cache:
 
     # --- a miss ---------------------------------------------------------------------------
 
-    async def _save(self, call: Call, spec: Any, keys: Any, found: Lookup, body: dict[str, Any]) -> None:
+    async def _save(self, call: Call, spec: Any, keys: Any, found: Lookup, body: dict[str, Any],
+                    judged: tuple[int, int, float] = (0, 0, 0.0)) -> None:
+        """Store the answer with what generating it cost (the judge's part of the call left out: a later hit
+        saves the answer's cost, not the judging's)."""
         try:
-            saved = await self.cache.save(call.endpoint.name, spec, keys, call.kind, body, call.prompt_tokens,
-                                          call.completion_tokens, call.cost_usd, found.vector)
+            saved = await self.cache.save(call.endpoint.name, spec, keys, call.kind, body,
+                                          call.prompt_tokens - judged[0], call.completion_tokens - judged[1],
+                                          max(call.cost_usd - judged[2], 0.0), found.vector)
         except Exception as exc:
             log.exception("storing an answer in the cache of %s failed", call.endpoint.name)
             self.cache.failed(call.endpoint.name, exc)
@@ -223,7 +231,7 @@ class Cache:
                                     getattr(call.key, "id", None))
 
     async def _store_when_done(self, call: Call, stream: AsyncIterator[bytes], spec: Any, keys: Any,
-                               found: Lookup) -> AsyncIterator[bytes]:
+                               found: Lookup, judged: tuple[int, int, float]) -> AsyncIterator[bytes]:
         """Pass the client's events on; once the stream has ended well, store the answer it carried."""
         events: list[bytes] = []
         try:
@@ -242,7 +250,7 @@ class Cache:
             log.exception("reading back a streamed answer for the cache of %s failed", call.endpoint.name)
             return
         if body is not None and storable(body):
-            await self._save(call, spec, keys, found, body)
+            await self._save(call, spec, keys, found, body, judged)
 
 
 def _gathered(kind: str, raw: bytes) -> dict[str, Any] | None:
