@@ -31,8 +31,9 @@ import json
 import random
 import tempfile
 import time
+from contextlib import asynccontextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, AsyncIterator
 
 import numpy as np
 
@@ -85,8 +86,27 @@ def _ms(samples: list[float], q: float) -> float:
     return float(np.percentile(np.asarray(samples) * 1000, q)) if samples else 0.0
 
 
-async def _run(pairs: list[tuple[str, str]], thresholds: list[float], embedder: Embedder, seed: int) -> dict[str, Any]:
+@asynccontextmanager
+async def filled_store(texts: list[str], vectors: np.ndarray) -> AsyncIterator[Any]:
+    """A throw-away `LocalStore` (in a temporary folder) holding each of `texts` as a cached question of
+    partition `PARTITION`, entry ids ``e0``, ``e1`` … in order, each answered with its own text."""
     from .local import LocalStore
+
+    with tempfile.TemporaryDirectory() as tmp:
+        store = LocalStore(Path(tmp) / "eval.db", ttl_s=86400, max_entries=len(texts) + 1)
+        await store.open()
+        try:
+            now = time.time()
+            for i, (text, vec) in enumerate(zip(texts, vectors)):
+                body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
+                                     "finish_reason": "stop"}]}
+                await store.put(Entry(f"e{i}", PARTITION, "chat", text, body, 0, 0, 0.0, now, now + 86400, vec))
+            yield store
+        finally:
+            await store.close()
+
+
+async def _run(pairs: list[tuple[str, str]], thresholds: list[float], embedder: Embedder, seed: int) -> dict[str, Any]:
 
     origins = sorted({o for o, _ in pairs})
     random.Random(seed).shuffle(origins)
@@ -99,19 +119,10 @@ async def _run(pairs: list[tuple[str, str]], thresholds: list[float], embedder: 
         t0 = time.perf_counter()
         embedder([similar])
         embed_times.append(time.perf_counter() - t0)
-    with tempfile.TemporaryDirectory() as tmp:
-        store = LocalStore(Path(tmp) / "eval.db", ttl_s=86400, max_entries=len(keep) + 1)
-        await store.open()
-        try:
-            now = time.time()
-            for i, (origin, vec) in enumerate(zip(keep, origin_vecs)):
-                body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": origin}, "finish_reason": "stop"}]}
-                await store.put(Entry(f"e{i}", PARTITION, "chat", origin, body, 0, 0, 0.0, now, now + 86400, vec))
-            rows = []
-            for threshold in thresholds:
-                rows.append(await _measure(store, pairs, query_vecs, inserted, threshold))
-        finally:
-            await store.close()
+    async with filled_store(keep, origin_vecs) as store:
+        rows = []
+        for threshold in thresholds:
+            rows.append(await _measure(store, pairs, query_vecs, inserted, threshold))
     return {"pairs": len(pairs), "origins": len(origins), "inserted": len(keep), "withheld": len(origins) - len(keep),
             "seed": seed, "embedding_p50_ms": _ms(embed_times, 50), "embedding_p99_ms": _ms(embed_times, 99),
             "thresholds": rows}

@@ -33,7 +33,6 @@ from __future__ import annotations
 import asyncio
 import csv
 import json
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -43,10 +42,10 @@ import numpy as np
 
 from ..backends.sentence import Embedder
 from .entry import Entry
+from .evaluate import PARTITION, filled_store
 from .index import CANDIDATES
 from .verify import GUARDS, Judge, Verifier
 
-PARTITION = "eval"
 _COLUMNS = (("question1", "question2", "is_duplicate"), ("text_a", "text_b", "label"),
             ("sentence1", "sentence2", "label"), ("origin", "similar", "label"))
 _TRUE = {"1", "true", "yes", "duplicate", "paraphrase"}
@@ -176,8 +175,6 @@ def layers(judge: Judge | None = None) -> list[tuple[str, tuple[str, ...] | None
 
 async def _run(pairs: list[LabeledPair], thresholds: list[float], default: float, embedder: Embedder,
                judge: Judge | None, candidates: int) -> dict[str, Any]:
-    from .local import LocalStore
-
     clusters = _Clusters()
     for p in pairs:
         if p.duplicate:
@@ -192,25 +189,15 @@ async def _run(pairs: list[LabeledPair], thresholds: list[float], default: float
     positives = sum(p.duplicate for p in pairs)
     should_miss = [not p.duplicate and clusters.find(_key(p.b)) not in stored_clusters for p in pairs]
 
-    with tempfile.TemporaryDirectory() as tmp:
-        store = LocalStore(Path(tmp) / "eval.db", ttl_s=86400, max_entries=len(texts) + 1)
-        await store.open()
-        try:
-            now = time.time()
-            for i, (text, vec) in enumerate(zip(texts, vectors)):
-                body = {"choices": [{"index": 0, "message": {"role": "assistant", "content": text},
-                                     "finish_reason": "stop"}]}
-                await store.put(Entry(f"e{i}", PARTITION, "chat", text, body, 0, 0, 0.0, now, now + 86400, vec))
-            # the candidates of every lookup, best first, with the verdict of each layer on each
-            floor = min(thresholds + [default])
-            candidate_lists = []
-            for p, q in zip(pairs, query_vectors):
-                found = store.index.search_top(PARTITION, q, candidates)
-                candidate_lists.append([(int(entry_id[1:]), sim) for entry_id, sim in found if sim >= floor])
-            verdicts = await _verdicts(pairs, texts, candidate_lists, judge)
-            timing = await _time_lookups(store, pairs, query_vectors, default)
-        finally:
-            await store.close()
+    async with filled_store(texts, vectors) as store:
+        # the candidates of every lookup, best first, with the verdict of each layer on each
+        floor = min(thresholds + [default])
+        candidate_lists = []
+        for p, q in zip(pairs, query_vectors):
+            found = store.index.search_top(PARTITION, q, candidates)
+            candidate_lists.append([(int(entry_id[1:]), sim) for entry_id, sim in found if sim >= floor])
+        verdicts = await _verdicts(pairs, texts, candidate_lists, judge)
+        timing = await _time_lookups(store, pairs, query_vectors, default)
 
     result_layers = {}
     for name, _guards, _judged in layers(judge):
