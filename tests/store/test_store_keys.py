@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import re
 import stat
+import threading
 
 import pytest
 from sqlalchemy import select
@@ -136,6 +138,33 @@ def test_reload_sees_keys_created_by_another_process(db):
     server.reload()
 
     assert server.verify(plain) is not None
+
+
+def test_a_key_created_or_revoked_while_a_reload_reads_is_not_undone_by_it(db, monkeypatch):
+    store = KeyStore(db)
+    old_plain, old = store.create("old")
+    read, go = threading.Event(), threading.Event()
+    real_session = db.session
+
+    @contextlib.contextmanager
+    def session():
+        with real_session() as s:
+            yield s
+        if threading.current_thread().name == "reloader" and not read.is_set():
+            read.set()  # the reload has read the keys as they were: "old" active, "new" not yet there
+            go.wait(10)
+
+    monkeypatch.setattr(db, "session", session)
+    reloader = threading.Thread(target=store.reload, name="reloader")
+    reloader.start()
+    assert read.wait(10)
+    new_plain, _ = store.create("new")
+    store.revoke(old.id)
+    go.set()
+    reloader.join(10)
+
+    assert store.verify(new_plain) is not None, "the reload dropped a key created while it read"
+    assert store.verify(old_plain) is None, "the reload brought back a key revoked while it read"
 
 
 @pytest.mark.parametrize(

@@ -179,9 +179,12 @@ class FlowRegistry:
         await self.sync()
 
     async def sync(self) -> None:
-        """Bring the loaded flows in line with the stored ones (another gateway may have changed them)."""
-        stored = await asyncio.to_thread(self.store.versions)
+        """Bring the loaded flows in line with the stored ones (another gateway may have changed them).
+
+        The stored versions are read under the lock: read before it, an `apply` finishing in between would
+        look deleted and be dropped from this gateway."""
         async with self._lock:
+            stored = await asyncio.to_thread(self.store.versions)
             gone = [n for n in self._flows if n not in stored]
             changed = [n for n, v in stored.items() if n not in self._flows or self._flows[n].version != v]
             retired = [self._flows.pop(n) for n in gone]

@@ -29,6 +29,7 @@ import logging
 import os
 import secrets
 import stat
+import threading
 from dataclasses import dataclass
 from datetime import datetime
 from pathlib import Path
@@ -105,13 +106,26 @@ class KeyStore:
         #: sha256 hex -> (the digest as stored in the database, its KeyInfo), active keys only
         self._active: dict[str, tuple[str, KeyInfo]] = {}
         self._active_ids: frozenset[int] = frozenset()
+        #: local changes to the index so far, so that `reload` knows when its read is out of date
+        self._changes = 0
+        self._change_lock = threading.Lock()
         self.reload()
 
     def reload(self) -> None:
-        """Re-read the active keys from the database (after another process changed them)."""
-        with self.db.session() as session:
-            rows = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))).all()
-        self._set_active({row.key_hash: (row.key_hash, KeyInfo.from_row(row)) for row in rows})
+        """Re-read the active keys from the database (after another process changed them).
+
+        A key created or revoked here while the read was under way would be undone by what the read found
+        (a new key refused, a revoked one accepted until the next reload), so the read is repeated when
+        this process changed a key meanwhile."""
+        for _ in range(5):
+            changes = self._changes
+            with self.db.session() as session:
+                rows = session.scalars(select(ApiKey).where(ApiKey.revoked_at.is_(None))).all()
+            active = {row.key_hash: (row.key_hash, KeyInfo.from_row(row)) for row in rows}
+            with self._change_lock:
+                if self._changes == changes:
+                    self._set_active(active)
+                    break
         log.debug("loaded %d active api keys", len(self._active))
 
     # -- the hot path -------------------------------------------------------
@@ -162,9 +176,11 @@ class KeyStore:
             if row.revoked_at is None:
                 row.revoked_at = utcnow()
             key_hash = row.key_hash
-        active = dict(self._active)
-        active.pop(key_hash, None)
-        self._set_active(active)
+        with self._change_lock:
+            active = dict(self._active)
+            active.pop(key_hash, None)
+            self._set_active(active)
+            self._changes += 1
         log.info("api key %d revoked", key_id)
         return True
 
@@ -250,9 +266,11 @@ class KeyStore:
         return info
 
     def _remember(self, digest: str, info: KeyInfo) -> None:
-        active = dict(self._active)
-        active[digest] = (digest, info)
-        self._set_active(active)
+        with self._change_lock:
+            active = dict(self._active)
+            active[digest] = (digest, info)
+            self._set_active(active)
+            self._changes += 1
 
     def _set_active(self, active: dict[str, tuple[str, KeyInfo]]) -> None:
         self._active = active
