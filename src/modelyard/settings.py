@@ -16,6 +16,7 @@ the variable.
 | MODELYARD_MAX_BODY_BYTES | 8 MiB | larger request bodies get 413 |
 | MODELYARD_USAGE_FLUSH_S | 0.5 | how often queued usage records are written |
 | MODELYARD_EMBED_THREADS | 1 | torch threads for the gateway's own embeddings (cache, router) |
+| MODELYARD_FINETUNE_ENABLED | true | whether this gateway runs fine-tuning jobs (false: it stores them, another runs them) |
 """
 
 from __future__ import annotations
@@ -51,6 +52,9 @@ class Settings(BaseSettings):
     embed_threads: int = Field(default=1, ge=1)
     #: how long one flow node may take, retries included (a 504 naming the node after it)
     flow_node_timeout_s: float = Field(default=60.0, gt=0)
+    #: run fine-tuning jobs in this gateway (training takes the cores and GB of memory; a gateway that serves only
+    #: live traffic turns it off and still accepts jobs for one that runs them, on the same database and home)
+    finetune_enabled: bool = True
     #: the OTLP collector flow traces go to, as OpenTelemetry spans (the OTel SDK's own variable; the
     #: exporter reads it and OTEL_EXPORTER_OTLP_HEADERS itself). Unset: no export.
     otlp_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(

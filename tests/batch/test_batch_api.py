@@ -258,7 +258,7 @@ def test_upload_errors_are_openai_shaped(gw, tmp_path):
     headers = {"Authorization": f"Bearer {gw.admin_key}"}
     r = httpx.post(gw.base_url + "/files", headers=headers, files={"file": ("a.jsonl", b"{}\n")})
     assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
-    r = httpx.post(gw.base_url + "/files", headers=headers, data={"purpose": "fine-tune"},
+    r = httpx.post(gw.base_url + "/files", headers=headers, data={"purpose": "assistants"},
                    files={"file": ("a.jsonl", b"{}\n")})
     assert r.status_code == 400 and r.json()["error"]["param"] == "purpose"
     r = httpx.post(gw.base_url + "/files", headers=headers, data={"purpose": "batch"})

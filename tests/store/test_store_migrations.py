@@ -41,7 +41,7 @@ def test_upgrade_creates_the_tables_in_a_fresh_sqlite_file(tmp_path):
 
     assert path.exists()
     assert TABLES <= set(db.table_names())
-    assert db.current_revision() == _head() == "0005"
+    assert db.current_revision() == _head() == "0006"
     db.close()
 
 
@@ -208,6 +208,7 @@ SHIPPED_MIGRATIONS = {
     "0003_batch.py": "7550f369cbae4df3b363872712abe0afdb1b3bfcfe09219dcf6292e23d47902f",
     "0004_router.py": "e754bbdc6fc82daa1d62919f19974bdff2892efe0e139b9f6e9773cda6861250",
     "0005_flows.py": "dac564e0e8480e1fa5a7b2f0e8d6d831f14bc7fb2563b74dc471c78134ca43d5",
+    "0006_fine_tuning.py": "8826d713c139a7d86696c134a71312e8de1b3c1058002b42da17a44495f14146",
 }
 
 

@@ -74,10 +74,18 @@ class LlamaCppBackend:
         Llama = require("llama_cpp", "local", "a GGUF model (llama.cpp)").Llama
 
         path = self.path or _no_path(self.card)
-        log.info("loading %s from %s (n_ctx=%d, threads=%d)", self.card.id, path, self.n_ctx, self.threads)
+        adapter = getattr(self.card, "adapter", None)
+        lora: dict[str, Any] = {}
+        if adapter is not None:
+            if not os.path.isfile(adapter.path):
+                raise FileNotFoundError(f"{self.card.id}: its LoRA adapter {adapter.path} is missing")
+            # llama-cpp-python turns mmap off when it applies an adapter
+            lora = {"lora_path": adapter.path, "lora_scale": adapter.scale}
+        log.info("loading %s from %s%s (n_ctx=%d, threads=%d)", self.card.id, path,
+                 f" with adapter {adapter.path}" if adapter else "", self.n_ctx, self.threads)
         self.llm = Llama(model_path=path, n_ctx=self.n_ctx, n_threads=self.threads, n_threads_batch=self.threads_batch,
                          n_batch=self.batch_size,
-                         logits_all=False, verbose=False)
+                         logits_all=False, verbose=False, **lora)
         if self.template is None and not self.llm.metadata.get("tokenizer.chat_template"):
             log.warning("%s has no chat template in its card or its file: chat requests will be refused", self.card.id)
 

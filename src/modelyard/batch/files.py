@@ -41,8 +41,8 @@ from ..store.models import utcnow
 
 log = logging.getLogger(__name__)
 
-#: purposes a client may upload with (OpenAI's values this gateway has a use for)
-UPLOAD_PURPOSES = ("batch",)
+#: purposes a client may upload with (OpenAI's values this gateway has a use for): batch inputs, fine-tuning data
+UPLOAD_PURPOSES = ("batch", "fine-tune")
 #: the purpose of files a job writes
 OUTPUT_PURPOSE = "batch_output"
 #: form fields other than ``file`` are small; more than this is not a form this API takes

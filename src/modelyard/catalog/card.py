@@ -23,7 +23,7 @@ Example, as written in a catalog YAML file::
 
 from __future__ import annotations
 
-from typing import Annotated, Literal, Union
+from typing import Annotated, Any, Literal, Union
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -94,10 +94,23 @@ class Price(BaseModel):
         return (prompt_tokens * self.input_per_1m + completion_tokens * self.output_per_1m) / 1_000_000
 
 
+class Adapter(BaseModel):
+    """A fine-tuned model's LoRA adapter (a GGUF file) and where it came from."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    path: str = Field(description="the adapter's GGUF file")
+    base: str = Field(description="the catalog id of the model it was trained on")
+    scale: float = Field(default=1.0, gt=0, le=4)
+    #: how it was made: job id, data files with their sha256, hyperparameters, metrics
+    lineage: dict[str, Any] = Field(default_factory=dict)
+
+
 class ModelCard(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
-    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._\-]*$")
+    #: ``:`` appears in fine-tuned models' ids (``gemma-3-270m:ft-orders-1a2b3c``), as in OpenAI's
+    id: str = Field(pattern=r"^[A-Za-z0-9][A-Za-z0-9._:\-]*$")
     name: str | None = None
     family: str
     task: Task
@@ -113,6 +126,8 @@ class ModelCard(BaseModel):
     source: Source
     price: Price = Field(default_factory=Price)
     description: str = ""
+    #: a LoRA adapter llama.cpp applies on the base weights (`source`): fine-tuned models
+    adapter: Adapter | None = None
 
     @property
     def is_hosted(self) -> bool:

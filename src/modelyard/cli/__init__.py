@@ -31,6 +31,8 @@ def _register() -> None:
     app.add_typer(rollout.app, name="rollout")
     from . import batch
     app.add_typer(batch.app, name="batch")
+    from . import finetune
+    app.add_typer(finetune.app, name="finetune")
     from . import cache
     app.add_typer(cache.app, name="cache")
     from . import router

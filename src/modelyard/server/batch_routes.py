@@ -108,8 +108,8 @@ async def upload_file(request: Request) -> Response:
             raise invalid(f"Invalid value for 'purpose': {purpose!r}; this gateway takes files for "
                           f"{', '.join(map(repr, UPLOAD_PURPOSES))}.", param="purpose")
         if upload.size == 0:
-            raise invalid("The file is empty; a batch input has one JSON request per line.", param="file",
-                          code="empty_file")
+            raise invalid("The file is empty; a batch input or fine-tuning file has one JSON object per line.",
+                          param="file", code="empty_file")
         expires = _expires_after(upload.fields)
         record = await asyncio.to_thread(files.accept, upload, purpose=purpose, owner_key_id=key.id,
                                          expires_after_s=expires, quota=holding is not None)

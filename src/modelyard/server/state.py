@@ -8,6 +8,8 @@ from dataclasses import dataclass
 from typing import Awaitable, Callable
 
 from ..batch import BatchRunner, open_batches
+from ..finetune.jobs import FineTuneRunner
+from ..store.finetune import FineTuneStore
 from ..catalog.registry import Catalog
 from ..gateway import Call, Mirror, Pipeline, Router, build_pipeline
 from ..cache.embed import AsyncEmbedder
@@ -59,6 +61,8 @@ class Gateway:
     feedback: FeedbackService | None = None
     budget: budgets.BudgetTracker | None = None
     batches: BatchRunner | None = None
+    #: fine-tuning jobs (reads the batch runner's files; runs jobs unless MODELYARD_FINETUNE_ENABLED=false)
+    finetune: FineTuneRunner | None = None
     #: the document indexes flows retrieve from (MODELYARD_HOME/indexes)
     indexes: IndexRegistry | None = None
     #: the flows served by name like endpoints (stored in the database, folders under MODELYARD_HOME/flows)
@@ -135,6 +139,10 @@ class Gateway:
             self.batches = open_batches(self.db, self.settings.home, self.endpoints, self.keys,
                                         budget=getattr(self, "budget", None), flows=self.flows, indexes=self.indexes)
         await self.batches.start()  # batch jobs the last run left unfinished go on
+        if self.finetune is None:
+            self.finetune = FineTuneRunner(FineTuneStore(self.db), self.batches.files, self.catalog, self.settings,
+                                           enabled=self.settings.finetune_enabled)
+        await self.finetune.start()  # a job the last run left running trains again from its last checkpoint
 
     async def _sync_keys(self) -> None:
         """Re-read the keys now and then: a key revoked through another gateway (or the CLI) stops here too."""
@@ -151,6 +159,8 @@ class Gateway:
     async def close(self) -> None:
         if self._key_sync is not None:
             self._key_sync.cancel()
+        if self.finetune is not None:
+            await self.finetune.close()  # stops the training process; the job resumes after a restart
         if self.batches is not None:
             await self.batches.close()
         if self.indexes is not None:

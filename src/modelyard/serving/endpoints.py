@@ -11,6 +11,7 @@ import asyncio
 import logging
 import random
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from pydantic import ValidationError
@@ -226,9 +227,14 @@ class Endpoints:
             raise ModelyardError(f"deployment {spec.name!r} already exists in endpoint {endpoint.name!r}", status=409,
                                  param="name", code="conflict")
         try:
-            self.catalog.get(spec.model)
+            card = self.catalog.get(spec.model)
         except ModelyardError as err:
             raise invalid(err.message, param="model", code="model_not_found") from None
+        adapter = getattr(card, "adapter", None)
+        if adapter is not None and not Path(adapter.path).is_file():
+            raise ModelyardError(f"'{spec.model}' is a fine-tuned model whose LoRA adapter {adapter.path} is missing; "
+                                 "run its fine-tuning job again or restore the file", status=409, param="model",
+                                 code="adapter_missing")
         self.store.save_deployment(spec)
         dep = await self._add(endpoint, spec)
         if dep.state == "failed":

@@ -10,6 +10,9 @@
 | ``batch_files`` | an uploaded batch input, or a job's output/error file (bytes on disk) | `BatchStore` |
 | ``batch_jobs`` | a batch job: status, settings, counts, timestamps, file ids | `BatchStore` |
 | ``batch_lines`` | one input line of a job: its request, state, attempts and result | `BatchStore` |
+| ``fine_tuning_jobs`` | a fine-tuning job: base model, files, hyperparameters, status, result | `FineTuneStore` |
+| ``fine_tuning_events`` | a job's messages and per-step training metrics | `FineTuneStore` |
+| ``fine_tuning_checkpoints`` | a checkpoint a job's training wrote: step, metrics, folder | `FineTuneStore` |
 
 The schema is created by the hand-written Alembic migrations in
 ``store/migrations/versions``; a test compares the migrated database with this
@@ -388,3 +391,70 @@ class BatchLine(Base):
     response: Mapped[str | None] = mapped_column(Text, nullable=True)
     error_code: Mapped[str | None] = mapped_column(String(64), nullable=True)
     finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class FineTuningJob(Base):
+    """One fine-tuning job: the OpenAI FineTuningJob object's fields; see `store.finetune`.
+
+    ``model`` is the base model's catalog id; ``fine_tuned_model`` the name the tuned model gets, chosen when
+    the job is created (its checkpoints are named after it) and shown once the job has ``succeeded``.
+    ``hyperparameters`` holds what the client asked for until the files are validated, then the values used
+    (``"auto"`` resolved). ``error`` is ``{"code", "message", "param"}`` for a failed job. ``attempts`` counts the
+    training processes started for it (more than one after a gateway restart resumed it).
+    """
+
+    __tablename__ = "fine_tuning_jobs"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)
+    model: Mapped[str] = mapped_column(String(255), nullable=False)
+    fine_tuned_model: Mapped[str] = mapped_column(String(255), nullable=False)
+    status: Mapped[str] = mapped_column(String(32), nullable=False, index=True)
+    training_file: Mapped[str] = mapped_column(String(64), nullable=False)
+    validation_file: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    hyperparameters: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    method: Mapped[str] = mapped_column(String(32), nullable=False, default="supervised")
+    seed: Mapped[int] = mapped_column(Integer, nullable=False)
+    suffix: Mapped[str | None] = mapped_column(String(64), nullable=True)
+    meta: Mapped[dict[str, str] | None] = mapped_column("metadata", JSON, nullable=True)
+    training_examples: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    trained_tokens: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    error: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+    result_files: Mapped[list[str] | None] = mapped_column(JSON, nullable=True)
+    attempts: Mapped[int] = mapped_column(Integer, nullable=False, default=0)
+    owner_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True, default=utcnow)
+    updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    started_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    estimated_finish: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+    finished_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
+
+
+class FineTuningEvent(Base):
+    """Something that happened to a fine-tuning job: a ``message`` (level info, warn or error) or the
+    ``metrics`` of one training step (``data``: step, total_steps, train_loss, valid_loss, …)."""
+
+    __tablename__ = "fine_tuning_events"
+    __table_args__ = (Index(None, "job_id", "id"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    level: Mapped[str] = mapped_column(String(8), nullable=False)
+    type: Mapped[str] = mapped_column(String(16), nullable=False)
+    message: Mapped[str] = mapped_column(Text, nullable=False)
+    data: Mapped[dict[str, Any] | None] = mapped_column(JSON, nullable=True)
+
+
+class FineTuningCheckpoint(Base):
+    """A checkpoint a fine-tuning job's training process wrote (one per step at most); ``path`` is its folder."""
+
+    __tablename__ = "fine_tuning_checkpoints"
+    __table_args__ = (UniqueConstraint("job_id", "step"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    job_id: Mapped[str] = mapped_column(String(64), nullable=False)
+    step: Mapped[int] = mapped_column(Integer, nullable=False)
+    metrics: Mapped[dict[str, Any]] = mapped_column(JSON, nullable=False)
+    path: Mapped[str] = mapped_column(Text, nullable=False)
+    fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(255), nullable=False)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
