@@ -74,7 +74,10 @@ class Hyperparameters:
 
 
 def cache_root() -> Path:
-    return Path(os.environ.get("MODELYARD_FINETUNE_CACHE") or Path.home() / ".cache" / "modelyard" / "finetune-base")
+    """MODELYARD_FINETUNE_CACHE, else ``$XDG_CACHE_HOME/modelyard/finetune-base`` (``~/.cache`` by default)."""
+    if os.environ.get("MODELYARD_FINETUNE_CACHE"):
+        return Path(os.environ["MODELYARD_FINETUNE_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "modelyard" / "finetune-base"
 
 
 def _file_key(path: Path) -> str:
