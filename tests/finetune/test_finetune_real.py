@@ -6,7 +6,10 @@ shape on orders it never saw, where the base model answers in prose."""
 from __future__ import annotations
 
 import json
+import os
 import signal
+import subprocess
+import sys
 
 import pytest
 
@@ -86,5 +89,17 @@ def test_a_tuned_gemma_answers_in_the_trained_shape_after_a_killed_gateway_resum
         tuned_right = sum(a == e for a, e in zip(tuned, expected))
         base_right = sum(a == e for a, e in zip(base, expected))
         assert tuned_right >= len(rows) - 1 and base_right == 0, (tuned, base)
+
+        # `finetune eval` scores both on the test file through llama.cpp and keeps the result with the job.
+        run = subprocess.run([sys.executable, "-m", "modelyard.cli", "finetune", "eval", job.id, "--data",
+                              str(data["test"]), "--threads", "2"], env=dict(os.environ, **srv.env()),
+                             capture_output=True, text=True, timeout=600)
+        assert run.returncode == 0, run.stdout + run.stderr
+        kept = srv.api("GET", f"/api/fine_tuning/jobs/{job.id}/evaluations").json()["data"]
+        assert len(kept) == 1, kept
+        evaluation = kept[0]["evaluation"]
+        assert evaluation["base"]["score"] == 0 and evaluation["tuned"]["score"] >= (len(rows) - 1) / len(rows)
+        assert evaluation["tuned"]["examples"] == len(rows) and evaluation["tuned"]["tokens_per_s"] > 0
+        assert f"{evaluation['tuned']['score']:.3f}" in run.stdout
     finally:
         srv.stop()

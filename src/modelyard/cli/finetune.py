@@ -232,3 +232,129 @@ def cancel(job_id: str = typer.Argument(..., metavar="JOB", help="the job id")) 
     job = _call(_client().fine_tuning.jobs.cancel, job_id)
     out().print(f"fine-tuning job {job.id} {_status(job.status)}")
 
+
+
+@app.command("eval")
+def evaluate_job(
+    job_id: str = typer.Argument(..., metavar="JOB", help="a succeeded job's id"),
+    data: Path = typer.Option(..., "--data", exists=True, dir_okay=False, readable=True,
+                              help="test conversations (the training format); the last assistant message is the "
+                                   "expected answer"),
+    metric: str = typer.Option(None, "--metric", help="module:function (or path/to/file.py:function) taking "
+                                                       "(expected, answer) and returning a score; default exact match"),
+    limit: int = typer.Option(None, "--limit", min=1, help="only the first N test conversations"),
+    threads: int = typer.Option(None, "--threads", min=1, help="llama.cpp threads (default: every core)"),
+    keep: bool = typer.Option(True, "--keep/--no-keep", help="store the result with the job (its events)"),
+) -> None:
+    """Base model against the tuned one on the same test prompts, through llama.cpp on this machine: the score
+    (exact match, or --metric) and tokens per second; the result is kept with the job."""
+    from ..catalog.card import ModelCard
+    from ..catalog.sources import resolve_path
+    from ..finetune.data import load_examples
+    from ..finetune.evaluate import load_metric, score
+    from ..finetune.publish import sha256_of
+    from ..settings import Settings
+    from .remote import call_api
+
+    client = _client()
+    job = _call(client.fine_tuning.jobs.retrieve, job_id)
+    if job.status != "succeeded" or not job.fine_tuned_model:
+        out().print(f"[red]fine-tuning job {escape(job_id)} is {job.status}: only a succeeded job's model can be "
+                    "evaluated[/]")
+        raise typer.Exit(1)
+    card = ModelCard.model_validate({k: v for k, v in call_api("GET", f"/api/catalog/{job.fine_tuned_model}").items()
+                                     if k in ModelCard.model_fields})
+    if card.adapter is None or not Path(card.adapter.path).is_file():
+        out().print(f"[red]{escape(card.id)}'s adapter is not on this machine; run `finetune eval` where the "
+                    "server keeps its models[/]")
+        raise typer.Exit(1)
+    try:
+        examples = load_examples(data, param="data", min_examples=1)
+        judge = load_metric(metric)
+    except Exception as exc:  # noqa: BLE001 - a bad file or metric is the user's to fix: say what and stop
+        out().print(f"[red]{escape(str(getattr(exc, 'message', exc)))}[/]")
+        raise typer.Exit(1) from None
+    examples = examples[:limit] if limit else examples
+    base_path = resolve_path(card, Settings.from_env())
+    results = {}
+    for which, adapter in (("base", None), ("tuned", Path(card.adapter.path))):
+        with out().status(f"{which}: {len(examples)} test prompts…"):
+            results[which] = score(base_path, examples, chat_template=card.chat_template or "", stop=card.stop,
+                                   adapter=adapter, metric=judge, threads=threads,
+                                   name=card.adapter.base if which == "base" else card.id)
+    table = Table("model", "score", "examples", "completion tokens", "tokens/s")
+    for which, s in results.items():
+        table.add_row(f"{which}: {s.model}", f"{s.score:.3f}", str(s.examples), str(s.completion_tokens),
+                      f"{s.tokens_per_s:.1f}")
+    out().print(table)
+    if keep:
+        body = {"data": data.name, "data_sha256": sha256_of(data), "metric": metric or "exact_match",
+                **{which: {k: v for k, v in s.to_dict().items() if k != "answers"} for which, s in results.items()}}
+        call_api("POST", f"/api/fine_tuning/jobs/{job_id}/evaluations", json=body)
+        out().print(f"[dim]kept with {job_id}: `modelyard finetune events {job_id}`[/]")
+
+
+@app.command("dataset")
+def dataset(
+    endpoint: str = typer.Option(..., "--from-endpoint", help="the router endpoint whose kept answers are distilled"),
+    window: str = typer.Option(None, "--window", help="only answers this recent: 7d, 12h, 30m (default: every one)"),
+    min_rating: int = typer.Option(1, "--min-rating",
+                                   help="a rated answer needs at least this rating (ratings are -1 or 1: 1 is up)"),
+    tiers: list[str] = typer.Option(None, "--tier", help="only answers this tier gave (repeat for several)"),
+    sources: list[str] = typer.Option(None, "--source", help="top, corrections or rated (repeat; default: all)"),
+    holdout: float = typer.Option(None, "--holdout", min=0.0, max=0.5,
+                                  help="share held out for validation (default 0.1 with --holdout-out or --upload)"),
+    output: Path = typer.Option(None, "--output", "-o", dir_okay=False, help="write the training rows here (JSONL)"),
+    holdout_out: Path = typer.Option(None, "--holdout-out", dir_okay=False, help="write the held-out rows here"),
+    max_rows: int = typer.Option(10_000, "--max-rows", min=1, help="at most this many rows, newest first"),
+    upload: bool = typer.Option(False, "--upload", help="keep the rows in the server as fine-tune files"),
+) -> None:
+    """Training data from an endpoint's own traffic: its top tier's answers, the corrections stronger tiers made
+    and positively rated answers — de-duplicated, with a held-out split."""
+    from .batch import _fail
+    from .remote import call_api
+
+    if output is None and not upload:
+        raise _fail("say where the rows go: -o train.jsonl, or --upload to keep them in the server")
+    if holdout is None:
+        holdout = 0.1 if holdout_out is not None or upload else 0.0
+    if holdout > 0 and holdout_out is None and not upload:
+        raise _fail("--holdout needs --holdout-out val.jsonl (or --upload): the held-out rows must go somewhere")
+    body: dict[str, Any] = {"endpoint": endpoint, "window": window, "min_rating": min_rating, "holdout": holdout,
+                            "max_rows": max_rows, "upload": upload}
+    if tiers:
+        body["tiers"] = tiers
+    if sources:
+        body["sources"] = sources
+    result = call_api("POST", "/api/fine_tuning/datasets", json=body)
+    counts = result["counts"]
+    table = Table("top tier", "corrections", "rated", "train", "holdout", "duplicates", "rated down", "skipped",
+                  title=f"{escape(endpoint)}: {counts['scanned']} kept answers read")
+    table.add_row(str(counts["top"]), str(counts["corrections"]), str(counts["rated"]), str(counts["train"]),
+                  str(counts["holdout"]), str(counts["duplicates"]), str(counts["rated_down"]), str(counts["skipped"]))
+    console = out()
+    console.print(table)
+    if result.get("first_invalid"):
+        console.print(f"[dim]skipped, e.g.: {escape(result['first_invalid'])}[/]")
+    if counts.get("truncated"):
+        console.print(f"[yellow]stopped at --max-rows {max_rows}: older answers were not read[/]")
+    if result.get("warning"):
+        console.print(f"[yellow]{escape(result['warning'])}[/]")
+    if upload:
+        train, held = result["training_file"], result.get("validation_file")
+        if output is not None:
+            output.write_bytes(_call(_client().files.content, train["id"]).content)
+        if holdout_out is not None and held is not None:
+            holdout_out.write_bytes(_call(_client().files.content, held["id"]).content)
+        console.print(f"training file [bold]{train['id']}[/] ({counts['train']} rows)"
+                      + (f", validation file [bold]{held['id']}[/] ({counts['holdout']} rows)" if held else ""))
+        console.print("[dim]train on it: client.fine_tuning.jobs.create(model=…, training_file="
+                      f"\"{train['id']}\"" + (f", validation_file=\"{held['id']}\"" if held else "") + ")[/]")
+        return
+    assert output is not None
+    output.write_text(result["train"])
+    written = f"{counts['train']} rows → {escape(str(output))}"
+    if holdout_out is not None:
+        holdout_out.write_text(result["holdout"])
+        written += f", {counts['holdout']} held out → {escape(str(holdout_out))}"
+    console.print(written)

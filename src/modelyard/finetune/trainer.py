@@ -191,6 +191,8 @@ def _loss(model: Any, ids: Any, attention: Any, learned: Any) -> tuple[Any, int]
     import torch
 
     inner = model.get_base_model()
+    device = inner.lm_head.weight.device
+    ids, attention, learned = ids.to(device), attention.to(device), learned.to(device)
     hidden = inner.model(input_ids=ids, attention_mask=attention).last_hidden_state
     targets = learned[:, 1:]  # position t predicts token t + 1
     picked = hidden[:, :-1][targets]
@@ -234,7 +236,8 @@ class Checkpoints:
     def load(path: Path) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
         import torch
 
-        return (torch.load(path / "adapter.pt", weights_only=True), torch.load(path / "optimizer.pt", weights_only=True),
+        return (torch.load(path / "adapter.pt", weights_only=True, map_location="cpu"),
+                torch.load(path / "optimizer.pt", weights_only=True, map_location="cpu"),
                 json.loads((path / "state.json").read_text()))
 
 
@@ -274,7 +277,8 @@ def train(model: Any, train_set: Sequence[Encoded], valid_set: Sequence[Encoded]
           seed: int, checkpoints: Checkpoints, checkpoint_every: int, pad: int,
           on_step: Callable[[Step], None] = lambda s: None,
           on_checkpoint: Callable[[Step, Path], None] = lambda s, p: None) -> Result:
-    """Train LoRA on ``model`` (a transformers causal LM), resuming from the newest checkpoint."""
+    """Train LoRA on ``model`` (a transformers causal LM, on the device it is on), resuming from the newest
+    checkpoint."""
     import torch
 
     torch.manual_seed(seed)

@@ -50,7 +50,10 @@ def run(job_dir: Path) -> int:
                                               f"validation conversations; loading {spec['base_model']}")
         began = time.perf_counter()
         model, tokenizer = load_base(Path(spec["base_gguf"]))
-        emit("message", level="info", message=f"base model loaded in {time.perf_counter() - began:.0f} s")
+        device = os.environ.get("MODELYARD_FINETUNE_DEVICE") or ("cuda" if torch.cuda.is_available() else "cpu")
+        model.to(device)
+        emit("message", level="info", message=f"base model loaded in {time.perf_counter() - began:.0f} s; "
+                                              f"training on {device}")
         train_set = [e for e in (encode(tokenizer, x, template, hp.max_length) for x in train_examples) if e]
         valid_set = [e for e in (encode(tokenizer, x, template, hp.max_length) for x in valid_examples) if e]
         if not train_set:

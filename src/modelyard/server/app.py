@@ -26,7 +26,7 @@ from . import batch_routes, endpoint_routes, feedback_routes, manage_routes, met
 from . import router_routes
 from . import catalog_routes, spend_routes
 from . import cache_routes, flow_routes, index_routes, openapi
-from . import finetune_routes
+from . import distill_routes, finetune_routes
 from .admin import is_admin, require_admin
 from .ui import install_console
 from .http import error_response, json_response
@@ -65,6 +65,8 @@ def create_app(settings: Settings | None = None, *, defaults: bool = False, gate
     app.include_router(rollout_routes.router)
     app.include_router(batch_routes.router)
     app.include_router(finetune_routes.router)
+    app.include_router(finetune_routes.api_router)
+    app.include_router(distill_routes.router)  # POST /api/fine_tuning/datasets
     app.include_router(catalog_routes.router)
     app.include_router(spend_routes.router)
     install_console(app)  # the web console at /ui (server/ui/)

@@ -21,9 +21,10 @@ import asyncio
 from typing import Any
 
 from fastapi import APIRouter, Request
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from starlette.responses import Response
 
-from ..errors import ModelyardError, invalid
+from ..errors import ModelyardError, from_validation_error, invalid
 from ..finetune.jobs import FineTuneRunner
 from ..finetune.spec import FineTuneCreate, describe_checkpoint, describe_event, describe_job, parse_row_id
 from ..store.batches import storable
@@ -136,3 +137,65 @@ async def list_checkpoints(request: Request, job_id: str) -> Response:
     rows, more = await asyncio.to_thread(runner.store.checkpoints, job.id, after=_cursor(request, "ftckpt-"),
                                          limit=limit)
     return json_response(_page([describe_checkpoint(row) for row in rows], more))
+
+
+# -- evaluations (modelyard's own): base against tuned, stored with the job -----------------------
+
+#: ``/api/fine_tuning``: what OpenAI's fine-tuning API has no place for
+api_router = APIRouter(prefix="/api/fine_tuning")
+
+
+class ModelScore(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    model: str = Field(min_length=1, max_length=200)
+    score: float = Field(ge=0)
+    examples: int = Field(ge=1)
+    completion_tokens: int = Field(ge=0)
+    seconds: float = Field(ge=0)
+    tokens_per_s: float = Field(ge=0)
+
+
+class Evaluation(BaseModel):
+    """``POST /api/fine_tuning/jobs/{id}/evaluations``: what `modelyard finetune eval` measured."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    data: str = Field(min_length=1, max_length=500, description="the test file's name")
+    data_sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    metric: str = Field(default="exact_match", max_length=200)
+    base: ModelScore
+    tuned: ModelScore
+
+
+@api_router.post("/jobs/{job_id}/evaluations", openapi_extra=json_body(Evaluation))
+async def add_evaluation(request: Request, job_id: str) -> Response:
+    """Keep an evaluation with a succeeded job, as one of its events (``data.evaluation``)."""
+    runner = _runner(request)
+    job = await runner.get(job_id, _admin(request))
+    if job.status != "succeeded":
+        raise ModelyardError(f"Fine-tuning job {job.id} is {job.status}; only a succeeded job's model can be "
+                             "evaluated.", status=409, param="fine_tuning_job_id", code="job_not_succeeded")
+    body = parse_json(await read_body(request, MAX_CREATE_BYTES))
+    try:
+        evaluation = Evaluation.model_validate(body)
+    except ValidationError as exc:
+        raise from_validation_error(exc) from None
+    base, tuned = evaluation.base, evaluation.tuned
+    message = (f"Evaluation on {evaluation.data} ({tuned.examples} examples, {evaluation.metric}): base "
+               f"{base.score:.3f}, tuned {tuned.score:.3f}; {base.tokens_per_s:.1f} → {tuned.tokens_per_s:.1f} "
+               "tokens/s.")
+    event = await asyncio.to_thread(runner.store.add_event, job.id, message,
+                                    data={"evaluation": evaluation.model_dump()})
+    return json_response(describe_event(event), status=201)
+
+
+@api_router.get("/jobs/{job_id}/evaluations")
+async def list_evaluations(request: Request, job_id: str) -> Response:
+    """A job's evaluations, newest first."""
+    runner = _runner(request)
+    job = await runner.get(job_id, _admin(request))
+    rows, _ = await asyncio.to_thread(runner.store.events, job.id, limit=1000)
+    data = [describe_event(e) | {"evaluation": e.data["evaluation"]} for e in rows
+            if isinstance(e.data, dict) and "evaluation" in e.data]
+    return json_response({"object": "list", "data": data})

@@ -1,4 +1,4 @@
-"""The web console at ``/ui``: catalog, deploy wizard, endpoints, monitoring, usage, batch jobs, flows.
+"""The web console at ``/ui``: catalog, deploy wizard, endpoints, monitoring, usage, batch jobs, fine-tuning, flows.
 
 Server-rendered pages (Jinja2 templates in ``templates/``) with small ES
 modules (``static/``) for the parts that change while one looks: the Try-it

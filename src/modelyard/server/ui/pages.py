@@ -47,7 +47,8 @@ templates.env.filters.update(views.FILTERS)
 
 NAV = [("catalog", "Catalog", "/ui/catalog"), ("endpoints", "Endpoints", "/ui/endpoints"),
        ("monitoring", "Monitoring", "/ui/monitoring"), ("usage", "Usage & cost", "/ui/usage"),
-       ("batches", "Batch jobs", "/ui/batches"), ("flows", "Flows", "/ui/flows")]
+       ("batches", "Batch jobs", "/ui/batches"), ("finetune", "Fine-tuning", "/ui/fine-tuning"),
+       ("flows", "Flows", "/ui/flows")]
 
 
 class _NoCacheStatic(StaticFiles):
@@ -265,6 +266,31 @@ async def batch_page(request: Request, batch_id: str) -> Response:
     if not session_id(request):
         return _login_redirect(request)
     return _render(request, "batch.html", page="batches", title=f"Batch {batch_id}", data={"id": batch_id})
+
+
+@router.get("/ui/fine-tuning")
+async def finetune_page(request: Request) -> Response:
+    if not session_id(request):
+        return _login_redirect(request)
+    return _render(request, "finetune.html", page="finetune", title="Fine-tuning", data={})
+
+
+@router.get("/ui/fine-tuning/{job_id}")
+async def finetune_job_page(request: Request, job_id: str) -> Response:
+    """One job: loss curves, events, checkpoints, lineage, and Deploy (into the endpoints listed here)."""
+    if not session_id(request):
+        return _login_redirect(request)
+    gateway = _gateway(request)
+    runner = getattr(gateway, "finetune", None)
+    if runner is not None:
+        try:
+            await runner.get(job_id, None)
+        except ModelyardError:
+            return _not_found(request, f"There is no fine-tuning job '{job_id[:64]}'.")
+    endpoints = [{"name": e.name, "policy": e.spec.policy, "deployments": list(e.deployments)}
+                 for e in gateway.endpoints.all()]
+    return _render(request, "finetune_job.html", page="finetune", title=f"Fine-tuning job {job_id}",
+                   data={"id": job_id, "endpoints": endpoints})
 
 
 @router.get("/ui/flows")
