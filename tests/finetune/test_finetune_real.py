@@ -42,7 +42,7 @@ def as_json(text: str):
 
 @pytest.mark.timeout(1500)
 def test_a_tuned_gemma_answers_in_the_trained_shape_after_a_killed_gateway_resumed_its_job(tmp_path):
-    data = demo.write(tmp_path / "data", train=16, validation=8, test=6, seed=11)
+    data = demo.write(tmp_path / "data", train=16, validation=8, test=5, seed=11)
     home = tmp_path / "home"
     srv = start_server(home, "--no-defaults", extra_env=ENV)
     try:
@@ -77,20 +77,17 @@ def test_a_tuned_gemma_answers_in_the_trained_shape_after_a_killed_gateway_resum
         assert card["adapter"]["base"] == "gemma-3-270m" and lineage["job_id"] == job.id
         assert len(lineage["files"]["training_file"]["sha256"]) == 64
 
-        # Deployed like any other model, next to the base model.
-        for name, model in (("tuned", done.fine_tuned_model), ("base", "gemma-3-270m")):
-            assert srv.api("POST", "/api/endpoints", json={"name": name}).status_code == 201
-            r = srv.api("POST", f"/api/endpoints/{name}/deployments", json={"name": name, "model": model})
-            assert r.status_code == 201, r.text
+        # Deployed like any other model, it answers orders it never saw in the trained shape.
+        assert srv.api("POST", "/api/endpoints", json={"name": "tuned"}).status_code == 201
+        r = srv.api("POST", "/api/endpoints/tuned/deployments", json={"name": "tuned", "model": done.fine_tuned_model})
+        assert r.status_code == 201, r.text
         rows = [json.loads(line) for line in data["test"].read_text().splitlines()]
         expected = [json.loads(row["messages"][-1]["content"]) for row in rows]
         tuned = [as_json(a) for a in answers(client, "tuned", rows)]
-        base = [as_json(a) for a in answers(client, "base", rows)]
-        tuned_right = sum(a == e for a, e in zip(tuned, expected))
-        base_right = sum(a == e for a, e in zip(base, expected))
-        assert tuned_right >= len(rows) - 1 and base_right == 0, (tuned, base)
+        assert sum(a == e for a, e in zip(tuned, expected)) >= len(rows) - 1, tuned
 
-        # `finetune eval` scores both on the test file through llama.cpp and keeps the result with the job.
+        # `finetune eval` scores base and tuned on the test file through llama.cpp (the base model answers in
+        # prose: none right) and keeps the result with the job.
         run = subprocess.run([sys.executable, "-m", "modelyard.cli", "finetune", "eval", job.id, "--data",
                               str(data["test"]), "--threads", "2"], env=dict(os.environ, **srv.env()),
                              capture_output=True, text=True, timeout=600)

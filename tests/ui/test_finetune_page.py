@@ -88,6 +88,8 @@ def test_the_job_page_draws_a_loss_point_for_every_step_and_shows_events_checkpo
     events = page.locator("#ft-event-table tbody tr")
     expect(events.first).to_contain_text("The job has successfully completed.")
     expect(page.locator("#ft-event-table")).to_contain_text(f"Step {STEPS}/{STEPS}: training loss=0.3333")
+    expect(events).to_have_count(len(gateway.openai().fine_tuning.jobs.list_events(finished.id, limit=100).data))
+    assert "null" not in page.locator("#ft-events").inner_text()
     expect(page.locator("#ft-checkpoint-table tbody tr")).to_have_count(2)
     assert page.locator("#ft-checkpoint-table tbody tr").evaluate_all(
         "rows => rows.map(r => r.dataset.step)") == ["4", "2"]
@@ -122,7 +124,7 @@ def test_an_evaluation_kept_with_the_job_shows_on_its_page(console, gateway, fin
     row = page.locator("#ft-evaluation-table tbody tr")
     expect(row).to_have_count(1)
     expect(row.locator("td")).to_have_text([re.compile(r"\d"), "test.jsonl", "exact_match", "0.050", "0.925",
-                                            "80", "76.5"])
+                                            "80.0", "76.5"])
 
 
 def test_an_unknown_job_is_a_not_found_page(console):
@@ -136,6 +138,23 @@ def test_the_pages_need_a_signed_in_session(gateway, finished):
     for path in ("/ui/fine-tuning", f"/ui/fine-tuning/{finished.id}"):
         r = httpx.get(gateway.url + path, follow_redirects=False)
         assert r.status_code == 303 and r.headers["location"] == f"/ui/login?next={path}"
+
+
+def test_a_failed_job_shows_its_error_and_the_steps_it_reached(console, gateway, tmp_path):
+    client = gateway.openai()
+    job = create(client, tmp_path, 24, "error", name="full-disk")
+    failed = wait_job(client, job.id)
+    assert failed.status == "failed"
+    page = console.page
+    page.goto(console.url("/ui/fine-tuning"))
+    expect(jobs_row(page, job.id).locator("[data-status]")).to_have_text("failed")
+    expect(jobs_row(page, job.id).locator("td").nth(3)).to_have_text("—")  # no tuned model
+    jobs_row(page, job.id).locator("a").first.click()
+    expect(page.locator("#ft-job-error")).to_have_text(f"out_of_disk: {failed.error.message}")
+    expect(page.locator("#chart-loss")).to_have_attribute("data-steps", "2")  # the fake fails in step 2
+    expect(page.locator("#ft-lineage")).to_contain_text("written when the job succeeds")
+    expect(page.locator("#ft-deploy")).to_be_hidden()
+    expect(page.locator("#ft-cancel")).to_have_count(0)
 
 
 def test_cancel_stops_a_queued_job_from_the_list_and_a_running_one_from_its_page(console, gateway, tmp_path):

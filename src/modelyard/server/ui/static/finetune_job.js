@@ -146,7 +146,7 @@ function renderEvaluations(list) {
     el("tbody", {}, ...evals.map(({ created_at: at, data: { evaluation: v } }) => el("tr", {},
       el("td", { class: "nowrap" }, fmt.when(at)), el("td", { class: "mono" }, v.data), el("td", {}, v.metric),
       el("td", { class: "num" }, num(v.base.score, 3)), el("td", { class: "num" }, num(v.tuned.score, 3)),
-      el("td", { class: "num" }, fmt.num(v.base.tokens_per_s, 1)), el("td", { class: "num" }, fmt.num(v.tuned.tokens_per_s, 1))))))));
+      el("td", { class: "num" }, num(v.base.tokens_per_s, 1)), el("td", { class: "num" }, num(v.tuned.tokens_per_s, 1))))))));
 }
 
 function renderHyperparameters(job) {
@@ -200,17 +200,16 @@ function renderCheckpoints(list) {
 function renderEvents(list) {
   const newest = [...list].sort((a, b) => eventNumber(b) - eventNumber(a));
   const shown = showAllEvents ? newest : newest.slice(0, EVENTS_SHOWN);
-  const box = $("ft-events");
-  box.replaceChildren(el("h2", {}, `Events (${newest.length})`),
+  const more = newest.length > shown.length
+    ? el("button", { type: "button", class: "small", onclick: () => { showAllEvents = true; renderEvents([...events.values()]); } },
+      `Show all ${newest.length} events`) : "";
+  $("ft-events").replaceChildren(el("h2", {}, `Events (${newest.length})`),
     el("div", { class: "table-wrap" }, el("table", { class: "data compact", id: "ft-event-table" },
       el("thead", {}, el("tr", {}, ...["Time", "Level", "Message"].map((h) => el("th", {}, h)))),
       el("tbody", {}, ...shown.map((e) => el("tr", { dataset: { type: e.type, level: e.level } },
         el("td", { class: "nowrap" }, fmt.when(e.created_at)),
         el("td", {}, e.level === "info" ? e.level : el("span", { class: `pill state-${e.level === "error" ? "failed" : "starting"}` }, e.level)),
-        el("td", { class: "break" }, e.message)))))),
-    newest.length > shown.length
-      ? el("button", { type: "button", class: "small", onclick: () => { showAllEvents = true; renderEvents([...events.values()]); } },
-        `Show all ${newest.length} events`) : null);
+        el("td", { class: "break" }, e.message)))))), more);
 }
 
 function renderActions(job) {
