@@ -11,7 +11,7 @@ modelyard's step (`trainer._loss`) projects only the learned positions. Throughp
 (prompt and answer) per second of forward + backward + optimiser step.
 
 Serving: llama.cpp on the base GGUF with and without the trained adapter, greedy answers to the test split's
-prompts; completion tokens per second of generation.
+prompts; decoding speed (tokens after the first per second from the first to the last).
 """
 
 from __future__ import annotations
@@ -100,7 +100,7 @@ def main() -> None:
         for name, path in (("base", None), ("tuned", adapter)):
             s = score(gguf, test, chat_template="dialogue", stop=template.stop, adapter=path, threads=args.threads)
             speeds[name].append(s.tokens_per_s)
-            print(f"round {r + 1}: {name:5s} {s.tokens_per_s:6.1f} tokens/s ({s.completion_tokens} tokens)")
+            print(f"round {r + 1}: {name:5s} {s.tokens_per_s:6.1f} tokens/s decoding ({s.decode_tokens} tokens)")
     base, tuned = statistics.median(speeds["base"]), statistics.median(speeds["tuned"])
     print(f"serving: base {base:.1f} tokens/s, with the adapter {tuned:.1f} tokens/s, ratio {tuned / base:.2f}")
 

@@ -7,9 +7,10 @@ matches when it equals the expected text after trimming white space — or,
 where both are JSON, when they are the same JSON value (so key spacing does
 not count). A user metric can replace exact match: a Python function
 ``metric(expected: str, answer: str) -> float`` named as ``module:function``
-(`load_metric`). Tokens per second are the completion tokens over the time
-spent generating them, so base and tuned are timed on the same prompts in
-the same run.
+(`load_metric`). Tokens per second are decoding speed: the tokens after
+the first over the time between the first and the last (reading the prompt
+comes before the first token and does not depend on the adapter), so base
+and tuned compare fairly even when their answers differ in length.
 """
 
 from __future__ import annotations
@@ -66,12 +67,14 @@ class Score:
     score: float
     examples: int
     completion_tokens: int
+    #: seconds from each answer's first token to its last, and the tokens decoded in them
     seconds: float
+    decode_tokens: int = 0
     answers: list[str] = field(default_factory=list, repr=False)
 
     @property
     def tokens_per_s(self) -> float:
-        return self.completion_tokens / self.seconds if self.seconds > 0 else 0.0
+        return self.decode_tokens / self.seconds if self.seconds > 0 else 0.0
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self) | {"tokens_per_s": round(self.tokens_per_s, 2)}
@@ -87,18 +90,29 @@ def score(model_path: Path, examples: Sequence[Example], *, chat_template: str, 
     extra: dict[str, Any] = {"lora_path": str(adapter)} if adapter else {}
     llm = Llama(model_path=str(model_path), n_ctx=2048, n_threads=threads, n_threads_batch=threads, verbose=False,
                 **extra)
-    total, tokens, seconds, answers = 0.0, 0, 0.0, []
+    total, tokens, decoded, seconds, answers = 0.0, 0, 0, 0.0, []
     try:
         for ex in examples:
             last = max(i for i, m in enumerate(ex.messages) if m.role == "assistant")
             prompt = template.render(ex.messages[:last])
-            began = time.perf_counter()
-            out = llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stop=list(stop))
-            seconds += time.perf_counter() - began
-            answer = out["choices"][0]["text"]
-            tokens += int(out["usage"]["completion_tokens"])
+            parts, t_first, t_last = [], 0.0, 0.0
+            for chunk in llm.create_completion(prompt, max_tokens=max_tokens, temperature=0.0, stop=list(stop),
+                                               stream=True):
+                choice = chunk["choices"][0]
+                if choice.get("finish_reason") is not None or not choice["text"]:
+                    continue  # the closing chunk carries no token
+                t_last = time.perf_counter()
+                t_first = t_first or t_last
+                parts.append(choice["text"])
+            # decoding speed: the tokens after the first over the time they took (the prompt is read before
+            # the first, and its length does not depend on the model)
+            tokens += len(parts)
+            decoded += max(0, len(parts) - 1)
+            seconds += t_last - t_first
+            answer = "".join(parts)
             answers.append(answer)
             total += float(metric(ex.messages[last].text(), answer))
     finally:
         llm.close()
-    return Score(name or str(model_path), total / max(len(examples), 1), len(examples), tokens, seconds, answers)
+    return Score(name or str(model_path), total / max(len(examples), 1), len(examples), tokens, seconds, decoded,
+                 answers)

@@ -251,6 +251,14 @@ class FineTuneRunner:
             raise invalid(f"The model '{card.id}' is hosted ({card.source.base_url}); fine-tuning is not supported "
                           "locally for it. Tune a local GGUF chat model from the catalog.", param="model",
                           code="model_not_supported")
+        if card.adapter is not None:
+            raise invalid(f"The model '{card.id}' is itself a fine-tuned model; continued training is not supported: "
+                          f"tune its base '{card.adapter.base}' on the combined data.", param="model",
+                          code="model_not_supported")
+        if card.format == "gguf" and card.task == "chat" and not card.chat_template:
+            raise invalid(f"The model '{card.id}' has no chat_template in its card; fine-tuning renders "
+                          "conversations with a named template (dialogue, chatml, llama3, phi3, gemma): add one to "
+                          "its card.", param="model", code="model_not_supported")
         if card.format != "gguf" or card.task != "chat":
             raise invalid(f"The model '{card.id}' is a {card.format} {card.task} model; only local GGUF chat models "
                           "can be fine-tuned.", param="model", code="model_not_supported")

@@ -4,8 +4,8 @@
 and dequantises it to float32 (`load_base`). That takes a minute or two and
 much of it is converting the tokenizer, so the first load keeps the result
 under ``~/.cache/modelyard/finetune-base/`` (the tokenizer's files, the
-weights as safetensors, the config) and later jobs on the same file load in
-seconds.
+weights as safetensors, the config; keyed by the file's content, the two
+most recently used kept) and later jobs on the same file load in seconds.
 
 **Where the time goes.** Gemma 3 270M has a 262,144-token vocabulary: the
 output projection over every position costs more than the 18 layers
@@ -26,6 +26,7 @@ one would have.
 from __future__ import annotations
 
 import hashlib
+import io
 import json
 import logging
 import math
@@ -44,6 +45,8 @@ log = logging.getLogger(__name__)
 
 TARGET_MODULES = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 BASE_LEARNING_RATE = 2e-4
+#: converted base models kept in the cache
+KEEP_CONVERTED = 2
 #: validation loss is measured on at most this many validation conversations
 MAX_VALIDATION_EXAMPLES = 64
 
@@ -81,8 +84,15 @@ def cache_root() -> Path:
 
 
 def _file_key(path: Path) -> str:
-    st = path.stat()
-    return hashlib.sha256(f"{path.resolve()}|{st.st_size}|{int(st.st_mtime)}".encode()).hexdigest()[:16]
+    """The file's size and the sha256 of its first and last MiB: the same model assembled into several homes
+    is one cache entry, and a changed file is a new one."""
+    size = path.stat().st_size
+    digest = hashlib.sha256(str(size).encode())
+    with open(path, "rb") as handle:
+        digest.update(handle.read(1 << 20))
+        handle.seek(max(0, size - (1 << 20)))
+        digest.update(handle.read(1 << 20))
+    return digest.hexdigest()[:16]
 
 
 def load_base(gguf_path: Path, *, cache: Path | None = None) -> tuple[Any, Any]:
@@ -97,14 +107,15 @@ def load_base(gguf_path: Path, *, cache: Path | None = None) -> tuple[Any, Any]:
                             code="model_load_failed", param="model")
     folder = (cache or cache_root()) / f"{gguf_path.stem}-{_file_key(gguf_path)}"
     if (folder / "complete").exists():
+        os.utime(folder / "complete")  # recently used: kept by `_prune`
         return (AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32),
                 AutoTokenizer.from_pretrained(folder))
     try:
         tokenizer = AutoTokenizer.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name)
         model = AutoModelForCausalLM.from_pretrained(gguf_path.parent, gguf_file=gguf_path.name, dtype=torch.float32)
-    except (ValueError, KeyError, ImportError, OSError, RuntimeError) as exc:
-        raise TrainingError(f"transformers cannot load {gguf_path.name} for training: {exc}",
-                            code="model_load_failed", param="model") from None
+    except Exception as exc:  # noqa: BLE001 - whatever a foreign file makes transformers raise, the job says so
+        raise TrainingError(f"transformers cannot load {gguf_path.name} for training ({type(exc).__name__}: "
+                            f"{str(exc)[:300]})", code="model_load_failed", param="model") from None
     if not getattr(tokenizer, "is_fast", False):
         raise TrainingError(f"{gguf_path.name}: training needs a fast tokenizer (offsets), and this one is not",
                             code="model_load_failed", param="model")
@@ -122,10 +133,19 @@ def load_base(gguf_path: Path, *, cache: Path | None = None) -> tuple[Any, Any]:
         (tmp / "complete").write_text(str(gguf_path))
         shutil.rmtree(folder, ignore_errors=True)
         os.replace(tmp, folder)
-    except OSError as exc:  # no room for the cache: train anyway, the next job converts again
+    except Exception as exc:  # noqa: BLE001 - no room for the cache (safetensors raises its own error): train anyway
         log.warning("could not keep the converted base model in %s: %s", folder, exc)
         shutil.rmtree(tmp, ignore_errors=True)
+    _prune(folder.parent, keep=KEEP_CONVERTED)
     return model, tokenizer
+
+
+def _prune(root: Path, keep: int) -> None:
+    """Keep the ``keep`` most recently used converted models (each is about 1 GB for Gemma 3 270M)."""
+    done = sorted((p for p in root.glob("*") if (p / "complete").exists()),
+                  key=lambda p: (p / "complete").stat().st_mtime, reverse=True)
+    for old in done[keep:]:
+        shutil.rmtree(old, ignore_errors=True)
 
 
 def architecture_of(gguf_path: Path) -> tuple[str, int, int]:
@@ -223,9 +243,20 @@ class Checkpoints:
         tmp = self.root / f".step-{step}.tmp"
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        torch.save(adapter, tmp / "adapter.pt")
-        torch.save(optimizer, tmp / "optimizer.pt")
-        (tmp / "state.json").write_text(json.dumps({"step": step} | meta))
+        try:
+            for name, obj in (("adapter.pt", adapter), ("optimizer.pt", optimizer)):
+                # serialised in memory (a few MB), written with plain file I/O: a full disk is then an OSError
+                # with its errno (torch's own writer raises a RuntimeError that says nothing of the disk)
+                buffer = io.BytesIO()
+                torch.save(obj, buffer)
+                with open(tmp / name, "wb") as handle:
+                    handle.write(buffer.getbuffer())
+                    handle.flush()
+                    os.fsync(handle.fileno())
+            (tmp / "state.json").write_text(json.dumps({"step": step} | meta))
+        except BaseException:
+            shutil.rmtree(tmp, ignore_errors=True)  # never half a checkpoint
+            raise
         shutil.rmtree(final, ignore_errors=True)
         os.replace(tmp, final)
         for old in sorted(self.root.glob("step-*"), key=lambda p: int(p.name[5:]) if p.name[5:].isdigit() else -1)[:-self.keep]:
@@ -318,7 +349,7 @@ def train(model: Any, train_set: Sequence[Encoded], valid_set: Sequence[Encoded]
             step += 1
             tokens = int(attention.sum())
             trained_tokens += tokens
-            last_loss = float(loss)
+            last_loss = float(loss.detach())
             info = Step(step, total, epoch + 1, last_loss, tokens, time.perf_counter() - began)
             if step % checkpoint_every == 0 or step == total:
                 valid = evaluate(peft_model, valid_set, batch_size=hp.batch_size, pad=pad)

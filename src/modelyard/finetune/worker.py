@@ -43,7 +43,8 @@ def run(job_dir: Path) -> int:
 
         torch.set_num_threads(int(spec.get("threads") or max(1, os.cpu_count() or 1)))
         template = get_template(spec["chat_template"])
-        train_examples = load_examples(Path(spec["training_file"]), param="training_file")
+        # the gateway checked the files (and their size against its minimum) before the job was queued
+        train_examples = load_examples(Path(spec["training_file"]), param="training_file", min_examples=1)
         valid_examples = (load_examples(Path(spec["validation_file"]), param="validation_file", min_examples=1)
                           if spec.get("validation_file") else [])
         emit("message", level="info", message=f"{len(train_examples)} training and {len(valid_examples)} "

@@ -153,6 +153,7 @@ class ModelScore(BaseModel):
     examples: int = Field(ge=1)
     completion_tokens: int = Field(ge=0)
     seconds: float = Field(ge=0)
+    decode_tokens: int = Field(default=0, ge=0)
     tokens_per_s: float = Field(ge=0)
 
 

@@ -234,11 +234,19 @@ class FineTuneStore:
         return rows[:limit], len(rows) > limit
 
     def metrics(self, job_id: str) -> list[dict[str, Any]]:
-        """The data of every metrics event of a job, oldest first (what a results file and a loss curve show)."""
+        """The data of each step's metrics event, in step order (what a results file and a loss curve show).
+
+        A step reported, lost with a killed process and trained again after the resume is reported twice; its
+        newest report counts."""
         query = (select(FineTuningEvent.data).where(FineTuningEvent.job_id == job_id, FineTuningEvent.type == "metrics")
                  .order_by(FineTuningEvent.id))
         with self.db.session() as session:
-            return [data for data in session.scalars(query) if data]
+            rows = [data for data in session.scalars(query) if data]
+        by_step: dict[Any, dict[str, Any]] = {}
+        for data in rows:
+            by_step.pop(data.get("step"), None)
+            by_step[data.get("step")] = data
+        return sorted(by_step.values(), key=lambda d: d.get("step") if isinstance(d.get("step"), int) else 0)
 
     # --- checkpoints --------------------------------------------------------------
 
