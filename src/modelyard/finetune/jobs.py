@@ -491,7 +491,7 @@ class FineTuneRunner:
             metrics = {"step": float(step), "train_loss": report.get("train_loss"),
                        "valid_loss": report.get("valid_loss")}
             await asyncio.to_thread(self.store.add_checkpoint, job.id, step=step, metrics=metrics,
-                                    path=str(report.get("path", "")), name=f"{job.fine_tuned_model}:ckpt-step-{step}")
+                                    path=str(report.get("path", "")), name=_checkpoint_name(job.fine_tuned_model, step))
             await asyncio.to_thread(self.store.add_event, job.id, f"Checkpoint created at step {step}.")
         elif kind == "done":
             run.done = report
@@ -608,3 +608,9 @@ def _error(code: str, message: str, param: Any = None) -> dict[str, Any]:
 
 def _num(value: Any) -> str:
     return f"{value:.4f}" if isinstance(value, (int, float)) else "n/a"
+
+
+def _checkpoint_name(model: str | None, step: int) -> str:
+    """``<tuned model>:ckpt-step-N``, the model's part shortened so that it fits its column (255)."""
+    tail = f":ckpt-step-{step}"
+    return f"{(model or '')[:255 - len(tail)]}{tail}"

@@ -24,9 +24,14 @@ from typing import Any
 log = logging.getLogger("modelyard.finetune.worker")
 
 
+#: where reports go: the process's stdout as it was started; everything else writing to stdout (a library's
+#: print) is sent to stderr, so it can never break into a report line (`main`)
+_reports = sys.stdout
+
+
 def emit(kind: str, **fields: Any) -> None:
-    sys.stdout.write(json.dumps({"type": kind} | fields) + "\n")
-    sys.stdout.flush()
+    _reports.write(json.dumps({"type": kind} | fields) + "\n")
+    _reports.flush()
 
 
 def run(job_dir: Path) -> int:
@@ -106,6 +111,10 @@ def run(job_dir: Path) -> int:
 
 
 def main() -> None:
+    global _reports
+    _reports = os.fdopen(os.dup(1), "w", buffering=1)
+    os.dup2(2, 1)
+    sys.stdout = sys.stderr
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     if len(sys.argv) != 2:

@@ -126,6 +126,10 @@ class KeyStore:
                 if self._changes == changes:
                     self._set_active(active)
                     break
+        else:
+            log.warning("api keys changed here during each of 5 reloads; keeping this process's keys until the "
+                        "next reload")
+            return
         log.debug("loaded %d active api keys", len(self._active))
 
     # -- the hot path -------------------------------------------------------
