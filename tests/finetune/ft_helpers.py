@@ -25,7 +25,8 @@ GATEWAY_ENV = {"MODELYARD_FINETUNE_WORKER": f"{sys.executable} {FAKE_WORKER}", "
 
 def catalog(home: Path) -> Path:
     """Cards: `tiny-chat` (local GGUF chat), `tiny-embed` (local GGUF embeddings), `hosted-chat` (hosted),
-    `hub-chat` (a Hub GGUF that was never pulled). Returns the GGUF file's path."""
+    `hub-chat` (a Hub GGUF that was never pulled), `bare-chat` (no chat template), `tiny-chat:ft-old-abc123` (a tuned
+    model). Returns the GGUF file's path."""
     gguf = home / "models" / "tiny.gguf"
     gguf.parent.mkdir(parents=True, exist_ok=True)
     gguf.write_bytes(b"GGUF not a real model")
@@ -34,7 +35,12 @@ def catalog(home: Path) -> Path:
              f"- id: tiny-embed\n  family: test\n  task: embedding\n  format: gguf\n  license: mit\n"
              f"  context_length: 512\n  source: {{type: local, path: {gguf}}}\n"
              "- id: hub-chat\n  family: test\n  task: chat\n  format: gguf\n  license: mit\n  context_length: 2048\n"
-             "  source: {type: hub, repo: nobody/nothing-GGUF, file: nothing.gguf}\n")
+             "  source: {type: hub, repo: nobody/nothing-GGUF, file: nothing.gguf}\n"
+             f"- id: bare-chat\n  family: test\n  task: chat\n  format: gguf\n  license: mit\n  context_length: 2048\n"
+             f"  source: {{type: local, path: {gguf}}}\n"
+             f"- id: \"{BASE}:ft-old-abc123\"\n  family: test\n  task: chat\n  format: gguf\n  license: mit\n"
+             f"  context_length: 2048\n  chat_template: dialogue\n  source: {{type: local, path: {gguf}}}\n"
+             f"  adapter: {{path: {gguf}, base: {BASE}}}\n")
     write_catalog(home, local + hosted_card("hosted-chat", "http://127.0.0.1:9/v1"))
     return gguf
 

@@ -309,6 +309,8 @@ def test_too_few_examples_fail_the_job(gw, tmp_path):
     ("tiny-embed", 400, "model_not_supported", "only local GGUF chat models"),
     ("hub-chat", 400, "model_not_pulled", "modelyard catalog pull hub-chat"),
     ("no-such-model", 404, "model_not_found", "not in the catalog"),
+    ("bare-chat", 400, "model_not_supported", "no chat_template"),
+    ("tiny-chat:ft-old-abc123", 400, "model_not_supported", "itself a fine-tuned model"),
 ])
 def test_only_local_chat_models_that_are_here_can_be_tuned(gw, tmp_path, model, status, code, words):
     client = gw.openai()

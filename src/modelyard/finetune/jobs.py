@@ -255,10 +255,6 @@ class FineTuneRunner:
             raise invalid(f"The model '{card.id}' is itself a fine-tuned model; continued training is not supported: "
                           f"tune its base '{card.adapter.base}' on the combined data.", param="model",
                           code="model_not_supported")
-        if card.format == "gguf" and card.task == "chat" and not card.chat_template:
-            raise invalid(f"The model '{card.id}' has no chat_template in its card; fine-tuning renders "
-                          "conversations with a named template (dialogue, chatml, llama3, phi3, gemma): add one to "
-                          "its card.", param="model", code="model_not_supported")
         if card.format != "gguf" or card.task != "chat":
             raise invalid(f"The model '{card.id}' is a {card.format} {card.task} model; only local GGUF chat models "
                           "can be fine-tuned.", param="model", code="model_not_supported")
@@ -267,6 +263,10 @@ class FineTuneRunner:
                 resolve_path(card, self.settings)
             except ModelyardError as err:  # not pulled / not installed / files missing: the 400 says what to do
                 raise invalid(err.message, param="model", code=err.code or "model_not_available") from None
+        if not card.chat_template:
+            raise invalid(f"The model '{card.id}' has no chat_template in its card; fine-tuning renders "
+                          "conversations with a named template (dialogue, chatml, llama3, phi3, gemma): add one to "
+                          "its card.", param="model", code="model_not_supported")
 
     def _check_file(self, file_id: str, param: str, key: Any) -> None:
         try:
