@@ -252,7 +252,7 @@ def evaluate_job(
     from ..catalog.sources import resolve_path
     from ..finetune.data import load_examples
     from ..finetune.evaluate import load_metric, score
-    from ..finetune.publish import sha256_of
+    from ..finetune.process import sha256_of
     from ..settings import Settings
     from .remote import call_api
 

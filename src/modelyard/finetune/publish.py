@@ -14,7 +14,6 @@ creating the deployment is a 409 naming it.
 
 from __future__ import annotations
 
-import hashlib
 import os
 import re
 import shutil
@@ -25,14 +24,7 @@ import yaml
 
 from ..catalog.card import ModelCard
 from ..catalog.sources import resolve_path
-
-
-def sha256_of(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for block in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
+from .process import sha256_of
 
 
 def _folder_name(model_id: str) -> str:
