@@ -16,6 +16,9 @@ the variable.
 | MODELYARD_MAX_BODY_BYTES | 8 MiB | larger request bodies get 413 |
 | MODELYARD_USAGE_FLUSH_S | 0.5 | how often queued usage records are written |
 | MODELYARD_EMBED_THREADS | 1 | torch threads for the gateway's own embeddings (cache, router) |
+| MODELYARD_RUNTIME | local | where instances run: local processes, or Ray Serve replicas (`ray`) |
+| RAY_ADDRESS | unset | the Ray cluster the ray runtime joins (unset: a Ray started on this machine) |
+| MODELYARD_REDIS_URL | unset | the Redis several gateways share budgets and change notices through |
 | MODELYARD_FINETUNE_ENABLED | true | whether this gateway runs fine-tuning jobs (false: it stores them, another runs them) |
 """
 
@@ -23,6 +26,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Literal
 
 from pydantic import AliasChoices, Field, model_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -55,6 +59,14 @@ class Settings(BaseSettings):
     #: run fine-tuning jobs in this gateway (training takes the cores and GB of memory; a gateway that serves only
     #: live traffic turns it off and still accepts jobs for one that runs them, on the same database and home)
     finetune_enabled: bool = True
+    #: where instances run: ``local`` (processes on this machine) or ``ray`` (Ray Serve replicas in the Ray
+    #: cluster at RAY_ADDRESS, or a Ray started for this gateway when it is unset)
+    runtime: Literal["local", "ray"] = "local"
+    #: the Ray cluster to join (Ray's own variable); unset: start one on this machine
+    ray_address: str | None = Field(default=None, validation_alias=AliasChoices("RAY_ADDRESS", "ray_address"))
+    #: the Redis several gateways share budgets and change notices through (unset: each gateway alone,
+    #: or the database's own notices where it is PostgreSQL)
+    redis_url: str | None = None
     #: the OTLP collector flow traces go to, as OpenTelemetry spans (the OTel SDK's own variable; the
     #: exporter reads it and OTEL_EXPORTER_OTLP_HEADERS itself). Unset: no export.
     otlp_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(

@@ -81,6 +81,39 @@ class Probe(_Spec):
     success_threshold: int = Field(default=1, ge=1)
 
 
+class Autoscale(_Spec):
+    """Instances follow the load between ``min_instances`` and ``max_instances`` (Azure ML's target-utilisation
+    scale settings; Ray Serve's ``autoscaling_config`` on the Ray runtime).
+
+    The wanted count is the requests in flight and waiting, divided by ``target_in_flight``; it is applied
+    once it has held for ``upscale_delay_s`` (up) or ``downscale_delay_s`` (down). ``min_instances: 0`` scales
+    to zero when idle (local runtime): the first request then waits for an instance to start.
+    """
+
+    min_instances: int = Field(default=1, ge=0, le=64)
+    max_instances: int = Field(default=1, ge=1, le=64)
+    #: requests in flight (and waiting) per instance the scaler aims for
+    target_in_flight: float = Field(default=4.0, gt=0, allow_inf_nan=False)
+    upscale_delay_s: float = Field(default=10.0, ge=0, allow_inf_nan=False)
+    downscale_delay_s: float = Field(default=60.0, ge=0, allow_inf_nan=False)
+
+    @model_validator(mode="after")
+    def _min_not_above_max(self) -> "Autoscale":
+        if self.min_instances > self.max_instances:
+            raise ValueError(f"min_instances ({self.min_instances}) must not exceed max_instances ({self.max_instances})")
+        return self
+
+
+class Resources(_Spec):
+    """What one instance needs from the machine it runs on. The Ray runtime places replicas by it
+    (``ray_actor_options``); the local runtime runs on this machine and only checks ``num_gpus``."""
+
+    num_cpus: float = Field(default=1.0, ge=0, allow_inf_nan=False)
+    num_gpus: float = Field(default=0.0, ge=0, allow_inf_nan=False)
+    #: memory one instance needs, in GiB (unset: no reservation)
+    memory_gb: float | None = Field(default=None, gt=0, allow_inf_nan=False)
+
+
 class DeploymentSpec(_Spec):
     name: Name
     endpoint_name: Name
@@ -94,6 +127,10 @@ class DeploymentSpec(_Spec):
     options: dict[str, Any] = Field(default_factory=dict)
     #: a local deployment's running cost, e.g. {usd_per_instance_hour: 0.05}; unset: the card's price
     cost: DeploymentCost | None = None
+    #: instances follow the load (unset: ``instance_count`` instances, fixed)
+    autoscale: Autoscale | None = None
+    #: CPUs, GPUs and memory one instance needs (the Ray runtime places replicas by it; unset: one CPU)
+    resources: Resources | None = None
 
 
 class EndpointSpec(_Spec):
