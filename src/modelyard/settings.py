@@ -19,6 +19,7 @@ the variable.
 | MODELYARD_RUNTIME | local | where instances run: local processes, or Ray Serve replicas (`ray`) |
 | RAY_ADDRESS | unset | the Ray cluster the ray runtime joins (unset: a Ray started on this machine) |
 | MODELYARD_REDIS_URL | unset | the Redis several gateways share budgets and change notices through |
+| MODELYARD_LEASE_TTL_S | 15 | after a gateway dies, another on the same database takes over its rollouts and jobs within this |
 | MODELYARD_FINETUNE_ENABLED | true | whether this gateway runs fine-tuning jobs (false: it stores them, another runs them) |
 """
 
@@ -67,6 +68,9 @@ class Settings(BaseSettings):
     #: the Redis several gateways share budgets and change notices through (unset: each gateway alone,
     #: or the database's own notices where it is PostgreSQL)
     redis_url: str | None = None
+    #: how long a gateway owns a rollout, batch job or fine-tuning job without renewing (it renews every third
+    #: of it): after a gateway dies, another on the same database takes its work over within this time
+    lease_ttl_s: float = Field(default=15.0, gt=0)
     #: the OTLP collector flow traces go to, as OpenTelemetry spans (the OTel SDK's own variable; the
     #: exporter reads it and OTEL_EXPORTER_OTLP_HEADERS itself). Unset: no export.
     otlp_endpoint: str | None = Field(default=None, validation_alias=AliasChoices(

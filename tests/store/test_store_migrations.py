@@ -41,7 +41,7 @@ def test_upgrade_creates_the_tables_in_a_fresh_sqlite_file(tmp_path):
 
     assert path.exists()
     assert TABLES <= set(db.table_names())
-    assert db.current_revision() == _head() == "0006"
+    assert db.current_revision() == _head() == "0009"
     db.close()
 
 
@@ -209,6 +209,7 @@ SHIPPED_MIGRATIONS = {
     "0004_router.py": "e754bbdc6fc82daa1d62919f19974bdff2892efe0e139b9f6e9773cda6861250",
     "0005_flows.py": "dac564e0e8480e1fa5a7b2f0e8d6d831f14bc7fb2563b74dc471c78134ca43d5",
     "0006_fine_tuning.py": "8826d713c139a7d86696c134a71312e8de1b3c1058002b42da17a44495f14146",
+    "0007_deployment_events.py": "d85fc4b44b59f7caa6252e236dfefac44d444d20530c377a2efe74db66b3d97a",
 }
 
 

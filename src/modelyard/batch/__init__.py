@@ -6,6 +6,8 @@
 - `BatchCreate`, `BatchConfig`, `describe_job` (jobs.py) — settings, the create request, the Batch object.
 - `BatchRunner` (runner.py) — runs jobs inside the gateway: mini-batches, retries, error threshold,
   cancel, resume after a crash, lower priority than live traffic; sweeps expired files.
+- `RayDataEngine` (ray_data.py) — runs a job created with ``engine: "ray-data"`` on a Ray cluster, with
+  the same bookkeeping.
 
 The gateway builds them with `open_batches()` and starts the runner with the server.
 """
@@ -22,13 +24,16 @@ from .validate import BATCH_URLS, parse_input
 
 
 def open_batches(db: Any, home: Any, endpoints: Any, keys: Any, *, budget: Any = None,
-                 config: BatchConfig | None = None, flows: Any = None, indexes: Any = None) -> BatchRunner:
-    """The batch runner of a gateway whose state lives in ``home`` (files under ``home/files``)."""
+                 config: BatchConfig | None = None, flows: Any = None, indexes: Any = None,
+                 settings: Any = None) -> BatchRunner:
+    """The batch runner of a gateway whose state lives in ``home`` (files under ``home/files``); ``settings``
+    (the gateway's) say where Ray is for jobs on engine ray-data."""
     config = config or BatchConfig.from_env()
     store = BatchStore(db)
     files = FileStore(store, home / "files", max_bytes=config.max_file_bytes,
                       quota=KeyQuota(bytes=config.key_quota_bytes, files=config.key_quota_files))
-    return BatchRunner(store, files, endpoints, keys, config=config, budget=budget, flows=flows, indexes=indexes)
+    return BatchRunner(store, files, endpoints, keys, config=config, budget=budget, flows=flows, indexes=indexes,
+                       settings=settings)
 
 
 __all__ = [

@@ -15,6 +15,7 @@ a client passes as extra body fields or, as strings, in ``metadata``
 | ``error_threshold`` | -1 | more failed lines than this fail the job; -1: never |
 | ``output_action`` | ``append_row`` | ``summary_only``: count results, write no output files |
 | ``max_share`` | MODELYARD_BATCH_MAX_SHARE | share (0-1] of a deployment's capacity the job may hold |
+| ``engine`` | ``local`` | ``ray-data``: the lines run on a Ray cluster as a Ray Dataset (see `batch.ray_data`) |
 
 Output lines are OpenAI's: ``{"id", "custom_id", "response": {"status_code",
 "request_id", "body"}, "error"}``; a line that never ran (the job was
@@ -38,7 +39,12 @@ from .validate import BATCH_URLS, line_request_id
 
 COMPLETION_WINDOW_S = 24 * 3600
 #: create-request settings that may also come as metadata strings
-SETTINGS = ("model", "deployment", "mini_batch_size", "max_retries", "error_threshold", "output_action", "max_share")
+SETTINGS = ("model", "deployment", "mini_batch_size", "max_retries", "error_threshold", "output_action", "max_share",
+            "engine")
+#: where a job's lines run: the gateway's own deployments, or a Ray cluster (`batch.ray_data`)
+ENGINES = ("local", "ray-data")
+#: statuses a line is attempted again on (up to ``max_retries`` attempts)
+RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 #: why lines that never ran did not, by the job's final status
 NOT_RUN = {
     "cancelled": ("batch_cancelled", "The batch was cancelled before this request ran."),
@@ -61,6 +67,7 @@ class BatchConfig(BaseSettings):
     | MODELYARD_BATCH_KEY_QUOTA_BYTES | 5 GiB | bytes of files one endpoint key may keep (its inputs and outputs) |
     | MODELYARD_BATCH_KEY_QUOTA_FILES | 5000 | files one endpoint key may keep |
     | MODELYARD_BATCH_SWEEP_INTERVAL_S | 600 | how often expired files are deleted (and once at start) |
+    | MODELYARD_BATCH_RAY_MAX_ACTORS | unset | most Ray actors a ray-data job's pool grows to (unset: the deployment's most instances) |
 
     The quota is what keeps one endpoint key from filling the disk the database and the usage records live
     on: an upload that would pass it gets 413 ``storage_quota_exceeded`` (see `files.KeyQuota`). A job's output
@@ -80,6 +87,7 @@ class BatchConfig(BaseSettings):
     key_quota_bytes: int = Field(default=5 * 1024**3, gt=0)
     key_quota_files: int = Field(default=5000, gt=0)
     sweep_interval_s: float = Field(default=600.0, gt=0)
+    ray_max_actors: int | None = Field(default=None, ge=1)
 
     @classmethod
     def from_env(cls) -> "BatchConfig":
@@ -111,6 +119,7 @@ class BatchCreate(BaseModel):
     error_threshold: int = Field(default=-1, ge=-1)
     output_action: Literal["append_row", "summary_only"] = "append_row"
     max_share: float | None = Field(default=None, gt=0, le=1)
+    engine: Literal["local", "ray-data"] = "local"
 
     @field_validator("input_file_id", "model", "deployment")
     @classmethod
@@ -206,6 +215,7 @@ def describe_job(job: JobRecord, usage: dict[str, Any]) -> dict[str, Any]:
             "error_threshold": job.error_threshold,
             "output_action": job.output_action,
             "max_share": job.max_share,
+            "engine": job.engine,
             "requests": usage["requests"],
             "prompt_tokens": usage["prompt_tokens"],
             "completion_tokens": usage["completion_tokens"],
@@ -213,6 +223,13 @@ def describe_job(job: JobRecord, usage: dict[str, Any]) -> dict[str, Any]:
             "elapsed_s": round(max(elapsed, 0.0), 3),
         },
     }
+
+
+def key_revoked(key_id: int) -> dict[str, Any]:
+    """The job error of a batch whose key was revoked while it ran."""
+    return {"code": "key_revoked", "line": None, "param": None,
+            "message": f"The API key that created this batch (id {key_id}) was revoked; no further requests "
+                       "were sent."}
 
 
 def output_line(job_id: str, line: LineRecord, not_run: tuple[str, str] | None = None) -> bytes:

@@ -30,6 +30,11 @@ runs again when the gateway starts (`BatchRunner.start` resumes every
 unfinished job), so the output has every input line exactly once, and so do
 the usage records of the lines that succeeded.
 
+**Engines.** The above is the ``local`` engine, the default. A job created with ``engine:
+"ray-data"`` runs its lines as a Ray Dataset on a Ray cluster instead (`ray_data.RayDataEngine`),
+committed through the same stages and `BatchStore.commit_results`, with the same threshold, cancel,
+retry and resume rules.
+
 **Expired files** (uploaded with ``expires_after``) are deleted by a sweeper
 at start and every MODELYARD_BATCH_SWEEP_INTERVAL_S, except the input of a
 job that has not finished, so that a key's quota frees up and the disk the
@@ -70,12 +75,12 @@ from ..store.models import utcnow
 from ..store.usage import normalize_record
 from ..wire import KINDS
 from .files import FileStore
-from .jobs import NOT_RUN, BatchConfig, BatchCreate, output_line
+from .jobs import NOT_RUN, RETRYABLE, BatchConfig, BatchCreate, key_revoked as _key_revoked, output_line
+from .ray_data import RayDataEngine, ray_deployment, ray_installed
 from .validate import parse_input
 
 log = logging.getLogger(__name__)
 
-RETRYABLE = frozenset({408, 409, 425, 429, 500, 502, 503, 504})
 MAX_BACKOFF_S = 30.0
 #: how long a failing commit of results is retried before the job gives up
 COMMIT_RETRY_S = 60.0
@@ -186,7 +191,8 @@ class BatchRunner:
     """Creates, runs, resumes and cancels batch jobs; one per gateway."""
 
     def __init__(self, store: BatchStore, files: FileStore, endpoints: Any, keys: Any, *,
-                 config: BatchConfig, budget: Any = None, flows: Any = None, indexes: Any = None) -> None:
+                 config: BatchConfig, budget: Any = None, flows: Any = None, indexes: Any = None,
+                 settings: Any = None) -> None:
         self.store = store
         self.flows = flows
         self.files = files
@@ -200,10 +206,15 @@ class BatchRunner:
         # A line naming a flow runs it (`gateway.flows`); its steps' records commit with the line.
         staged = [Flows(flows, Pipeline([*stages, *answer]), indexes)] if flows is not None else []
         self.pipeline = Pipeline([*stages, *staged, *answer])
+        #: jobs with ``engine: ray-data`` (the same stages, the actors' answers in place of dispatch)
+        self.ray_data = RayDataEngine(self, stages, settings, max_actors=config.ray_max_actors)
         self._jobs: dict[str, _Control] = {}
         self._closing = False
         self._closing_since: float | None = None
         self._sweeper: asyncio.Task[None] | None = None
+        #: several gateways on one database: a job runs where its lease (``batch:ID``) is held
+        #: (`store.leases.LeaseKeeper`; None: every job runs here)
+        self.leases: Any = None
 
     # --- lifecycle --------------------------------------------------------------------
 
@@ -211,9 +222,9 @@ class BatchRunner:
         """Remove files a crash left half-written, resume every unfinished job and start sweeping expired files."""
         await asyncio.to_thread(self.files.sweep)
         for job in await asyncio.to_thread(self.store.unfinished_jobs):
-            log.info("batch %s: resuming (%s, %d/%d lines done)", job.id, job.status, job.completed + job.failed,
-                     job.total)
-            self._launch(job.id)
+            if await self._claim(job.id):
+                log.info("batch %s: resuming (%s, %d/%d lines done)", job.id, job.status, job.completed + job.failed,
+                         job.total)
         if self._sweeper is None:
             self._sweeper = asyncio.get_running_loop().create_task(self._sweep_expired(), name="batch-file-sweeper")
 
@@ -255,6 +266,34 @@ class BatchRunner:
         self._jobs[job_id] = ctl
         ctl.task = asyncio.get_running_loop().create_task(self._run(ctl), name=f"batch-{job_id}")
 
+    async def _claim(self, job_id: str) -> bool:
+        """Run the job here if this gateway gets its lease (always, with no leases); False when another has it."""
+        if self._closing or job_id in self._jobs:
+            return False
+        if self.leases is not None and not await self.leases.acquire(f"batch:{job_id}", self._lost):
+            return False
+        self._launch(job_id)
+        return True
+
+    async def claim_unowned(self) -> None:
+        """Take over unfinished jobs whose gateway stopped renewing their leases (it died), and stop the jobs
+        running here that were cancelled through another gateway."""
+        for job in await asyncio.to_thread(self.store.unfinished_jobs):
+            ctl = self._jobs.get(job.id)
+            if ctl is None:
+                if await self._claim(job.id):
+                    log.info("batch %s: taken over from a gateway that stopped (%d/%d lines done)", job.id,
+                             job.completed + job.failed, job.total)
+            elif job.status == "cancelling":
+                ctl.stop("cancelled")
+
+    def _lost(self, name: str) -> None:
+        """Another gateway took the job over: stop it here as at shutdown (its committed lines stay)."""
+        ctl = self._jobs.get(name.split(":", 1)[1])
+        if ctl is not None:
+            ctl.shutdown = True
+            ctl.stop(None)
+
     # --- the API ----------------------------------------------------------------------
 
     async def create(self, req: BatchCreate, key: Any) -> JobRecord:
@@ -276,16 +315,22 @@ class BatchRunner:
                                      code="endpoint_not_allowed")
             if req.deployment is not None:
                 self.endpoints.deployment(req.model, req.deployment)  # 404 deployment_not_found (a flow has none)
+        if req.engine == "ray-data":
+            if not ray_installed():
+                raise ModelyardError("engine 'ray-data' needs the 'ray' extra, which is not installed here: pip "
+                                     "install 'modelyard[ray]'.", status=501, param="engine", code="extra_not_installed")
+            if req.model is not None:  # otherwise checked once the lines are read (their one model)
+                ray_deployment(self.endpoints, self.flows, req.model, req.deployment)
         now = utcnow()
         job = JobRecord(id="batch_" + os.urandom(12).hex(), endpoint=req.endpoint, input_file_id=source.id,
                         completion_window=req.completion_window, model=req.model, deployment=req.deployment,
                         mini_batch_size=req.mini_batch_size, max_retries=req.max_retries,
                         error_threshold=req.error_threshold, output_action=req.output_action,
-                        max_share=req.max_share, meta=req.metadata, owner_key_id=key.id if key is not None else None,
+                        max_share=req.max_share, engine=req.engine, meta=req.metadata, owner_key_id=key.id if key is not None else None,
                         output_expires_after_s=req.output_expires_after.seconds if req.output_expires_after else None,
                         created_at=now, expires_at=now + timedelta(seconds=self.config.completion_window_s))
         await asyncio.to_thread(self.store.create_job, job)
-        self._launch(job.id)
+        await self._claim(job.id)
         return job
 
     async def get(self, job_id: str, key: Any) -> JobRecord:
@@ -305,7 +350,7 @@ class BatchRunner:
         if ctl is not None:
             ctl.stop("cancelled")
         elif job is not None and job.status == "cancelling":
-            self._launch(job_id)
+            await self._claim(job_id)  # the gateway running it, if any, sees the status and stops it
         return job
 
     # --- one job ----------------------------------------------------------------------
@@ -338,6 +383,8 @@ class BatchRunner:
                 log.exception("batch %s: could not record the failure", ctl.id)
         finally:
             self._jobs.pop(ctl.id, None)
+            if self.leases is not None:
+                await self.leases.drop(f"batch:{ctl.id}")
 
     async def _validate(self, job: JobRecord) -> JobRecord:
         path = self.files.path(job.input_file_id)
@@ -416,9 +463,12 @@ class BatchRunner:
             return verdict
         owner = await asyncio.to_thread(self.keys.get, job.owner_key_id) if job.owner_key_id is not None else None
         share = job.max_share or self.config.max_share
-        feed = _Feed(self.store, job, ctl)
-        workers = [asyncio.create_task(self._worker(job, owner, feed, ctl, share))
-                   for _ in range(self._worker_count(job, share))]
+        if job.engine == "ray-data":
+            workers = [asyncio.create_task(self._guarded(self.ray_data.run(job, owner, ctl), ctl))]
+        else:
+            feed = _Feed(self.store, job, ctl)
+            workers = [asyncio.create_task(self._worker(job, owner, feed, ctl, share))
+                       for _ in range(self._worker_count(job, share))]
         everything = asyncio.gather(*workers, return_exceptions=True)
         stop = asyncio.create_task(ctl.stopped.wait())
         expires_in = (job.expires_at - utcnow()).total_seconds() if job.expires_at else None
@@ -443,8 +493,13 @@ class BatchRunner:
         return self._verdict(job) or "completed"
 
     async def _worker(self, job: JobRecord, owner: Any, feed: _Feed, ctl: _Control, share: float) -> None:
+        await self._guarded(self._work(job, owner, feed, ctl, share), ctl)
+
+    @staticmethod
+    async def _guarded(work: Any, ctl: _Control) -> None:
+        """Run a job's work; what breaks it (a commit that kept failing, a bug) stops the job with it."""
         try:
-            await self._work(job, owner, feed, ctl, share)
+            await work
         except Exception as exc:
             ctl.error = ctl.error or exc
             ctl.stop(None)
@@ -600,12 +655,6 @@ class BatchRunner:
                 filename=f"{job.id}_error.jsonl", owner_key_id=job.owner_key_id,
                 expires_after_s=job.output_expires_after_s)
         return out
-
-
-def _key_revoked(key_id: int) -> dict[str, Any]:
-    return {"code": "key_revoked", "line": None, "param": None,
-            "message": f"The API key that created this batch (id {key_id}) was revoked; no further requests "
-                       "were sent."}
 
 
 def visible(record: Any, key: Any) -> bool:

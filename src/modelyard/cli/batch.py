@@ -163,6 +163,8 @@ def submit(
                                       help="append_row: write every result; summary_only: only count them"),
     max_share: float = typer.Option(None, "--max-share", min=0.0, max=1.0,
                                     help="most of a deployment's capacity the job may hold (0-1]"),
+    engine: str = typer.Option("local", "--engine",
+                               help="local: the gateway's instances; ray-data: a Ray Dataset on the Ray cluster"),
     url: str = typer.Option(None, "--url", help="the API route of the lines (default: the first line's url)"),
     wait: bool = typer.Option(True, "--wait/--no-wait", help="follow the job with a progress bar until it ends"),
     output: Path = typer.Option(None, "--output", "-o", help="when it ends, write the results here"),
@@ -171,11 +173,15 @@ def submit(
     """Upload FILE and run it as a batch job; follow it until it ends (Ctrl-C detaches, the job goes on)."""
     if output_action not in ("append_row", "summary_only"):
         raise typer.BadParameter("use append_row or summary_only", param_hint="--output-action")
+    if engine not in ("local", "ray-data"):
+        raise typer.BadParameter("use local or ray-data", param_hint="--engine")
     client = _client()
     with open(file, "rb") as f:
         uploaded = _call(client.files.create, file=f, purpose="batch")
     settings: dict[str, Any] = {"mini_batch_size": mini_batch_size, "max_retries": max_retries,
                                 "error_threshold": error_threshold, "output_action": output_action}
+    if engine != "local":
+        settings["engine"] = engine
     for name, value in (("model", endpoint), ("deployment", deployment), ("max_share", max_share)):
         if value is not None:
             settings[name] = value
@@ -231,7 +237,8 @@ def show(job: str = typer.Argument(..., help="the batch id (batch_…)")) -> Non
                   f"{_rate(b):.1f} tok/s over {extra.get('elapsed_s', 0):.1f} s")
     console.print(f"  settings: mini_batch_size {extra.get('mini_batch_size')}, max_retries {extra.get('max_retries')}, "
                   f"error_threshold {extra.get('error_threshold')}, output_action {extra.get('output_action')}"
-                  + (f", max_share {extra['max_share']}" if extra.get("max_share") else ""))
+                  + (f", max_share {extra['max_share']}" if extra.get("max_share") else "")
+                  + (f", engine {extra['engine']}" if extra.get("engine") not in (None, "local") else ""))
     console.print(f"  input {b.input_file_id}; output {b.output_file_id or '-'}; errors {b.error_file_id or '-'}")
     for name in ("created", "in_progress", "finalizing", "completed", "failed", "cancelling", "cancelled", "expired"):
         ts = getattr(b, f"{name}_at", None)

@@ -6,6 +6,8 @@ split decides how much live traffic it gets::
     modelyard deployment create chat blue --model gemma-3-270m --instances 2 --all-traffic
     modelyard deployment create chat green --model qwen2.5-0.5b-instruct      # 0% until the split changes
     modelyard deployment update chat blue --instances 3                       # no request is dropped
+    modelyard deployment update chat blue --autoscale min=1,max=8,target-in-flight=4
+    modelyard deployment events chat blue                                     # scaling and restarts
     modelyard deployment logs chat blue
     modelyard deployment delete chat green
 
@@ -22,7 +24,8 @@ from pydantic import ValidationError
 from rich.markup import escape
 from rich.table import Table
 
-from ..serving.spec import DeploymentSpec
+from .. import durations
+from ..serving.spec import Autoscale, DeploymentSpec
 from .endpoint import api_path, deployments_table, err, instances_table, out, ready_count, state_text
 from .remote import call_api
 from .specfile import SpecFileError, problem, read_spec_file, spec_errors_exit
@@ -32,6 +35,62 @@ app = typer.Typer(name="deployment", help="Deployments: create, scale, show, log
 Instances = typer.Option(None, "--instances", min=1, max=64, help="how many instances to run")
 TimeoutMs = typer.Option(None, "--timeout-ms", min=100, help="request timeout in milliseconds")
 MaxConcurrent = typer.Option(None, "--max-concurrent", min=1, help="requests one instance works on at once")
+AutoscaleOpt = typer.Option(
+    None, "--autoscale", metavar="min=N,max=N[,target-in-flight=X,up-delay=10s,down-delay=60s]",
+    help="follow the load between min and max instances (target-in-flight: requests in flight and waiting per "
+         "instance; delays: how long a change must hold; min=0 scales to zero when idle, the next request "
+         "waits for a cold start)")
+
+#: ``--autoscale`` keys and the `Autoscale` fields they set
+AUTOSCALE_KEYS = {"min": "min_instances", "max": "max_instances", "target-in-flight": "target_in_flight",
+                  "up-delay": "upscale_delay_s", "down-delay": "downscale_delay_s"}
+
+
+def parse_autoscale(text: str) -> dict[str, Any]:
+    """``min=1,max=8,target-in-flight=4,up-delay=10,down-delay=60`` as `Autoscale` fields (delays in seconds,
+    or with a unit: ``90s``, ``2m``), checked as the server will; `typer.BadParameter` naming the key otherwise."""
+    fields: dict[str, Any] = {}
+    for part in (p.strip() for p in text.split(",")):
+        if not part:
+            continue
+        key, sep, value = part.partition("=")
+        key, value = key.strip().lower(), value.strip()
+        if not sep or not value:
+            raise typer.BadParameter(f"{part!r} is not KEY=VALUE (keys: {', '.join(AUTOSCALE_KEYS)})",
+                                     param_hint="--autoscale")
+        field = AUTOSCALE_KEYS.get(key.replace("_", "-"))
+        if field is None:
+            raise typer.BadParameter(f"unknown key {key!r}; the keys are {', '.join(AUTOSCALE_KEYS)}",
+                                     param_hint="--autoscale")
+        try:
+            if field.endswith("_delay_s"):
+                fields[field] = 0.0 if value.rstrip("s") in ("0", "0.0") else durations.parse_duration(value)
+            elif field == "target_in_flight":
+                fields[field] = float(value)
+            else:
+                fields[field] = int(value)
+        except ValueError as exc:
+            kind = "a whole number" if field.endswith("instances") else \
+                "a number of seconds (or 90s, 2m)" if field.endswith("_s") else "a number"
+            raise typer.BadParameter(f"{key}={value!r} is not {kind} ({exc})", param_hint="--autoscale") from None
+    if "max_instances" not in fields:
+        raise typer.BadParameter("give max=N, the most instances to run", param_hint="--autoscale")
+    fields.setdefault("min_instances", min(1, fields["max_instances"]))
+    try:
+        Autoscale.model_validate(fields)
+    except ValidationError as exc:
+        first = exc.errors()[0]
+        field = str(first["loc"][0]) if first["loc"] else ""
+        key = next((k for k, f in AUTOSCALE_KEYS.items() if f == field), None)
+        where = f"{key} ({field}): " if key else ""
+        raise typer.BadParameter(where + problem(first), param_hint="--autoscale") from None
+    return fields
+
+
+def autoscale_text(settings: dict[str, Any]) -> str:
+    return (f"min={settings['min_instances']} max={settings['max_instances']} "
+            f"target-in-flight={settings['target_in_flight']:g} up-delay={settings['upscale_delay_s']:g}s "
+            f"down-delay={settings['downscale_delay_s']:g}s")
 
 
 def request_settings(timeout_ms: int | None, max_concurrent: int | None) -> dict[str, int]:
@@ -52,7 +111,8 @@ def validated_deployment(fields: dict[str, Any]) -> DeploymentSpec:
         field = ".".join(str(p) for p in first["loc"])
         hint = {"endpoint_name": "ENDPOINT", "name": "NAME", "model": "--model", "instance_count": "--instances",
                 "request_settings.request_timeout_ms": "--timeout-ms",
-                "request_settings.max_concurrent_requests_per_instance": "--max-concurrent"}.get(field, field)
+                "request_settings.max_concurrent_requests_per_instance": "--max-concurrent"}.get(
+                    field, "--autoscale" if field.startswith("autoscale") else field)
         raise typer.BadParameter(problem(first), param_hint=hint) from None
 
 
@@ -67,6 +127,8 @@ def print_deployment(desc: dict[str, Any], endpoint: str, traffic: dict[str, int
     settings = desc.get("request_settings")
     if settings:
         console.print("  request settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
+    if desc.get("autoscale"):
+        console.print(f"  autoscale: {autoscale_text(desc['autoscale'])}   instances now: {len(desc.get('instances') or [])}")
     if desc.get("error"):
         console.print(f"  [red]error:[/] {escape(desc['error'])}")
     if desc.get("instances"):
@@ -87,6 +149,7 @@ def create(
     all_traffic: bool = typer.Option(False, "--all-traffic", help="send all of the endpoint's live traffic to it"),
     timeout_ms: Optional[int] = TimeoutMs,
     max_concurrent: Optional[int] = MaxConcurrent,
+    autoscale: Optional[str] = AutoscaleOpt,
     file: Optional[Path] = typer.Option(None, "--file", "-f", dir_okay=False,
                                         help="a deployment spec file (YAML); ENDPOINT and NAME override its names"),
 ) -> None:
@@ -120,9 +183,13 @@ def create(
     settings = request_settings(timeout_ms, max_concurrent)
     if settings:
         fields["request_settings"] = {**fields.get("request_settings", {}), **settings}
+    if autoscale is not None:
+        fields["autoscale"] = parse_autoscale(autoscale)
     spec = validated_deployment(fields)
     body = spec.model_dump(mode="json", exclude_unset=True, exclude={"endpoint_name"})
-    with out().status(f"starting {spec.instance_count} instance(s) of {escape(spec.model)} for "
+    starting = min(max(spec.instance_count, spec.autoscale.min_instances, 1), spec.autoscale.max_instances) \
+        if spec.autoscale else spec.instance_count
+    with out().status(f"starting {starting} instance(s) of {escape(spec.model)} for "
                       f"{escape(spec.endpoint_name)}/{escape(spec.name)}…"):
         desc = call_api("POST", api_path(spec.endpoint_name, "deployments"), json=body,
                     params={"all_traffic": "true"} if all_traffic else None)
@@ -157,15 +224,26 @@ def update(
     instances: Optional[int] = Instances,
     timeout_ms: Optional[int] = TimeoutMs,
     max_concurrent: Optional[int] = MaxConcurrent,
+    autoscale: Optional[str] = AutoscaleOpt,
+    no_autoscale: bool = typer.Option(False, "--no-autoscale", help="stop autoscaling: run --instances (or the "
+                                      "deployment's instance_count) instances"),
 ) -> None:
-    """Scale a deployment or change its request settings; live requests are not dropped."""
+    """Scale a deployment, turn autoscaling on or off, or change its request settings; live requests are not
+    dropped."""
     body: dict[str, Any] = {}
     if instances is not None:
         body["instance_count"] = instances
+    if autoscale is not None and no_autoscale:
+        raise typer.BadParameter("give --autoscale or --no-autoscale, not both", param_hint="--no-autoscale")
+    if autoscale is not None:
+        # The whole setting: keys not given take their defaults, not the deployment's current values.
+        body["autoscale"] = {**Autoscale(max_instances=1).model_dump(), **parse_autoscale(autoscale)}
+    if no_autoscale:
+        body["autoscale"] = None
     settings = request_settings(timeout_ms, max_concurrent)
     if not body and not settings:
-        raise typer.BadParameter("nothing to change: give --instances, --timeout-ms or --max-concurrent",
-                                 param_hint="options")
+        raise typer.BadParameter("nothing to change: give --instances, --autoscale, --no-autoscale, --timeout-ms "
+                                 "or --max-concurrent", param_hint="options")
     if settings:
         # The PATCH replaces request_settings as a whole: keep the fields not given here.
         current = call_api("GET", api_path(endpoint, "deployments", name)).get("request_settings") or {}
@@ -188,6 +266,31 @@ def delete(
         typer.confirm(f"Delete deployment {endpoint}/{name} and stop its instances?", abort=True)
     call_api("DELETE", api_path(endpoint, "deployments", name))
     out().print(f"[green]deleted[/] deployment [bold]{escape(endpoint)}/{escape(name)}[/]")
+
+
+@app.command("events")
+def events(
+    endpoint: str = typer.Argument(..., help="endpoint name"),
+    name: str = typer.Argument(..., help="deployment name"),
+    limit: int = typer.Option(50, "--limit", "-n", min=1, max=1000, help="the latest events to show"),
+    window: Optional[str] = typer.Option(None, "--window", "-w", help="only events this recent, e.g. 15m, 1h, 7d"),
+) -> None:
+    """What happened to the deployment's instances: scaling (from -> to, and why) and restarts, oldest first."""
+    params: dict[str, Any] = {"limit": limit}
+    if window:
+        params["window"] = window
+    body = call_api("GET", api_path(endpoint, "deployments", name, "events"), params=params)
+    rows = body.get("data") or []
+    if not rows:
+        out().print(f"deployment {escape(endpoint)}/{escape(name)} has no events yet")
+        return
+    table = Table()
+    for col in ("time", "event", "instances", "reason"):
+        table.add_column(col)
+    for row in rows:
+        counts = f"{row['from']} -> {row['to']}" if row.get("from") is not None else escape(row.get("instance") or "")
+        table.add_row(row["time"][:19].replace("T", " "), row["kind"], counts, escape(row.get("reason") or ""))
+    out().print(table)
 
 
 @app.command("logs")

@@ -33,7 +33,13 @@ checkpoint. A result already reported (``result.json``) is published without
 training again. The process dies with the gateway (``PR_SET_PDEATHSIG`` on
 Linux) and a leftover one is stopped before the job runs again. A gateway with
 MODELYARD_FINETUNE_ENABLED=false keeps jobs in the database (create, list,
-cancel work) but starts none; run jobs on one gateway per database.
+cancel work) but starts none.
+
+**Several gateways** on one database (and one MODELYARD_HOME, or a shared
+folder for ``fine_tuning/``) share the jobs: a gateway validates or runs a
+job only while it holds the job's lease (``finetune:ID``, `store.leases`).
+Should it die, the lease expires and another gateway's scheduler takes the
+job over and trains on from the last checkpoint.
 """
 
 from __future__ import annotations
@@ -149,6 +155,8 @@ class FineTuneRunner:
         self._wake = asyncio.Event()
         self._scheduler: asyncio.Task[None] | None = None
         self._closing = False
+        #: the `store.leases.LeaseKeeper` sharing jobs with other gateways on the database (None: all run here)
+        self.leases: Any = None
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / job_id
@@ -198,20 +206,40 @@ class FineTuneRunner:
     async def _look_for_work(self) -> None:
         loop = asyncio.get_running_loop()
         for job in await asyncio.to_thread(self.store.jobs_in, "validating_files"):
-            if job.id not in self._validating and not self._closing:
+            if job.id not in self._validating and not self._closing and await self._lease(job.id):
                 task = loop.create_task(self._validate_files(job), name=f"finetune-validate-{job.id}")
                 self._validating[job.id] = task
                 task.add_done_callback(lambda _t, job_id=job.id: (self._validating.pop(job_id, None),
-                                                                  self._wake.set()))
+                                                                  self._wake.set(), self._unlease(job_id)))
         if self._current is not None or self._closing:
             return
         candidates = await asyncio.to_thread(self.store.jobs_in, "running", "queued")
-        if candidates:
-            # a job left running by a stopped gateway goes first, then the oldest queued one
-            run = _Run(min(candidates, key=lambda j: j.status != "running"))
+        # a job left running by a stopped gateway goes first, then the oldest queued one; each only where its
+        # lease is held (a job running on another live gateway is not taken)
+        for job in sorted(candidates, key=lambda j: j.status != "running"):
+            if self._current is not None or not await self._lease(job.id):
+                continue
+            run = _Run(job)
             self._current = run
             run.task = loop.create_task(self._run(run), name=f"finetune-{run.job.id}")
-            run.task.add_done_callback(lambda _t: (setattr(self, "_current", None), self._wake.set()))
+            run.task.add_done_callback(lambda _t, job_id=job.id: (setattr(self, "_current", None), self._wake.set(),
+                                                                  self._unlease(job_id)))
+            return
+
+    async def _lease(self, job_id: str) -> bool:
+        return self.leases is None or await self.leases.acquire(f"finetune:{job_id}", self._lost)
+
+    def _unlease(self, job_id: str) -> None:
+        if self.leases is not None and not self._closing:  # at shutdown the keeper releases them itself
+            asyncio.get_running_loop().create_task(self.leases.drop(f"finetune:{job_id}"))
+
+    def _lost(self, name: str) -> None:
+        """Another gateway took the job over (this one could not renew its lease): stop training here; the job
+        stays ``running`` for that gateway."""
+        run = self._current
+        if run is not None and f"finetune:{run.job.id}" == name and run.reason is None:
+            run.reason = "shutdown"
+            asyncio.get_running_loop().create_task(self._stop(run))
 
     # --- the API ----------------------------------------------------------------------
 

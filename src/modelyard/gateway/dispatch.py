@@ -16,7 +16,7 @@ from typing import Any
 import anyio
 
 from ..errors import ModelyardError
-from ..telemetry.budget import check as check_budget
+from ..telemetry.budget import admit as admit_budget
 from ..telemetry.metering import MeteredStream, MeteringError, complete
 from ..wire import SSE_DONE, sse
 from .pipeline import Call, Next
@@ -24,7 +24,7 @@ from .pipeline import Call, Next
 
 async def dispatch(call: Call, call_next: Next) -> None:
     deployment = call.deployment
-    check_budget(call, deployment)  # 429 when the budget is spent and the deployment is paid
+    await admit_budget(call, deployment)  # 429 when the budget is spent and the deployment is paid
     if call.kind == "embedding" or not call.streaming:
         try:
             call.body, metered = await complete(deployment, call.kind, call.request)

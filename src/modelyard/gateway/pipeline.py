@@ -67,6 +67,8 @@ class Call:
     tiers: list[TierStep] | None = None
     #: the tightest spending limit left for this call (`telemetry.budget.BudgetState`; None: no budget)
     budget: Any = None
+    #: its estimated cost, reserved on budget counters shared with other gateways (`telemetry.budget.Reservation`)
+    reservation: Any = None
     #: response headers a stage adds (``x-modelyard-cache``, ``x-modelyard-route`` …)
     headers: dict[str, str] = field(default_factory=dict)
     #: a call answered by a flow: the flow's name, and once the run ended its trace (`flows.trace.Trace`)

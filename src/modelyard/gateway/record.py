@@ -100,3 +100,5 @@ class Record:
             parent_request_id=call.parent_id,
             trace=trace.to_dict(STORED_CHARS) if trace is not None else None,
         ))
+        if call.reservation is not None:  # after its cost was counted just above, never before
+            call.reservation.release()

@@ -8,6 +8,12 @@ minute of good health). Stopping sends SIGTERM, then SIGKILL after a grace
 period. Scaling is starting or stopping instances of a deployment; the
 gateway picks among the ready ones, so a scale-up or a restart never drops a
 request that another instance can take.
+
+Two hooks report what happens, for the deployment event log: ``on_scale(key,
+before, after, reason)`` when a deployment's instance count changes and
+``on_instance(key, instance, kind, reason)`` when the supervisor restarts an
+instance (``instance_restarted``) or gives up on one (``instance_failed``).
+The Ray runtime calls an ``on_scale`` of the same shape.
 """
 
 from __future__ import annotations
@@ -22,7 +28,7 @@ import sys
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import httpx
 import orjson
@@ -30,6 +36,11 @@ import orjson
 from ..retry import Backoff
 
 log = logging.getLogger(__name__)
+
+#: ``on_scale(key, before, after, reason)``: a deployment's instance count changed
+ScaleHook = Callable[[str, int, int, str], None]
+#: ``on_instance(key, instance_name, kind, reason)``: ``instance_restarted`` or ``instance_failed``
+InstanceHook = Callable[[str, str, str, str], None]
 
 READY_TIMEOUT_S = 300.0
 MAX_BACKOFF_S = 30.0
@@ -54,13 +65,22 @@ class InstanceSpec:
     probe_period_s: float = 10.0
     probe_timeout_s: float = 5.0
     failure_threshold: int = 3
+    #: how long a removed instance may take to finish its requests before it is stopped anyway
+    drain_timeout_s: float = 30.0
+    #: CPUs, GPUs and memory one instance needs (`serving.spec.Resources`): the Ray runtime places by it
+    resources: Any = None
+    #: autoscale settings (`serving.spec.Autoscale`), for a runtime that scales by itself (Ray Serve)
+    autoscale: Any = None
+    #: requests one instance serves at once
+    max_concurrent: int = 1
 
 
 class Instance:
     """One worker process and its supervisor task."""
 
-    def __init__(self, spec: InstanceSpec, index: int, logs_dir: Path) -> None:
+    def __init__(self, spec: InstanceSpec, index: int, logs_dir: Path, on_event: InstanceHook | None = None) -> None:
         self.spec = spec
+        self.on_event = on_event
         self.index = index
         self.name = f"{spec.key.replace('/', '-')}-{index}"
         self.logs_dir = logs_dir
@@ -164,6 +184,7 @@ class Instance:
                 failures += 1
                 if failures >= self.spec.failure_threshold:
                     log.warning("%s failed %d health checks; killing it", self.name, failures)
+                    self._report("instance_failed", f"failed {failures} health checks in a row; killed")
                     self._kill()
             if self._stopping:
                 exited.cancel()
@@ -180,7 +201,9 @@ class Instance:
                 return
             self.restarts += 1
             await self._spawn()
+            self._report("instance_restarted", f"{self.last_error}; restarted after {backoff:.0f}s")
             if not await self._wait_ready() and not self._stopping:
+                self._report("instance_failed", f"not ready after a restart: {self.last_error}")
                 self._kill()
 
     async def _healthy(self) -> bool:
@@ -189,6 +212,13 @@ class Instance:
             return r.status_code == 200
         except httpx.HTTPError:
             return False
+
+    def _report(self, kind: str, reason: str) -> None:
+        if self.on_event is not None:
+            try:
+                self.on_event(self.spec.key, self.name, kind, reason)
+            except Exception:  # a broken listener must not stop the supervisor
+                log.exception("could not report %s of %s", kind, self.name)
 
     def suspect(self) -> None:
         """Take the instance out of rotation after a failed call, until the supervisor sees it healthy
@@ -227,32 +257,54 @@ class LocalRuntime:
         self.logs_dir = logs_dir
         self._instances: dict[str, list[Instance]] = {}
         self._next_index: dict[str, int] = {}
+        #: told when a deployment's instance count changes (the event log listens)
+        self.on_scale: ScaleHook | None = None
+        #: told when an instance is restarted or given up on
+        self.on_instance: InstanceHook | None = None
 
     def instances(self, key: str) -> list[Instance]:
         return self._instances.get(key, [])
 
-    async def scale(self, spec: InstanceSpec, count: int) -> list[Instance]:
-        """Bring the deployment `spec.key` to `count` instances; new ones are ready when this returns."""
+    async def scale(self, spec: InstanceSpec, count: int, *, reason: str = "") -> list[Instance]:
+        """Bring the deployment `spec.key` to `count` instances; new ones are ready when this returns.
+
+        Removed instances leave the rotation at once and are stopped once their requests are done (or
+        after ``spec.drain_timeout_s``). `reason` goes to ``on_scale`` (by default: started, stopped or
+        set to N).
+        """
         current = self._instances.setdefault(spec.key, [])
+        before = len(current)
         if count > len(current):
             new = []
             for _ in range(count - len(current)):
                 index = self._next_index.get(spec.key, 0)
                 self._next_index[spec.key] = index + 1
-                new.append(Instance(spec, index, self.logs_dir))
+                new.append(Instance(spec, index, self.logs_dir, on_event=self.on_instance))
             results = await asyncio.gather(*(inst.start() for inst in new), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
             current.extend(inst for inst, r in zip(new, results) if not isinstance(r, BaseException))
+            self._scaled(spec.key, before, len(current), reason)
             if errors:
                 raise RuntimeError(str(errors[0]))
         elif count < len(current):
             # Take the newest ones out of rotation first, then let their requests finish.
             leaving = current[count:]
             del current[count:]
-            for inst in leaving:
-                await _drain(inst)
+            self._scaled(spec.key, before, len(current), reason)
+            await asyncio.gather(*(_drain(inst, spec.drain_timeout_s) for inst in leaving))
             await asyncio.gather(*(inst.stop() for inst in leaving))
         return current
+
+    def _scaled(self, key: str, before: int, after: int, reason: str) -> None:
+        if self.on_scale is None or before == after:
+            return
+        if not reason:
+            reason = ("deployment started" if before == 0 else "deployment stopped" if after == 0
+                      else f"instance count set to {after}")
+        try:
+            self.on_scale(key, before, after, reason)
+        except Exception:  # a broken listener must not stop scaling
+            log.exception("could not report the scaling of %s", key)
 
     async def stop(self, key: str) -> None:
         await self.scale(InstanceSpec(key=key, card=None), 0)
@@ -267,3 +319,6 @@ async def _drain(inst: Instance, timeout_s: float = 30.0) -> None:
     deadline = time.monotonic() + timeout_s
     while inst.in_flight and time.monotonic() < deadline:
         await asyncio.sleep(0.05)
+    if inst.in_flight:
+        log.warning("%s still had %d request(s) in flight after %.0fs of draining; stopping it",
+                    inst.name, inst.in_flight, timeout_s)

@@ -17,8 +17,11 @@ from starlette.responses import Response
 
 from ..cache.spec import CacheSpec
 from ..errors import from_validation_error, invalid
-from ..serving.spec import DeploymentSpec, EndpointSpec, RequestSettings
-from .http import json_response
+from ..serving.spec import Autoscale, DeploymentSpec, EndpointSpec, RequestSettings
+from ..store.events import MAX_LIMIT
+from ..store.metrics import parse_window
+from ..store.models import utcnow
+from .http import int_param, json_response
 from .admin import read_model, require_admin
 from .openapi import json_body, query, some_fields_of
 
@@ -43,6 +46,8 @@ class DeploymentPatch(BaseModel):
     model_config = ConfigDict(extra="forbid")
     instance_count: int | None = Field(default=None, ge=1, le=64)
     request_settings: Annotated[dict[str, Any] | None, some_fields_of(RequestSettings)] = None
+    #: merged into the current autoscale settings; ``null`` turns autoscaling off (back to ``instance_count``)
+    autoscale: Annotated[dict[str, Any] | None, some_fields_of(Autoscale)] = None
 
 
 class KeyRegenerate(BaseModel):
@@ -137,15 +142,17 @@ async def get_deployment(request: Request, name: str, deployment: str, gateway=D
 
 @router.patch("/endpoints/{name}/deployments/{deployment}", openapi_extra=json_body(DeploymentPatch))
 async def update_deployment(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
-    """Scale (``instance_count``) or change ``request_settings``, live."""
+    """Scale (``instance_count``), change ``request_settings``, or set or clear (``null``) ``autoscale``, live."""
     patch = await read_model(request, DeploymentPatch)
-    if patch.request_settings is not None:
-        unknown = set(patch.request_settings) - set(RequestSettings.model_fields)
+    for field, model in (("request_settings", RequestSettings), ("autoscale", Autoscale)):
+        given = getattr(patch, field)
+        unknown = set(given or {}) - set(model.model_fields)
         if unknown:
-            raise invalid(f"unknown request setting(s): {', '.join(sorted(unknown))}",
-                          param=f"request_settings.{sorted(unknown)[0]}", code="unknown_parameter")
-    dep = await gateway.endpoints.update_deployment(name, deployment, instance_count=patch.instance_count,
-                                                    request_settings=patch.request_settings)
+            raise invalid(f"unknown {field.replace('_', ' ')} setting(s): {', '.join(sorted(unknown))}",
+                          param=f"{field}.{sorted(unknown)[0]}", code="unknown_parameter")
+    dep = await gateway.endpoints.update_deployment(
+        name, deployment, instance_count=patch.instance_count, request_settings=patch.request_settings,
+        autoscale=patch.autoscale, clear_autoscale="autoscale" in patch.model_fields_set and patch.autoscale is None)
     return json_response(dep.describe())
 
 
@@ -166,6 +173,28 @@ async def deployment_logs(request: Request, name: str, deployment: str, gateway=
     dep = gateway.endpoints.deployment(name, deployment)
     logs = {inst.name: await asyncio.to_thread(_tail, inst.log_file, lines) for inst in dep.instances}
     return json_response({"instances": logs})
+
+
+@router.get("/endpoints/{name}/deployments/{deployment}/events", openapi_extra={"parameters": [
+    query("limit", f"the latest events to return (1 to {MAX_LIMIT})", type="integer", default=100),
+    query("window", "only events this recent: a number and a unit, e.g. 15m, 1h, 7d (default: any age)")]})
+async def deployment_events(request: Request, name: str, deployment: str, gateway=Depends(require_admin)) -> Response:
+    """What happened to the deployment's instances, oldest first: ``scale_up`` and ``scale_down`` (``from``,
+    ``to`` and the reason: autoscaling, a cold start, a change of ``instance_count``), ``instance_restarted``
+    and ``instance_failed``. A deleted deployment's events stay readable."""
+    limit = int_param(request, "limit", 100, 1, MAX_LIMIT)
+    since = None
+    if request.query_params.get("window"):
+        try:
+            since = utcnow() - parse_window(request.query_params["window"])
+        except ValueError as exc:
+            raise invalid(str(exc), param="window") from None
+    events = gateway.events
+    live = deployment in gateway.endpoints.get(name).deployments  # 404 for an unknown endpoint
+    if not live and not await asyncio.to_thread(events.has_events, name, deployment):
+        gateway.endpoints.deployment(name, deployment)  # the 404 naming the deployments it has
+    rows = await asyncio.to_thread(events.list, name, deployment, limit=limit, since=since)
+    return json_response({"endpoint": name, "deployment": deployment, "data": rows})
 
 
 @router.post("/apply", openapi_extra=json_body(_APPLY_BODY, name="ApplyBody"),

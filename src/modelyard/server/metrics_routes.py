@@ -6,6 +6,10 @@ time series over a window (requests by status class, latency and TTFT
 percentiles, tokens, cost) for the endpoint and for each deployment. The
 series come from the usage records (`modelyard.store.metrics`, where every
 number is defined); CPU and memory from ``/proc`` (`modelyard.runtime.procstats`).
+Each point of a deployment's series also has ``instances``: the most
+instances it ran during the bucket (from the deployment event log,
+`modelyard.store.events`; ``None`` for a hosted model), so a chart shows
+autoscaling next to the load that caused it.
 
 Query parameters: ``window`` (``15m``, ``1h``, ``6h``, ``24h``, ``7d``…; default
 ``1h``, at most 31 days), ``bucket`` (seconds; by default the smallest of
@@ -158,6 +162,14 @@ async def endpoint_metrics(request: Request, name: str, gateway=Depends(require_
             raise not_found(f"Endpoint '{name}' has no deployment '{only}' (running or in the last {window_text}).",
                             param="deployment", code="deployment_not_found")
         by_deployment = {only: by_deployment[only]}
+    if gateway.events is not None:
+        counts = await asyncio.to_thread(
+            gateway.events.instance_series, name, since=since, until=until, bucket_s=bucket_s,
+            current={d.name: len(d.instances) for d in deployments if not d.is_hosted})
+        for dep_name, dep_series in by_deployment.items():
+            values = counts.get(dep_name) or [None] * len(dep_series["series"])
+            for point, value in zip(dep_series["series"], values):
+                point["instances"] = value
 
     return json_response({
         "endpoint": name,

@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import asyncio
+import functools
+import hashlib
 import logging
 from dataclasses import dataclass
-from typing import Awaitable, Callable
+from typing import Any, Awaitable, Callable
 
 from ..batch import BatchRunner, open_batches
 from ..finetune.jobs import FineTuneRunner
@@ -24,6 +26,7 @@ from ..store.flows import FlowStore
 from ..routing.models import Models
 from ..routing.responses import ResponseLog
 from ..store.responses import ResponseStore
+from ..raycluster import ray_disconnect
 from ..runtime.local import LocalRuntime
 from ..serving.endpoints import Endpoints, TrafficSplit
 from ..serving.spec import DeploymentSpec, EndpointSpec
@@ -31,6 +34,12 @@ from ..settings import Settings
 from ..serving.config import ConfigStore
 from ..store.db import Database
 from ..store.keys import KeyStore
+from ..store.leases import LeaseKeeper, LeaseStore, gateway_id
+from ..store.notices import Notice, Notices, open_notices
+from ..store.spend import spent_since
+from ..store.spend_counters import RedisSpendCounters
+from ..store.events import EventLog
+from ..serving.autoscale import Scaler
 from ..store.usage import UsageWriter
 from ..serving.rollout import RolloutController
 from ..store.rollouts import RolloutStore
@@ -41,6 +50,15 @@ log = logging.getLogger(__name__)
 
 #: The endpoints `modelyard up` creates on a fresh machine.
 DEFAULT_ENDPOINTS = {"default": "gemma-3-270m", "embed": "all-minilm-l6-v2"}
+
+
+def _runtime(settings: Settings) -> Any:
+    """Where instances run: processes here, or Ray Serve replicas (MODELYARD_RUNTIME=ray, RAY_ADDRESS)."""
+    if settings.runtime == "ray":
+        from ..runtime.ray import RayRuntime  # noqa: PLC0415 (Ray is an optional extra, heavy to import)
+
+        return RayRuntime(settings.ray_address, logs_dir=settings.logs_dir)
+    return LocalRuntime(settings.logs_dir)
 
 
 @dataclass
@@ -67,7 +85,17 @@ class Gateway:
     indexes: IndexRegistry | None = None
     #: the flows served by name like endpoints (stored in the database, folders under MODELYARD_HOME/flows)
     flows: FlowRegistry | None = None
+    #: scaling decisions and instance restarts (the runtime reports them)
+    events: EventLog | None = None
+    #: follows the load of autoscaled local deployments
+    scaler: Scaler | None = None
+    #: several gateways on one database: this one's name, the leases it holds on background work (rollouts,
+    #: batch and fine-tuning jobs) and the change notices it sends and hears
+    gateway_id: str = ""
+    leases: LeaseKeeper | None = None
+    notices: Notices | None = None
     _key_sync: asyncio.Task[None] | None = None
+    _take_over: asyncio.Task[None] | None = None
 
     @classmethod
     def open(cls, settings: Settings) -> "Gateway":
@@ -79,11 +107,16 @@ class Gateway:
         admin_key, created = keys.ensure_admin_key(settings.admin_key_file)
         catalog = Catalog.load(settings)
         config = ConfigStore(db)
-        endpoints = Endpoints(config, catalog, LocalRuntime(settings.logs_dir), keys)
+        endpoints = Endpoints(config, catalog, _runtime(settings), keys)
         writer = UsageWriter(db, flush_interval=settings.usage_flush_s)
         metrics = GatewayMetrics()
         metrics.watch_usage_writer(writer)
-        budget = budgets.BudgetTracker()
+        me = gateway_id()
+        # with Redis, budgets are counted once for every gateway (store.spend_counters)
+        shared = RedisSpendCounters(settings.redis_url, me, functools.partial(spent_since, db),
+                                    namespace=hashlib.sha256(db.url.render_as_string().encode()).hexdigest()[:12]) \
+            if settings.redis_url else None
+        budget = budgets.BudgetTracker(shared=shared)
         budget.load(db)  # what was spent today and this month, from the usage records
         responses = ResponseStore(db)
         # The router checks budgets itself (telemetry.budget.allows / refusal) before each paid tier.
@@ -98,9 +131,19 @@ class Gateway:
         pipeline = build_pipeline(keys=keys, endpoints=endpoints, split=TrafficSplit(), writer=writer, metrics=metrics,
                                   router=router, budget=budget, cache=cache, flows=flows, indexes=indexes)
         feedback = FeedbackService(router.responses, responses, endpoints, router, metrics, budget, cache=cache)
-        rollouts = RolloutController(endpoints, RolloutStore(db), db, writer)
+        leases = LeaseKeeper(LeaseStore(db, me, ttl_s=settings.lease_ttl_s))
+        rollouts = RolloutController(endpoints, RolloutStore(db), db, writer, leases=leases)
+        notices = open_notices(db, me, settings.redis_url)
+        if notices is not None:  # tell the other gateways on this database about each change made here
+            endpoints.published = functools.partial(notices.publish, "endpoint")
+            keys.on_change = functools.partial(notices.publish, "keys")
+            flows.published = functools.partial(notices.publish, "flow")
+        events = EventLog(db)
+        events.attach(endpoints.runtime)
+        metrics.watch_deployments(endpoints)
         return cls(settings, db, catalog, keys, config, endpoints, writer, metrics, pipeline, admin_key, created,
-                   rollouts=rollouts, router=router, feedback=feedback, budget=budget, indexes=indexes, flows=flows)
+                   rollouts=rollouts, router=router, feedback=feedback, budget=budget, indexes=indexes, flows=flows,
+                   events=events, scaler=Scaler(endpoints), gateway_id=me, leases=leases, notices=notices)
 
     def index_embedder(self, endpoint: str) -> Callable[[list[str]], Awaitable[list[list[float]]]]:
         """Embeddings of texts for an index, through the gateway's own pipeline with the admin key: the
@@ -128,6 +171,8 @@ class Gateway:
         if self.router is not None:
             await self.router.responses.start()
         await self.endpoints.load(wait=wait)
+        if self.scaler is not None:
+            self.scaler.start()
         if self.flows is not None:
             await self.flows.load()
         for stage in self.pipeline.stages:
@@ -137,12 +182,43 @@ class Gateway:
             await self.rollouts.resume_all()  # a rollout the last shutdown interrupted goes on, or is reverted
         if self.batches is None:
             self.batches = open_batches(self.db, self.settings.home, self.endpoints, self.keys,
-                                        budget=getattr(self, "budget", None), flows=self.flows, indexes=self.indexes)
+                                        budget=getattr(self, "budget", None), flows=self.flows, indexes=self.indexes,
+                                        settings=self.settings)
+        self.batches.leases = self.leases  # each job runs on the one gateway holding its lease
         await self.batches.start()  # batch jobs the last run left unfinished go on
         if self.finetune is None:
             self.finetune = FineTuneRunner(FineTuneStore(self.db), self.batches.files, self.catalog, self.settings,
                                            enabled=self.settings.finetune_enabled)
+        self.finetune.leases = self.leases
         await self.finetune.start()  # a job the last run left running trains again from its last checkpoint
+        if self.notices is not None:
+            await self.notices.start(self._apply_notice)
+        if self.leases is not None:
+            self._take_over = asyncio.create_task(self._take_over_work(), name="modelyard-take-over")
+
+    async def _apply_notice(self, notice: Notice) -> None:
+        """Another gateway on this database committed a change: apply it here."""
+        if notice.kind in ("endpoint", "resync"):
+            await self.endpoints.sync(notice.name or None)
+        if notice.kind in ("keys", "resync"):
+            await asyncio.to_thread(self.keys.reload)
+        if notice.kind in ("flow", "resync") and self.flows is not None:
+            await self.flows.sync()
+        log.debug("applied change notice %s %s from %s", notice.kind, notice.name, notice.source)
+
+    async def _take_over_work(self) -> None:
+        """Every half lease: take over the rollouts and batch jobs whose gateway stopped renewing their leases
+        (fine-tuning jobs are looked for by their own scheduler)."""
+        assert self.leases is not None
+        while True:
+            await asyncio.sleep(self.leases.store.ttl_s / 2)
+            try:
+                if self.rollouts is not None:
+                    await self.rollouts.resume_all()
+                if self.batches is not None:
+                    await self.batches.claim_unowned()
+            except Exception as exc:  # the database is away for a moment: look again next time
+                log.warning("could not look for work to take over (%s: %s)", type(exc).__name__, exc)
 
     async def _sync_keys(self) -> None:
         """Re-read the keys now and then: a key revoked through another gateway (or the CLI) stops here too."""
@@ -152,6 +228,7 @@ class Gateway:
                 await asyncio.to_thread(self.keys.reload)
                 if self.flows is not None:
                     await self.flows.sync()  # flows applied or deleted through another gateway
+                await self.endpoints.sync()  # endpoints too, should a change notice have been lost
             except Exception as exc:  # the database is briefly unavailable: keep the keys and flows we have
                 log.warning("could not reload the api keys and flows (%s: %s); trying again",
                             type(exc).__name__, exc)
@@ -159,6 +236,12 @@ class Gateway:
     async def close(self) -> None:
         if self._key_sync is not None:
             self._key_sync.cancel()
+        if self._take_over is not None:
+            self._take_over.cancel()
+        if self.notices is not None:
+            await self.notices.close()
+        if self.scaler is not None:
+            await self.scaler.close()
         if self.finetune is not None:
             await self.finetune.close()  # stops the training process; the job resumes after a restart
         if self.batches is not None:
@@ -180,5 +263,12 @@ class Gateway:
         # before the instances are stopped, the slow part, so that a SIGKILL at the end of a grace period
         # cannot lose them.
         await self.writer.close()
+        if self.leases is not None:
+            await self.leases.close()  # the work stopped above: another gateway may take it over at once
+        if self.budget is not None and self.budget.shared is not None:
+            await self.budget.shared.close()
         await self.endpoints.close()
+        if self.events is not None:
+            await self.events.close()  # the deployments' stops, reported just now
+        await asyncio.to_thread(ray_disconnect)  # a Ray this gateway started (batch jobs on Ray Data, the runtime)
         self.db.close()

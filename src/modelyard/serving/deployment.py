@@ -23,6 +23,11 @@ flight over the last ``LIVE_RESERVE_S`` seconds); when that leaves no room,
 one slot may still do background work while no live request is in flight.
 A freed slot goes to a waiting live request first. Live requests never wait
 for a background call that has not started; at worst for one that has.
+
+An autoscaled deployment (``autoscale`` in its spec) is scaled by
+`serving.autoscale.Scaler` through `scale_to()`. One scaled to zero starts an
+instance when a live request arrives (a *cold start*) and the request waits
+for it up to ``request_timeout_ms``.
 """
 
 from __future__ import annotations
@@ -38,7 +43,8 @@ from typing import Any, AsyncIterator
 from ..backends.openai_compat import OpenAICompatBackend
 from ..catalog.card import ModelCard
 from ..errors import ModelyardError
-from ..runtime.local import Instance, InstanceSpec, LocalRuntime
+from ..runtime.base import Runtime
+from ..runtime.local import Instance, InstanceSpec
 from ..runtime.procstats import CpuMeter
 from ..telemetry.metering import BACKGROUND, BackgroundWork
 from .spec import DeploymentSpec
@@ -66,7 +72,7 @@ class _HostedSlot:
 
 
 class Deployment:
-    def __init__(self, spec: DeploymentSpec, card: ModelCard, runtime: LocalRuntime) -> None:
+    def __init__(self, spec: DeploymentSpec, card: ModelCard, runtime: Runtime) -> None:
         self.spec = spec
         self.card = card
         self.runtime = runtime
@@ -89,6 +95,9 @@ class Deployment:
         self._live_in_flight = 0
         self._live_peak = 0
         self._live_seen = -LIVE_RESERVE_S
+        #: held while instances are added or removed (the autoscaler, a cold start, a reconfiguration)
+        self._scaling = asyncio.Lock()
+        self._cold_start: asyncio.Task[None] | None = None
 
     @property
     def name(self) -> str:
@@ -104,12 +113,29 @@ class Deployment:
 
     @property
     def capacity(self) -> int:
-        """Requests the deployment serves at once when every instance is up."""
-        return self._capacity_per_slot() * (1 if self.is_hosted else self.spec.instance_count)
+        """Requests the deployment serves at once when every instance is up (autoscaled: the instances now)."""
+        if self.is_hosted:
+            return self._capacity_per_slot()
+        if self.spec.autoscale is not None:
+            return self._capacity_per_slot() * max(1, len(self.instances))
+        return self._capacity_per_slot() * self.spec.instance_count
 
     @property
     def in_flight(self) -> int:
         return self._slot.in_flight if self.is_hosted else sum(i.in_flight for i in self.instances)
+
+    @property
+    def scaling(self) -> bool:
+        """Whether instances are being added or removed right now."""
+        return self._scaling.locked()
+
+    def live_load(self) -> int:
+        """Live requests in flight and waiting for a slot: what the autoscaler follows."""
+        return self._live_in_flight + self.waiting
+
+    def background_load(self) -> int:
+        """Background (batch) calls in flight and waiting for a slot."""
+        return self.bg_in_flight + self.bg_waiting
 
     def describe(self) -> dict[str, Any]:
         instances = []
@@ -127,13 +153,29 @@ class Deployment:
     def _instance_spec(self) -> InstanceSpec:
         probe = self.spec.liveness_probe
         options = dict(self.spec.options)
-        if self.card.format == "gguf" and "threads" not in options:
+        # (a runtime that places instances on their own cores, Ray's, gives each the threads it holds)
+        if self.card.format == "gguf" and "threads" not in options and getattr(self.runtime, "divides_cores", True):
             # llama.cpp threads busy-wait for each other: instances that together ask for more threads than
-            # there are cores slow each other down many times over (bench/instance_throughput.py).
-            options["threads"] = max(1, (os.cpu_count() or 1) // max(1, self.spec.instance_count))
+            # there are cores slow each other down many times over (bench/instance_throughput.py). An
+            # autoscaled deployment may run max_instances at once.
+            most = self.spec.autoscale.max_instances if self.spec.autoscale else self.spec.instance_count
+            options["threads"] = max(1, (os.cpu_count() or 1) // max(1, most))
         return InstanceSpec(key=self.key, card=self.card, options=options, env=self.spec.environment_variables,
                             probe_period_s=probe.period, probe_timeout_s=probe.timeout,
-                            failure_threshold=probe.failure_threshold)
+                            failure_threshold=probe.failure_threshold, resources=self.spec.resources,
+                            autoscale=self.spec.autoscale, max_concurrent=self._per_instance(),
+                            # a removed instance finishes its requests: none outlives the request timeout
+                            drain_timeout_s=self.spec.request_settings.request_timeout_ms / 1000 + 5)
+
+    def _instance_target(self, spec: DeploymentSpec, current: int | None = None) -> int:
+        """Instances to run: ``instance_count``; autoscaled, the count now (at start ``instance_count``, and
+        at least one so that a model that cannot load fails at creation) within min and max."""
+        auto = spec.autoscale
+        if auto is None:
+            return spec.instance_count
+        if current is None:
+            return min(max(spec.instance_count, auto.min_instances, 1), auto.max_instances)
+        return min(max(current, auto.min_instances), auto.max_instances)
 
     def _new_hosted_client(self) -> OpenAICompatBackend:
         settings = self.spec.request_settings
@@ -147,7 +189,8 @@ class Deployment:
             if self.is_hosted:
                 self._hosted = self._new_hosted_client()
             else:
-                await self.runtime.scale(self._instance_spec(), self.spec.instance_count)
+                async with self._scaling:
+                    await self.runtime.scale(self._instance_spec(), self._instance_target(self.spec))
             self.state = "ready"
         except Exception as exc:
             self.state, self.error = "failed", str(exc)
@@ -174,8 +217,38 @@ class Deployment:
                 self._clients.clear()
                 for client in stale:
                     asyncio.get_running_loop().create_task(_close_later(client, old.request_settings.request_timeout_ms))
-            await self.runtime.scale(self._instance_spec(), spec.instance_count)
+            async with self._scaling:
+                await self.runtime.scale(self._instance_spec(), self._instance_target(spec, len(self.instances)))
         await self._notify(all_waiters=True)
+
+    async def scale_to(self, count: int, reason: str) -> None:
+        """Run `count` instances (the autoscaler, a cold start): new ones take requests once ready, removed
+        ones leave the rotation at once and stop when their requests are done."""
+        async with self._scaling:
+            if self.state != "ready" or count == len(self.instances):
+                return
+            await self.runtime.scale(self._instance_spec(), count, reason=reason)
+        await self._notify(all_waiters=True)
+
+    def _start_cold(self) -> None:
+        """A live request found a deployment scaled to zero: start an instance (once)."""
+        if self._cold_start is not None and not self._cold_start.done():
+            return
+        self.error = None
+
+        async def cold_start() -> None:
+            try:
+                await self.scale_to(1, "cold start: a request arrived while scaled to zero")
+            except Exception as exc:
+                self.error = f"cold start failed: {exc}"
+                log.error("deployment %s: %s", self.key, self.error)
+            await self._notify(all_waiters=True)
+
+        self._cold_start = asyncio.get_running_loop().create_task(cold_start(), name=f"cold-start-{self.key}")
+
+    def _scaled_to_zero(self) -> bool:
+        return (self.spec.autoscale is not None and not self.is_hosted and self.state == "ready"
+                and not self.instances)
 
     async def stop(self) -> None:
         self.state = "stopped"
@@ -195,8 +268,12 @@ class Deployment:
         client = self._clients.get(url)
         if client is None:
             timeout = self.spec.request_settings.request_timeout_ms / 1000
-            # No retries here: a failed instance is retried on another instance by `generate`.
-            client = OpenAICompatBackend(url, api_key=inst.token, timeout=timeout, max_retries=0, provider="modelyard")
+            if hasattr(self.runtime, "client"):  # the runtime knows the way to its instances (Ray Serve's)
+                client = self.runtime.client(inst, timeout)
+            else:
+                # No retries here: a failed instance is retried on another instance by `generate`.
+                client = OpenAICompatBackend(url, api_key=inst.token, timeout=timeout, max_retries=0,
+                                             provider="modelyard")
             self._clients[url] = client
         return client
 
@@ -205,11 +282,18 @@ class Deployment:
             return [self._slot]
         return self.instances
 
-    def _capacity_per_slot(self) -> int:
-        per_instance = self.spec.request_settings.max_concurrent_requests_per_instance or (
+    def _per_instance(self) -> int:
+        return self.spec.request_settings.max_concurrent_requests_per_instance or (
             HOSTED_CONCURRENCY if self.is_hosted else 1)
+
+    def _capacity_per_slot(self) -> int:
+        per_instance = self._per_instance()
         # A hosted API has no instances: `instance_count` sizes its share of the remote service.
-        return per_instance * self.spec.instance_count if self.is_hosted else per_instance
+        if self.is_hosted:
+            return per_instance * self.spec.instance_count
+        if hasattr(self.runtime, "slot_capacity"):  # Ray Serve queues (and autoscales on) some requests itself
+            return self.runtime.slot_capacity(per_instance, self.spec.autoscale)
+        return per_instance
 
     def _free_slot(self, avoid: Any) -> Any:
         limit = self._capacity_per_slot()
@@ -236,6 +320,10 @@ class Deployment:
         if self.waiting >= queue_limit:
             raise self._busy(f"{self.waiting} requests are already waiting")
         deadline = time.monotonic() + settings.max_queue_wait_ms / 1000
+        cold = self._scaled_to_zero()
+        if cold:  # wait for the instance to start, as long as the request may take
+            self._start_cold()
+            deadline = max(deadline, time.monotonic() + settings.request_timeout_ms / 1000)
         self.waiting += 1
         turn = object()
         self._queue.append(turn)
@@ -253,7 +341,14 @@ class Deployment:
                         self._live_started()
                         return slot
                     remaining = deadline - time.monotonic()
-                    if remaining <= 0 or self.state == "stopped":
+                    failed_cold = cold and self._cold_start is not None and self._cold_start.done() and not self.instances
+                    if remaining <= 0 or self.state == "stopped" or failed_cold:
+                        if cold and not any(s.ready for s in self._slots()):
+                            why = self.error if failed_cold else \
+                                f"no instance was ready within request_timeout_ms={settings.request_timeout_ms}"
+                            raise ModelyardError(f"deployment {self.key} was scaled to zero and could not start an "
+                                                 f"instance: {why}", status=503, code="deployment_unavailable",
+                                                 headers={"retry-after": str(RETRY_AFTER_S)})
                         if any(s.ready for s in self._slots()):
                             raise self._busy(f"no instance was free within {settings.max_queue_wait_ms} ms")
                         raise ModelyardError(f"deployment {self.key} has no ready instance ({self.state})", status=503,

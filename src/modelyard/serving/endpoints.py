@@ -3,13 +3,20 @@
 `Endpoints` holds what is running. It persists every change through the
 `ConfigStore` first and then starts or stops instances, so a gateway that
 restarts finds its endpoints again and starts them the same way.
+
+Several gateways on one database: after each committed change `published`
+is called with the endpoint's name (the gateway sends a change notice, see
+`store.notices`), and `sync(name)` on the other gateways re-reads that
+endpoint and its deployments and reconciles what runs with what is stored.
 """
 
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import random
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -72,6 +79,34 @@ class TrafficSplit:
 KEY_SLOTS = ("primary", "secondary")
 
 
+def _changes(method: Any) -> Any:
+    """A change made through this gateway: `sync` waits until it is done (it would otherwise see a half-made
+    change in the store, e.g. a deployment saved but not yet started), and `published` is told afterwards."""
+
+    @functools.wraps(method)
+    async def wrapper(self: "Endpoints", *args: Any, **kwargs: Any) -> Any:
+        self._changing += 1
+        try:
+            return await method(self, *args, **kwargs)
+        finally:
+            self._changing -= 1
+            self._changed += 1
+            name = _endpoint_of(args, kwargs)
+            if name is not None:
+                self.published(name)
+
+    return wrapper
+
+
+def _endpoint_of(args: tuple[Any, ...], kwargs: dict[str, Any]) -> str | None:
+    first = args[0] if args else kwargs.get("spec") or kwargs.get("name") or kwargs.get("endpoint_name")
+    if isinstance(first, EndpointSpec):
+        return first.name
+    if isinstance(first, DeploymentSpec):
+        return first.endpoint_name
+    return first if isinstance(first, str) else None
+
+
 class Endpoints:
     """The live endpoints of one gateway, backed by the config store.
 
@@ -89,6 +124,12 @@ class Endpoints:
         self._tasks: set[asyncio.Task[Any]] = set()
         #: names an endpoint may not take (a flow's: requests name either by ``model``); set by the gateway
         self.name_taken: Any = lambda name: False
+        #: told the endpoint's name after each change made here (the gateway publishes a change notice)
+        self.published: Callable[[str], None] = lambda name: None
+        self._changing = 0
+        #: changes made here so far: a sync whose read straddles one drops its read (it may predate the change)
+        self._changed = 0
+        self._sync_lock = asyncio.Lock()
 
     def __contains__(self, name: object) -> bool:
         return name in self._endpoints
@@ -149,15 +190,16 @@ class Endpoints:
     # --- endpoints ----------------------------------------------------------------
 
     def _check_routes(self, spec: EndpointSpec, deployments: dict[str, Any]) -> None:
-        for field, table in (("traffic", spec.traffic), ("mirror_traffic", spec.mirror_traffic)):
+        for name_of, table in (("traffic", spec.traffic), ("mirror_traffic", spec.mirror_traffic)):
             unknown = [name for name in table if name not in deployments]
             if unknown:
-                raise invalid(f"{field} names deployment(s) {', '.join(map(repr, unknown))} that endpoint "
+                raise invalid(f"{name_of} names deployment(s) {', '.join(map(repr, unknown))} that endpoint "
                               f"'{spec.name}' does not have; it has: {', '.join(deployments) or 'none'}",
-                              param=field, code="unknown_deployment")
+                              param=name_of, code="unknown_deployment")
         if spec.policy == "router":
             check_tiers(spec, deployments)
 
+    @_changes
     async def create_endpoint(self, spec: EndpointSpec) -> tuple[Endpoint, dict[str, str]]:
         """Create an empty endpoint and its two keys; returns the plain keys (shown once)."""
         if spec.name in self._endpoints:
@@ -179,6 +221,7 @@ class Endpoints:
             return {}
         return {slot: self.keys.create(slot, endpoint)[0] for slot in KEY_SLOTS}
 
+    @_changes
     async def update_endpoint(self, name: str, **changes: Any) -> Endpoint:
         """Change traffic, mirror_traffic or description; the whole new spec is validated first."""
         endpoint = self.get(name)
@@ -191,6 +234,7 @@ class Endpoints:
         log.info("endpoint %s: traffic %s, mirror %s", name, spec.traffic, spec.mirror_traffic)
         return endpoint
 
+    @_changes
     async def delete_endpoint(self, name: str) -> None:
         endpoint = self.get(name)
         self.store.delete_endpoint(name)
@@ -221,6 +265,7 @@ class Endpoints:
 
     # --- deployments --------------------------------------------------------------
 
+    @_changes
     async def create_deployment(self, spec: DeploymentSpec, *, all_traffic: bool = False) -> Deployment:
         endpoint = self.get(spec.endpoint_name)
         if spec.name in endpoint.deployments:
@@ -230,6 +275,7 @@ class Endpoints:
             card = self.catalog.get(spec.model)
         except ModelyardError as err:
             raise invalid(err.message, param="model", code="model_not_found") from None
+        _check_autoscale(spec, card)
         adapter = getattr(card, "adapter", None)
         if adapter is not None and not Path(adapter.path).is_file():
             raise ModelyardError(f"'{spec.model}' is a fine-tuned model whose LoRA adapter {adapter.path} is missing; "
@@ -254,20 +300,29 @@ class Endpoints:
                                        mirror_traffic={k: v for k, v in endpoint.spec.mirror_traffic.items() if k != spec.name})
         return dep
 
+    @_changes
     async def update_deployment(self, endpoint_name: str, name: str, *, instance_count: int | None = None,
-                                request_settings: dict[str, Any] | None = None) -> Deployment:
-        """Scale (new instances get traffic once ready; removed ones drain first) or change request settings."""
+                                request_settings: dict[str, Any] | None = None,
+                                autoscale: dict[str, Any] | None = None, clear_autoscale: bool = False) -> Deployment:
+        """Scale (new instances get traffic once ready; removed ones drain first), change request settings, or
+        set (merged into the current settings) or clear autoscaling."""
         dep = self.deployment(endpoint_name, name)
         data = dep.spec.model_dump()
         if instance_count is not None:
             data["instance_count"] = instance_count
         if request_settings:
             data["request_settings"] = {**data["request_settings"], **request_settings}
+        if clear_autoscale:
+            data["autoscale"] = None
+        elif autoscale is not None:
+            data["autoscale"] = {**(data.get("autoscale") or {}), **autoscale}
         spec = _validated(DeploymentSpec, data)
+        _check_autoscale(spec, dep.card)
         self.store.save_deployment(spec)
         await dep.reconfigure(spec)
         return dep
 
+    @_changes
     async def delete_deployment(self, endpoint_name: str, name: str) -> None:
         endpoint = self.get(endpoint_name)
         dep = self.deployment(endpoint_name, name)
@@ -284,6 +339,7 @@ class Endpoints:
 
     # --- apply (idempotent) -----------------------------------------------------------
 
+    @_changes
     async def apply_endpoint(self, spec: EndpointSpec) -> tuple[str, Endpoint, dict[str, str]]:
         """Create the endpoint or bring it to `spec`: 'created', 'updated' or 'unchanged'."""
         if spec.name not in self._endpoints:
@@ -299,6 +355,7 @@ class Endpoints:
         log.info("endpoint %s applied: policy %s, traffic %s", spec.name, spec.policy, spec.traffic)
         return "updated", endpoint, {}
 
+    @_changes
     async def apply_deployment(self, spec: DeploymentSpec) -> tuple[str, Deployment]:
         endpoint = self.get(spec.endpoint_name)
         current = endpoint.deployments.get(spec.name)
@@ -311,9 +368,77 @@ class Endpoints:
             raise invalid(f"deployment '{spec.name}' runs model '{current.spec.model}'; changing its model, options or "
                           "environment needs a new deployment (create it, move the traffic, delete the old one)",
                           param="model", code="immutable_field")
+        _check_autoscale(spec, current.card)
         self.store.save_deployment(spec)
         await current.reconfigure(spec)
         return "updated", current
+
+    # --- changes made through another gateway -----------------------------------------
+
+    async def sync(self, name: str | None = None) -> None:
+        """Bring endpoint ``name`` (every endpoint when None) in line with the store: another gateway on the
+        same database created, changed or deleted it or its deployments.
+
+        New deployments start (in the background), removed ones stop, changed ones are reconfigured (a
+        changed model is stopped and started again). Waits while a change made here is under way."""
+        while self._changing:
+            await asyncio.sleep(0.05)
+        async with self._sync_lock:
+            changed = self._changed
+            if name is None:
+                specs = await asyncio.to_thread(self.store.list_endpoints)
+                dspecs = await asyncio.to_thread(self.store.list_deployments)
+                names = {s.name for s in specs} | set(self._endpoints)
+            else:
+                spec = await asyncio.to_thread(self.store.get_endpoint, name)
+                specs = [spec] if spec is not None else []
+                dspecs = await asyncio.to_thread(self.store.list_deployments, name) if spec is not None else []
+                names = {name}
+            if self._changing or self._changed != changed:
+                # a change began or ended here while we read: the read may predate it (an endpoint just created
+                # would look deleted through another gateway); this gateway's own state wins, sync again later
+                return
+            stored = {s.name: s for s in specs}
+            for endpoint_name in sorted(names):
+                wanted = {d.name: d for d in dspecs if d.endpoint_name == endpoint_name}
+                await self._reconcile(endpoint_name, stored.get(endpoint_name), wanted)
+
+    async def _reconcile(self, name: str, spec: EndpointSpec | None, wanted: dict[str, DeploymentSpec]) -> None:
+        endpoint = self._endpoints.get(name)
+        if spec is None:
+            if endpoint is not None:
+                del self._endpoints[name]
+                log.info("endpoint %s was deleted through another gateway; stopping its deployments", name)
+                await asyncio.gather(*(d.stop() for d in endpoint.deployments.values()), return_exceptions=True)
+            return
+        if endpoint is None:
+            endpoint = self._endpoints[name] = Endpoint(spec)
+            log.info("endpoint %s was created through another gateway", name)
+        for dname, dep in list(endpoint.deployments.items()):
+            new = wanted.get(dname)
+            if new is None or (new.model, new.options, new.environment_variables) != \
+                    (dep.spec.model, dep.spec.options, dep.spec.environment_variables):
+                del endpoint.deployments[dname]
+                self._background(dep.stop())
+            elif new.model_dump(mode="json") != dep.spec.model_dump(mode="json"):
+                self._background(dep.reconfigure(new))
+        for dname, dspec in wanted.items():
+            if dname not in endpoint.deployments:
+                try:
+                    await self._add_in_background(endpoint, dspec)
+                except ModelyardError as err:  # a model this gateway's catalog does not know
+                    log.error("deployment %s/%s made through another gateway cannot run here: %s", name, dname,
+                              err.message)
+        # the spec last: traffic moves to a deployment once it is known here
+        if spec.model_dump(mode="json") != endpoint.spec.model_dump(mode="json"):
+            endpoint.spec = spec
+
+    async def _add_in_background(self, endpoint: Endpoint, dspec: DeploymentSpec) -> None:
+        card = self.catalog.get(dspec.model)  # raises for a model this gateway's catalog does not know
+        if card.is_hosted:
+            await self._add(endpoint, dspec)  # nothing to wait for: it takes traffic at once, as where it was made
+        else:
+            self._background(self._add(endpoint, dspec))  # instances start; traffic reaches them once ready
 
     async def close(self) -> None:
         for task in list(self._tasks):
@@ -344,6 +469,13 @@ def check_tiers(spec: EndpointSpec, deployments: dict[str, Any], *, require_all:
         shown = ", ".join(f"{t} ({deployments[t].card.task})" for t in kinds)
         raise invalid(f"tiers must all answer the same task; these differ: {shown}", param="tiers",
                       code="tiers_differ_in_task")
+
+
+def _check_autoscale(spec: DeploymentSpec, card: Any) -> None:
+    if spec.autoscale is not None and card.is_hosted:
+        raise invalid(f"'{spec.model}' is a hosted model: it has no instances to autoscale (its capacity is "
+                      "instance_count times max_concurrent_requests_per_instance); remove autoscale",
+                      param="autoscale", code="autoscale_not_supported")
 
 
 def _validated(model: Any, data: dict[str, Any]) -> Any:

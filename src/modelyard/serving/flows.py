@@ -109,6 +109,9 @@ class FlowRegistry:
         self.retries = retries
         self._flows: dict[str, LoadedFlow] = {}
         self._lock = asyncio.Lock()
+        #: told a flow's name after it was applied or deleted here (the gateway publishes a change notice;
+        #: the other gateways `sync`)
+        self.published: Callable[[str], None] = lambda name: None
 
     # -- reading ------------------------------------------------------------------------
 
@@ -161,6 +164,7 @@ class FlowRegistry:
             loaded = self._load(stored, folder)
             old = self._flows.get(name)
             self._flows[name] = loaded
+        self.published(name)
         if old is not None:
             await self._retire(old)
         return loaded
@@ -170,6 +174,7 @@ class FlowRegistry:
         async with self._lock:
             await asyncio.to_thread(self.store.delete, name)
             old = self._flows.pop(name, None)
+        self.published(name)
         if old is not None:
             await self._retire(old)
 

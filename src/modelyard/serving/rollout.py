@@ -45,6 +45,13 @@ history with the split it set, and every end has a ``reason``:
   the rollout had set (e.g. it stopped between setting a split and recording
   it), so it restored the split before the rollout.
 
+**Several gateways.** Exactly one gateway drives a rollout: the one holding
+its lease (``rollout:ID`` in `store.leases`, renewed in the background).
+The others show its stored state; one of them may cancel it (the driver
+sees the stored state change and stops). Should the driving gateway die,
+its lease expires and another gateway's periodic `resume_all()` takes the
+rollout over as after a restart.
+
 `close()` stops the background tasks without touching traffic or state: the
 rollout stays ``running`` in the database, and the next gateway start's
 `resume_all()` picks it up — it waits out the rest of the current step
@@ -156,8 +163,10 @@ class RolloutController:
     def __init__(self, endpoints: Any, store: RolloutStore, db: Any, writer: Any = None, *,
                  clock: Callable[[], datetime] = utcnow,
                  sleep: Callable[[float], Awaitable[Any]] = asyncio.sleep,
-                 stats: Stats = window_stats) -> None:
+                 stats: Stats = window_stats, leases: Any = None) -> None:
         self.endpoints = endpoints
+        #: the `store.leases.LeaseKeeper` deciding which gateway drives each rollout (None: this one drives all)
+        self.leases = leases
         self.store = store
         self.db = db
         self.writer = writer
@@ -251,12 +260,14 @@ class RolloutController:
                             f"{interval_s:g} s per step; limits: error rate ≤ {max_error_rate:.1%}, "
                             f"p95 ≤ {max_p95_ms:g} ms")
         self.store.create(record)
+        await self._lease(record)  # a new rollout: nobody else holds its lease
         clear_mirror = deployment in _live(from_mirror)
         try:
             await self._apply_step(record, 0, clear_mirror=clear_mirror)
         except ModelyardError as exc:
             await self._restore(record, "rolled_back", reason=f"could not set the first step's split: {exc.message}",
                                 event="rolled_back")
+            await self._unlease(record.id)
             raise
         self._spawn(record)
         return record
@@ -275,6 +286,7 @@ class RolloutController:
                                  code="rollout_ended")
         await self._restore(record, "cancelled", reason=f"cancelled at step {self._label(record)}",
                             event="cancelled")
+        await self._unlease(rollout_id)
         return record
 
     async def wait(self, rollout_id: int) -> RolloutRecord:
@@ -292,10 +304,14 @@ class RolloutController:
         for record in self.store.running():
             if record.id in self._tasks:
                 continue
+            if not await self._lease(record):
+                continue  # another gateway drives it
             try:
                 out.append(await self._resume(record))
             except Exception:  # one broken rollout must not keep the gateway from starting
                 log.exception("could not resume rollout %s", record.id)
+            if record.id not in self._tasks:
+                await self._unlease(record.id)
         return out
 
     async def close(self) -> None:
@@ -316,8 +332,27 @@ class RolloutController:
         def _done(t: asyncio.Task[None], rollout_id: int = record.id) -> None:
             if self._tasks.get(rollout_id) is t:
                 del self._tasks[rollout_id]
+                if not t.cancelled():  # ended: another gateway has nothing to take over
+                    asyncio.get_running_loop().create_task(self._unlease(rollout_id))
 
         task.add_done_callback(_done)
+
+    async def _lease(self, record: RolloutRecord) -> bool:
+        """Hold the rollout's lease (True), or learn that another gateway drives it (False)."""
+        if self.leases is None:
+            return True
+        return await self.leases.acquire(f"rollout:{record.id}", self._lost)
+
+    async def _unlease(self, rollout_id: int) -> None:
+        if self.leases is not None:
+            await self.leases.drop(f"rollout:{rollout_id}")
+
+    def _lost(self, name: str) -> None:
+        """Another gateway took the rollout over (this one could not renew its lease in time): stop driving it
+        here without touching traffic or its stored state."""
+        task = self._tasks.pop(int(name.split(":", 1)[1]), None)
+        if task is not None:
+            task.cancel()
 
     async def _drive(self, record: RolloutRecord) -> None:
         """Wait out each step, judge it, and move on, roll back or finish."""
@@ -326,6 +361,9 @@ class RolloutController:
                 await self._apply_step(record, 0, clear_mirror=record.deployment in _live(record.from_mirror))
             while True:
                 await self._wait_out_step(record)
+                stored = await asyncio.to_thread(self.store.get, record.id)
+                if stored is None or not stored.running:
+                    return  # cancelled through another gateway, which restored the split
                 if not await self._split_still_ours(record):
                     return
                 stats = await self._observe(record)

@@ -97,6 +97,7 @@ class JobRecord:
     failed: int = 0
     owner_key_id: int | None = None
     output_expires_after_s: int | None = None
+    engine: str = "local"
     output_file_id: str | None = None
     error_file_id: str | None = None
     created_at: datetime | None = None

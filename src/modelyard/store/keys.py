@@ -11,8 +11,9 @@ loaded when it is constructed and kept current by `create()` and `revoke()`.
 Verifying costs one sha256, one dict lookup and one constant-time comparison
 (`hmac.compare_digest`) of the stored digest. Keys created or revoked by
 another process (a second server, the CLI writing to the database directly)
-are seen after `reload()`, which a running gateway calls every few seconds
-(``MODELYARD_KEYS_RELOAD_S``). `is_active()` answers whether a key id is still
+are seen after `reload()`, which a running gateway calls when another gateway's change notice
+arrives (`store.notices`; `on_change` publishes this store's own) and every few seconds
+(``MODELYARD_KEYS_RELOAD_S``) as the fallback. `is_active()` answers whether a key id is still
 active (a batch job checks its owner's key before each request).
 
 The admin key lives in a file (``MODELYARD_HOME/admin.key``, mode 0600) that
@@ -32,6 +33,7 @@ import stat
 import threading
 from dataclasses import dataclass
 from datetime import datetime
+from collections.abc import Callable
 from pathlib import Path
 
 from sqlalchemy import select
@@ -109,6 +111,8 @@ class KeyStore:
         #: local changes to the index so far, so that `reload` knows when its read is out of date
         self._changes = 0
         self._change_lock = threading.Lock()
+        #: called after a key was created or revoked here (the gateway publishes a change notice)
+        self.on_change: Callable[[], None] = lambda: None
         self.reload()
 
     def reload(self) -> None:
@@ -157,6 +161,7 @@ class KeyStore:
         plain = generate_key()
         info = self._insert(plain, name=name, endpoint=endpoint, is_admin=is_admin)
         log.info("api key %d (%s, %s...) created for %s", info.id, name, info.prefix, endpoint or "every endpoint")
+        self.on_change()
         return plain, info
 
     def list(self) -> list[KeyInfo]:
@@ -186,6 +191,7 @@ class KeyStore:
             self._set_active(active)
             self._changes += 1
         log.info("api key %d revoked", key_id)
+        self.on_change()
         return True
 
     # -- the admin key ------------------------------------------------------

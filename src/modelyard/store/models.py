@@ -13,6 +13,8 @@
 | ``fine_tuning_jobs`` | a fine-tuning job: base model, files, hyperparameters, status, result | `FineTuneStore` |
 | ``fine_tuning_events`` | a job's messages and per-step training metrics | `FineTuneStore` |
 | ``fine_tuning_checkpoints`` | a checkpoint a job's training wrote: step, metrics, folder | `FineTuneStore` |
+| ``leases`` | which gateway owns a rollout, batch job or fine-tuning job, until when | `LeaseStore` |
+| ``deployment_events`` | a deployment scaled, or one of its instances restarted or failed | `EventLog` |
 
 The schema is created by the hand-written Alembic migrations in
 ``store/migrations/versions``; a test compares the migrated database with this
@@ -350,6 +352,8 @@ class BatchJob(Base):
     owner_key_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
     #: ``output_expires_after.seconds``: the output and error files expire this long after they are written
     output_expires_after_s: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    #: where the lines run: ``local`` (the gateway's deployments) or ``ray-data`` (a Ray cluster)
+    engine: Mapped[str] = mapped_column(String(16), nullable=False, default="local", server_default="local")
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, index=True, default=utcnow)
     updated_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
     expires_at: Mapped[datetime | None] = mapped_column(UTCDateTime, nullable=True)
@@ -458,3 +462,35 @@ class FineTuningCheckpoint(Base):
     path: Mapped[str] = mapped_column(Text, nullable=False)
     fine_tuned_model_checkpoint: Mapped[str] = mapped_column(String(255), nullable=False)
     created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+
+
+class DeploymentEvent(Base):
+    """Something that happened to a deployment's instances: ``scale_up`` / ``scale_down`` (``from_count`` →
+    ``to_count``), ``instance_restarted`` or ``instance_failed`` (``instance`` names it), with the reason."""
+
+    __tablename__ = "deployment_events"
+    __table_args__ = (Index(None, "endpoint", "deployment", "created_at"),)
+
+    id: Mapped[int] = mapped_column(Integer, primary_key=True, autoincrement=True)
+    created_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)
+    endpoint: Mapped[str] = mapped_column(String(64), nullable=False)
+    deployment: Mapped[str] = mapped_column(String(64), nullable=False)
+    kind: Mapped[str] = mapped_column(String(32), nullable=False)
+    from_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    to_count: Mapped[int | None] = mapped_column(Integer, nullable=True)
+    instance: Mapped[str | None] = mapped_column(String(128), nullable=True)
+    reason: Mapped[str] = mapped_column(Text, nullable=False, default="")
+
+
+class Lease(Base):
+    """Who owns a piece of background work (``rollout:7``, ``batch:batch_…``, ``finetune:ftjob-…``) until when.
+
+    Written by `store.leases.LeaseStore`: several gateways on one database each take the work whose lease
+    they hold, and a gateway that stops renewing loses it at ``expires_at`` to whichever asks next."""
+
+    __tablename__ = "leases"
+
+    name: Mapped[str] = mapped_column(String(255), primary_key=True)
+    owner: Mapped[str] = mapped_column(String(255), nullable=False)
+    expires_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False)
+    acquired_at: Mapped[datetime] = mapped_column(UTCDateTime, nullable=False, default=utcnow)

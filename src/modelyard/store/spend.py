@@ -179,3 +179,14 @@ def decision_series(db: Database, *, endpoint: str, since: datetime, until: date
         point["saved_usd"] = round(point["saved_usd"], 10)
     return {"endpoint": endpoint, "deployment": deployment, "bucket_s": bucket_s, "since": since.isoformat(),
             "until": until.isoformat(), "has_cache": has_cache, "has_router": has_router, "series": points}
+
+
+def spent_since(db: Database, endpoint: str, key_id: int | None, since: datetime) -> float:
+    """USD the usage records say ``endpoint`` (or one key on it) spent since ``since``: where a budget counter
+    shared by several gateways (`store.spend_counters`) starts. Flow records repeat their steps' cost and are
+    left out, as budgets do."""
+    where = [_T.endpoint == endpoint, _T.created_at >= _aware(since), _T.cost_usd > 0, _T.kind != "flow"]
+    if key_id is not None:
+        where.append(_T.key_id == key_id)
+    with db.engine.connect() as conn:
+        return float(conn.execute(select(func.coalesce(func.sum(_T.cost_usd), 0.0)).where(*where)).scalar_one())

@@ -30,9 +30,18 @@ keep answering. The check reads the spend at that moment, not when the call
 began. Calls already under way when a limit is reached still finish, so
 spend can pass a limit by what those calls cost.
 
-One gateway process keeps the count: several gateways sharing one Postgres
-database each enforce the limits on what they saw since they started, plus
-what was in the database then.
+**Several gateways.** Without Redis each gateway counts on its own: gateways
+sharing one database each enforce the limits on what they saw since they
+started, plus what was in the database then. With ``MODELYARD_REDIS_URL``
+set, the tracker also keeps shared counters (`store.spend_counters`): a
+paid call is admitted by `admit` only after an atomic reservation of its
+estimated cost (`estimate_cost`, an upper bound) succeeds against every
+limit across all gateways, and the reservation is taken back once its cost
+is counted (`Reservation.release`, called by the record stage). Spend then
+passes a limit by at most one call's cost, however many gateways admit
+calls at once. The in-memory sums follow the shared ones (each reservation
+reads them), so headers and the router's ``low`` see every gateway's spend;
+the router's own tier checks (`allows`) read them but do not reserve.
 """
 
 from __future__ import annotations
@@ -43,11 +52,13 @@ from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
 from typing import Any, Callable
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field
 from sqlalchemy import case, func, select
 
 from ..errors import ModelyardError
 from ..store.models import UsageRecord
+from ..store.spend_counters import Counter
 
 class Limits(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -165,11 +176,15 @@ class BudgetTracker:
     ``clock`` returns the current aware UTC datetime (tests pass their own).
     """
 
-    def __init__(self, *, clock: Clock | None = None) -> None:
+    def __init__(self, *, clock: Clock | None = None, shared: Any = None) -> None:
         self._clock = clock or _utcnow
         self._day: Spend = {}
         self._month: Spend = {}
         self._set_periods(self._clock())
+        #: the counters several gateways share (`store.spend_counters.RedisSpendCounters`), or None
+        self.shared = shared
+        #: endpoints seen with a budget: only their spend goes to the shared counters
+        self._budgeted: dict[str, BudgetSpec] = {}
 
     def now(self) -> datetime:
         return self._clock()
@@ -229,6 +244,8 @@ class BudgetTracker:
         if not cost_usd > 0:  # also skips NaN
             return
         self._current()
+        if self.shared is not None and endpoint in self._budgeted:
+            self.shared.add(self._counters(endpoint, key_id, self._budgeted[endpoint], every=True), cost_usd)
         day, month = self._day, self._month
         key = (endpoint, None)
         day[key] = day.get(key, 0.0) + cost_usd
@@ -252,6 +269,8 @@ class BudgetTracker:
         if spec is None:
             return None
         self._current()
+        if self.shared is not None and self._budgeted.get(endpoint) is not spec:
+            self._budgeted[endpoint] = spec
         best: tuple[float, float] | None = None
         chosen: tuple[str, str, float, float] | None = None
         scopes = [("endpoint", spec, (endpoint, None))]
@@ -275,6 +294,71 @@ class BudgetTracker:
         return BudgetState(endpoint, key_id, scope, period, float(limit), used, resets, spec.low_share, self, spec)
 
 
+    # -- shared counters (several gateways) --------------------------------------------
+
+    def _counters(self, endpoint: str, key_id: int | None, spec: BudgetSpec, *, every: bool = False) -> list[Counter]:
+        """The counters of the limits ``spec`` sets for this endpoint and key (``every``: also those without a
+        limit, so spend is counted on a counter some other gateway's spec may limit)."""
+        out = []
+        scopes: list[tuple[Limits, int | None]] = [(spec, None)]
+        if key_id is not None and (spec.per_key is not None or every):
+            scopes.append((spec.per_key or Limits(), key_id))
+        for limits, who in scopes:
+            for period, limit, start in (("day", limits.usd_per_day, self.day_start),
+                                         ("month", limits.usd_per_month, self.month_start)):
+                if limit is not None or every:
+                    out.append(Counter(endpoint, who, period, start, float(limit or 0.0)))
+        return out
+
+    async def reserve(self, state: BudgetState, amount: float) -> tuple["Reservation | None", BudgetState | None]:
+        """Reserve ``amount`` USD against every limit of the call's budget on the shared counters: the
+        reservation, or the state of the limit that is spent (then nothing is reserved)."""
+        self._current()
+        counters = self._counters(state.endpoint, state.key_id, state._spec)
+        if not counters:
+            return None, None
+        answer = await self.shared.reserve(counters, amount)
+        for counter, (spent, reserved) in answer.totals.items():  # every gateway's spend, for headers and routing
+            table = self._day if counter.period == "day" else self._month
+            table[(counter.endpoint, counter.key_id)] = spent + reserved
+        blocked = answer.blocked
+        if blocked is not None:
+            spent, reserved = answer.totals[blocked]
+            resets = self.day_end if blocked.period == "day" else self.month_end
+            refused = BudgetState(state.endpoint, state.key_id, "key" if blocked.key_id is not None else "endpoint",
+                                  blocked.period, blocked.limit, spent + reserved, resets, state.low_share, self,
+                                  state._spec)
+            return None, refused
+        return Reservation(self.shared, counters, amount), None
+
+
+@dataclass(slots=True)
+class Reservation:
+    """USD set aside on the shared counters for one paid call until its cost is counted."""
+
+    shared: Any
+    counters: list[Counter]
+    amount: float
+    released: bool = False
+
+    def release(self) -> None:
+        """Take the reservation back (after the call's usage record was counted; twice is harmless)."""
+        if not self.released:
+            self.released = True
+            self.shared.release(self.counters, self.amount)
+
+
+def estimate_cost(deployment: Any, request: Any) -> float:
+    """An upper bound of what ``request`` can cost on paid ``deployment``: every byte of the request a prompt
+    token, and the request's token limit (else the model's context length) of completion tokens per choice."""
+    card = deployment.card
+    prompt = len(orjson.dumps(request.model_dump(mode="json", exclude_none=True)))
+    completion = 0
+    if hasattr(request, "token_limit"):  # chat and completions; an embedding generates no tokens
+        completion = (request.token_limit or card.context_length) * max(int(getattr(request, "n", None) or 1), 1)
+    return card.price.token_cost(prompt, completion)
+
+
 # -- enforcement ----------------------------------------------------------------------
 
 
@@ -295,6 +379,23 @@ def allows(call: Any, deployment: Any) -> bool:
     if state is None or not is_paid(deployment):
         return True
     return not state.current().exhausted
+
+
+async def admit(call: Any, deployment: Any) -> None:
+    """Before a call is sent to ``deployment``: 429 ``budget_exhausted`` when its budget is spent and the
+    deployment is paid. With shared counters the call's estimated cost is reserved across gateways first
+    (``call.reservation``; the record stage releases it once the cost is counted)."""
+    state = getattr(call, "budget", None)
+    if state is None or not is_paid(deployment):
+        return
+    tracker = state._tracker
+    if tracker.shared is None:
+        check(call, deployment)
+        return
+    reservation, refused = await tracker.reserve(state, estimate_cost(deployment, call.request))
+    if refused is not None:
+        raise exhausted_error(refused, deployment)
+    call.reservation = reservation
 
 
 def check(call: Any, deployment: Any) -> None:

@@ -79,6 +79,11 @@ class GatewayMetrics:
         quarantined (refused by the database for their content) and dropped (queue full)."""
         self.registry.register(_UsageWriterCollector(writer))
 
+    def watch_deployments(self, endpoints: Any) -> None:
+        """Export each local deployment's instance count, read at each scrape (``modelyard_deployment_instances``):
+        the series that shows autoscaling at work."""
+        self.registry.register(_DeploymentCollector(endpoints))
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
 
@@ -121,3 +126,18 @@ class _UsageWriterCollector:
                                   value=w.quarantined)
         yield CounterMetricFamily("modelyard_usage_dropped", "Usage records dropped because the queue was full",
                                   value=w.dropped)
+
+
+class _DeploymentCollector:
+    def __init__(self, endpoints: Any) -> None:
+        self.endpoints = endpoints
+
+    def collect(self) -> Any:
+        instances = GaugeMetricFamily("modelyard_deployment_instances",
+                                      "Instances a local deployment runs now (autoscaling changes it)",
+                                      labels=("endpoint", "deployment"))
+        for endpoint in self.endpoints.all():
+            for dep in list(endpoint.deployments.values()):
+                if not dep.is_hosted:
+                    instances.add_metric((endpoint.name, dep.name), len(dep.instances))
+        yield instances

@@ -32,11 +32,16 @@ function deploymentCard(dep) {
   const error = el("p", { class: "field-error", role: "alert", hidden: true });
   const scale = el("input", { type: "number", min: 1, max: 64, value: dep.instance_count, class: "tiny", "aria-label": `Instances of ${dep.name}` });
   const logs = el("pre", { class: "code logs", hidden: true });
+  const events = el("pre", { class: "code logs events", hidden: true });
+  const auto = dep.autoscale;
+  const sizing = auto
+    ? ` · autoscale ${auto.min_instances}–${auto.max_instances} (${dep.instances.length} now, target ${auto.target_in_flight} in flight each)`
+    : ` · ${dep.instance_count} instance${dep.instance_count > 1 ? "s" : ""}`;
   const card = el("article", { class: "panel deployment", dataset: { deployment: dep.name } },
     el("div", { class: "card-title" },
       el("h2", {}, el("span", { class: "mono" }, dep.name), " ", statePill(dep.state)),
       el("span", { class: "traffic-badge" }, `${live}% live${mirror ? ` · ${mirror}% mirror` : ""}`)),
-    el("p", {}, el("a", { href: `/ui/models/${encodeURIComponent(dep.model)}` }, dep.model), ` · ${dep.instance_count} instance${dep.instance_count > 1 ? "s" : ""}`,
+    el("p", {}, el("a", { href: `/ui/models/${encodeURIComponent(dep.model)}` }, dep.model), sizing,
       ` · timeout ${fmt.num(dep.request_settings.request_timeout_ms)} ms`, dep.queue_length ? ` · ${dep.queue_length} queued` : ""),
     dep.error ? el("p", { class: "error-text" }, dep.error) : null,
     instancesTable(dep),
@@ -58,6 +63,15 @@ function deploymentCard(dep) {
           logs.hidden = false;
         } catch (err) { showError(error, err.message); }
       } }, "Logs"),
+      el("button", { type: "button", class: "small", onclick: async () => {
+        if (!events.hidden) { events.hidden = true; return; }
+        try {
+          const out = await api("GET", `${base}/deployments/${encodeURIComponent(dep.name)}/events?limit=50`);
+          events.textContent = out.data.map((e) => `${e.time.slice(0, 19).replace("T", " ")}  ${e.kind}  ` +
+            `${e.from === null ? e.instance : `${e.from} → ${e.to}`}  ${e.reason}`).join("\n") || "(no events yet)";
+          events.hidden = false;
+        } catch (err) { showError(error, err.message); }
+      } }, "Events"),
       el("button", { type: "button", class: "small danger", onclick: async () => {
         showError(error, "");
         if (!(await confirmAction(`Delete deployment ${dep.name} of ${name}? Its instances stop.`, "Delete"))) return;
@@ -67,7 +81,7 @@ function deploymentCard(dep) {
           refresh();
         } catch (err) { showError(error, err.message); }
       } }, "Delete")),
-    error, logs);
+    error, logs, events);
   return card;
 }
 
