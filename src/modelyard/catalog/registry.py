@@ -190,6 +190,17 @@ class Catalog:
         log.debug("catalog loaded: %d cards", len(catalog))
         return catalog
 
+    def refresh(self) -> list[str]:
+        """Read the user's catalog files again (another gateway sharing MODELYARD_HOME added a card, e.g. a
+        fine-tuned model); returns the ids of the cards that are new here."""
+        if self.settings is None:
+            return []
+        fresh = Catalog.load(self.settings)
+        new = sorted(set(fresh._cards) - set(self._cards))
+        self._cards.update(fresh._cards)
+        self._origins.update(fresh._origins)
+        return new
+
     def _put(self, card: ModelCard, origin: Path | None) -> None:
         if card.id in self._cards:
             log.info("catalog: card %r from %s overrides the one from %s", card.id, origin, self._origins[card.id])

@@ -157,6 +157,8 @@ class FineTuneRunner:
         self._closing = False
         #: the `store.leases.LeaseKeeper` sharing jobs with other gateways on the database (None: all run here)
         self.leases: Any = None
+        #: told a new tuned model's id once it is in the catalog (the gateway tells the other gateways)
+        self.published: Callable[[str], None] = lambda model_id: None
 
     def job_dir(self, job_id: str) -> Path:
         return self.root / job_id
@@ -583,6 +585,7 @@ class FineTuneRunner:
                                     model_id=job.fine_tuned_model, adapter=adapter, lineage=lineage)
         except ModelyardError as err:
             return await self._fail(job, _error(err.code or "publish_failed", err.message, err.param))
+        self.published(job.fine_tuned_model)
         results = await asyncio.to_thread(self._write_results, job)
         tokens = int(done.get("trained_tokens") or 0)
         await asyncio.to_thread(self.store.update_job, job.id, when=("running",),

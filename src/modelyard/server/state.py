@@ -190,6 +190,8 @@ class Gateway:
             self.finetune = FineTuneRunner(FineTuneStore(self.db), self.batches.files, self.catalog, self.settings,
                                            enabled=self.settings.finetune_enabled)
         self.finetune.leases = self.leases
+        if self.notices is not None:
+            self.finetune.published = functools.partial(self.notices.publish, "catalog")
         await self.finetune.start()  # a job the last run left running trains again from its last checkpoint
         if self.notices is not None:
             await self.notices.start(self._apply_notice)
@@ -204,6 +206,10 @@ class Gateway:
             await asyncio.to_thread(self.keys.reload)
         if notice.kind in ("flow", "resync") and self.flows is not None:
             await self.flows.sync()
+        if notice.kind in ("catalog", "resync"):  # a fine-tuned model published by another gateway
+            new = await asyncio.to_thread(self.catalog.refresh)
+            if new:
+                log.info("catalog: %s added through another gateway", ", ".join(new))
         log.debug("applied change notice %s %s from %s", notice.kind, notice.name, notice.source)
 
     async def _take_over_work(self) -> None:

@@ -45,7 +45,7 @@ from .db import Database
 log = logging.getLogger(__name__)
 
 #: What a notice may say changed.
-NOTICE_KINDS = ("endpoint", "keys", "flow", "resync")
+NOTICE_KINDS = ("endpoint", "keys", "flow", "catalog", "resync")
 #: Back-off bounds of a listener that lost its connection.
 RECONNECT_MIN_S, RECONNECT_MAX_S = 0.2, 5.0
 
