@@ -66,7 +66,9 @@ test: install
 	command -v chromium >/dev/null || (apt-get update -qq && apt-get install -y -qq chromium)
 	# The cache's tests start throw-away redis-servers (Debian's package).
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
-	$(BIN)/python -m pytest -q
+	# The store's and the multi-gateway tests run against a throw-away PostgreSQL (Debian's package) on 127.0.0.1.
+	url="$${MODELYARD_TEST_POSTGRES_URL:-$$(bash .ci/postgres.sh)}"; \
+	MODELYARD_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -q
 
 # The fault tests at full length: a 30 s database outage under load (`make test` runs them with 8 s).
 faults: install

@@ -11,7 +11,6 @@ re-raising SIGTERM, and would leave them behind); a cluster it joined keeps runn
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import threading
 from types import ModuleType
@@ -23,6 +22,8 @@ log = logging.getLogger(__name__)
 _lock = threading.Lock()
 #: whether `ray_connect` started the Ray this process is joined to (so `ray_disconnect` stops it)
 _started_here = False
+#: whether `ray_connect` joined Ray at all: a Ray the embedding process initialized itself is not ours to leave
+_joined_here = False
 
 
 def ray_connect(address: str | None = None, *, num_cpus: int | None = None) -> ModuleType:
@@ -30,7 +31,7 @@ def ray_connect(address: str | None = None, *, num_cpus: int | None = None) -> M
     ``num_cpus`` CPUs, all of them by default), never joining whichever Ray happens to run on this machine;
     None does what ``ray.init()`` does (RAY_ADDRESS, else a Ray running here, else a new one). Thread-safe;
     joins only the first time."""
-    global _started_here
+    global _started_here, _joined_here
     ray = require("ray", "ray", "Running on Ray")
     with _lock:
         if ray.is_initialized():
@@ -42,6 +43,7 @@ def ray_connect(address: str | None = None, *, num_cpus: int | None = None) -> M
         if address in (None, "local") and num_cpus is not None:
             options["num_cpus"] = num_cpus
         ray.init(**options)
+        _joined_here = True
         _started_here = address == "local"
         resources = ray.cluster_resources()
         log.info("joined Ray at %s: %d nodes, %s CPUs, %s GPUs", address or "a local Ray",
@@ -50,16 +52,18 @@ def ray_connect(address: str | None = None, *, num_cpus: int | None = None) -> M
 
 
 def ray_disconnect() -> None:
-    """Leave Ray, stopping it if `ray_connect` started it here (blocking; a no-op when not joined)."""
-    global _started_here
-    if importlib.util.find_spec("ray") is None:
-        return
-    import ray
-
+    """Leave Ray, stopping it if `ray_connect` started it here (blocking; a no-op when `ray_connect` did not
+    join it: a Ray the embedding process initialized itself stays up, and a gateway that never used Ray does
+    not even import it)."""
+    global _started_here, _joined_here
     with _lock:
+        joined, started, _joined_here, _started_here = _joined_here, _started_here, False, False
+        if not joined:
+            return
+        import ray
+
         if not ray.is_initialized():
             return
-        if _started_here:
+        if started:
             log.info("stopping the Ray this gateway started")
         ray.shutdown()  # a driver's leaving ends its jobs' actors; a Ray started here stops with it
-        _started_here = False

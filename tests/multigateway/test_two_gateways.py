@@ -93,8 +93,15 @@ def test_a_shared_budget_is_not_overspent_by_two_gateways_under_concurrent_load(
         # a little delay at the stub keeps many calls under way at once on both gateways
         return chat((a, b)[i % 2], key, "budgeted", f"question {i}", user="stub:delay_ms=50")
 
+    # Well under the limit, every call is answered: each reserves an upper bound of its cost (here ~5x the real
+    # one), so 16 at once hold the whole limit for a moment — a call waits for the others to settle, it is not
+    # refused while most of the budget is unspent.
     with ThreadPoolExecutor(16) as pool:
-        answers = list(pool.map(ask, range(120)))
+        first = list(pool.map(ask, range(30)))
+    assert [r.status_code for r in first] == [200] * 30, [r.text for r in first if r.status_code != 200][:2]
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = first + list(pool.map(ask, range(30, 150)))
     ok = [r for r in answers if r.status_code == 200]
     refused = [r for r in answers if r.status_code != 200]
     assert refused, "the budget never refused anything"
@@ -115,6 +122,32 @@ def test_a_shared_budget_is_not_overspent_by_two_gateways_under_concurrent_load(
           f"{len(refused)} refused, one request ${COST:.6f}")
     assert spent <= limit + COST + 1e-12
     assert spent >= limit - 8 * COST  # and the limit was used, not refused far too early
+
+
+def test_a_router_endpoints_paid_tier_is_not_overspent_by_two_gateways(gateways):
+    """A router endpoint calls its tiers itself: its paid tier reserves across gateways like a direct call."""
+    a, b = gateways
+    limit = 20 * COST + COST / 2
+    key = endpoint_with_key(a, "routed-budget", budget={"usd_per_day": limit})
+    spec = {"name": "routed-budget", "policy": "router", "tiers": ["main"], "budget": {"usd_per_day": limit},
+            "router": {"strategy": "rules", "default": "main",
+                       "rules": [{"name": "asked", "when": {"keywords": ["question"]}, "tier": "main"}]}}
+    r = a.api("POST", "/api/apply", json={"kind": "endpoint", "spec": spec})
+    assert r.status_code == 200, r.text
+    until(lambda: chat(b, key, "routed-budget", "a question").headers.get("x-modelyard-route", "").startswith("rule"),
+          WITHIN_S)
+
+    def ask(i: int) -> httpx.Response:
+        return chat((a, b)[i % 2], key, "routed-budget", f"question {i}", user="stub:delay_ms=50")
+
+    with ThreadPoolExecutor(16) as pool:
+        answers = list(pool.map(ask, range(80)))
+    refused = [r for r in answers if r.status_code != 200]
+    assert refused and all(r.json()["error"]["code"] == "budget_exhausted" for r in refused), refused[0].text
+    time.sleep(1.0)  # the usage writers flush every 0.1 s
+    spent = a.api("GET", "/api/usage/spend", params={"endpoint": "routed-budget", "days": 1}).json()["totals"]["cost_usd"]
+    print(f"\nrouter endpoint, shared budget: limit ${limit:.6f}, recorded ${spent:.6f}, {len(refused)} refused")
+    assert spent <= limit + COST + 1e-12
 
 
 def _db(url: str):

@@ -13,6 +13,7 @@ import threading
 import time
 
 import httpx
+import openai
 import pytest
 
 from tests.live_gateway import Server, start_server
@@ -117,8 +118,9 @@ def test_killing_the_node_of_the_replica_under_load_loses_no_plain_request_and_e
                     chunks += 1
                     first_text.set()
             stream_outcome["ended"] = "finished"
-        except Exception as exc:  # the gateway's error event (or a dropped connection) ends the stream
+        except Exception as exc:  # the gateway's error event ends the stream (the SDK raises it as an APIError)
             stream_outcome["ended"] = f"{type(exc).__name__}: {exc}"
+            stream_outcome["error"] = exc
         stream_outcome["chunks"] = chunks
         first_text.set()
 
@@ -146,6 +148,9 @@ def test_killing_the_node_of_the_replica_under_load_loses_no_plain_request_and_e
     streamer.join(60)
     assert not streamer.is_alive(), "the cut stream hung instead of ending"
     assert stream_outcome["ended"] != "finished" and stream_outcome["chunks"] >= 1, stream_outcome
+    # an error event from the gateway, not a dropped connection
+    error = stream_outcome["error"]
+    assert isinstance(error, openai.APIError) and not isinstance(error, openai.APIConnectionError), stream_outcome
     for t in askers:
         t.join(180)
     assert not failures, failures

@@ -121,6 +121,8 @@ class TierContext:
         A failed call is counted too (outcome ``error``), then raised.
         """
         request = self.request.model_copy(update={"stream": False, "stream_options": None, **overrides})
+        if attach:  # counted in this call's record: with shared budgets, reserved across gateways first
+            await budget.admit(self.call, tier)
         try:
             body, metered = await metering.complete(tier, self.kind, request)
         except MeteringError as err:
@@ -163,6 +165,7 @@ class TierContext:
         given, is called once the first chunk with text has been handed to the client.
         """
         request = self.request.model_copy(update={"stream": True})
+        await budget.admit(self.call, tier)  # with shared budgets, reserved across gateways first
         stream = MeteredStream(tier, self.kind, request, since=self.call.started)
         try:
             first = await stream.start()

@@ -118,7 +118,13 @@ class Instance:
         """Start the process and the supervisor; return when the instance is first ready (or raise)."""
         await self._spawn()
         self._task = asyncio.create_task(self._supervise(), name=f"supervise-{self.name}")
-        ok = await self._wait_ready()
+        try:
+            ok = await self._wait_ready()
+        except BaseException:
+            # cancelled while loading (a scaling cancelled by the autoscaler's or the gateway's close): the
+            # instance is in no runtime list yet, so nothing else would ever stop its process (its own session)
+            await asyncio.shield(self.stop())
+            raise
         if not ok:
             await self.stop()
             raise RuntimeError(f"instance {self.name} did not become ready: {self.last_error or 'see ' + str(self.log_file)}")
@@ -282,7 +288,12 @@ class LocalRuntime:
                 new.append(Instance(spec, index, self.logs_dir, on_event=self.on_instance))
             results = await asyncio.gather(*(inst.start() for inst in new), return_exceptions=True)
             errors = [r for r in results if isinstance(r, BaseException)]
-            current.extend(inst for inst, r in zip(new, results) if not isinstance(r, BaseException))
+            started = [inst for inst, r in zip(new, results) if not isinstance(r, BaseException)]
+            if self._instances.get(spec.key) is not current:
+                # the deployment was stopped (or the runtime closed) while these loaded: they belong to nothing
+                await asyncio.gather(*(inst.stop() for inst in started), return_exceptions=True)
+                return []
+            current.extend(started)
             self._scaled(spec.key, before, len(current), reason)
             if errors:
                 raise RuntimeError(str(errors[0]))

@@ -43,6 +43,22 @@ gateway gives it, exactly as a local instance does. The handle client is
 complete (``RayRuntime(dispatch="handle")``), for a gateway that is not on a
 Ray node and for the comparison.
 
+Several gateways on one cluster (the same database and ``MODELYARD_HOME``,
+``RAY_ADDRESS`` set): they deploy each application with the same
+configuration, so the second one's ``serve.run`` changes nothing and no
+replica restarts. That takes two things. The instance token is not random
+per gateway but derived (HMAC-SHA256) from the admin key in
+``MODELYARD_HOME/admin.key``, which those gateways share already, and the
+application's name; it goes only to the replicas, as before, and the admin
+key itself never leaves the gateway. And each deployment carries a code
+version computed from everything its replicas are built with (card, options,
+token, modelyard's version): Serve's Python API otherwise stamps every
+``serve.run`` with a random version and replaces every replica (see
+`_code_version`). A gateway that shuts down leaves the applications of a
+joined cluster running for the others (`detach`); deleting a deployment
+deletes its application, unless another gateway has since deployed a
+different one under that name.
+
 A replica lost mid-request: the proxy answers a plain-text 500 (non-streaming)
 or drops the connection (streaming). The first is reported as
 ``upstream_unavailable`` like a refused connection, so the deployment retries
@@ -53,10 +69,15 @@ with an error event.
 from __future__ import annotations
 
 import asyncio
+import base64
+import hashlib
+import hmac
+import json
 import logging
 import math
 import re
 import secrets
+import signal
 import socket
 import threading
 import time
@@ -64,6 +85,7 @@ from contextlib import aclosing
 from pathlib import Path
 from typing import Any, AsyncIterator, Callable
 
+from .. import __version__
 from ..backends.base import Backend, load_backend
 from ..backends.openai_compat import OpenAICompatBackend
 from ..catalog.card import ModelCard
@@ -93,6 +115,9 @@ POLL_S = 1.0
 SUSPECT_S = 15.0
 #: Serve application names are derived from the deployment key with this prefix
 APP_PREFIX = "modelyard-"
+#: the replicas' environment variable that names their code version: how a gateway tells, before deleting an
+#: application, that it still runs what this gateway deployed (Serve's details do not show the version itself)
+VERSION_ENV = "MODELYARD_REPLICA_VERSION"
 
 #: ``on_instance(key, instance_name, kind, reason)``: a replica was lost and Serve replaces it
 InstanceHook = Callable[[str, str, str, str], Any]
@@ -329,6 +354,8 @@ class _App:
         self.key = key
         self.name = app_name(key)
         self.token = token
+        #: the code version this gateway last deployed (`_code_version`)
+        self.version: str | None = None
         self.replicas: dict[str, RayReplica] = {}
         self.running = 0
         self.target: int | None = None
@@ -344,7 +371,10 @@ class RayRuntime:
     ``address``: a running cluster (``ray start --head`` prints it; ``auto``
     finds the one on this machine); unset starts a Ray of this process,
     shut down again by `close`. ``dispatch``: ``http`` (the Serve proxy, the
-    default) or ``handle``.
+    default) or ``handle``. ``secret``: what the instance tokens are derived
+    from (the gateway passes its admin key, so every gateway of one
+    ``MODELYARD_HOME`` gives an application the same token); unset, a random
+    one of this runtime's own.
     """
 
     #: replicas are placed by their own `resources`: llama.cpp threads follow num_cpus, not this machine's cores
@@ -353,10 +383,13 @@ class RayRuntime:
     scales_itself = True
 
     def __init__(self, address: str | None = None, *, dispatch: str = DISPATCH, http_port: int | None = None,
-                 logs_dir: Path | None = None) -> None:
+                 logs_dir: Path | None = None, secret: str | bytes | None = None) -> None:
         if dispatch not in ("http", "handle"):
             raise ValueError(f"dispatch must be 'http' or 'handle', not {dispatch!r}")
         self.address = address
+        self._secret = secret.encode() if isinstance(secret, str) else (secret or secrets.token_bytes(32))
+        #: set by `detach`: the gateway shuts down and leaves the applications to the cluster's other gateways
+        self._detached = False
         self.dispatch = dispatch
         self.logs_dir = logs_dir
         self._http_port = http_port
@@ -384,8 +417,19 @@ class RayRuntime:
                 ray_connect(self.address or "local")
                 self._started_ray = not self.address  # a Ray of this process: shut down by `close`
             port = self._http_port or _free_port(8000)
-            serve.start(http_options={"host": "127.0.0.1", "port": port},
-                        logging_config={"enable_access_log": False, "log_level": "WARNING"})
+            for attempt in range(3):
+                try:
+                    serve.start(http_options={"host": "127.0.0.1", "port": port},
+                                logging_config={"enable_access_log": False, "log_level": "WARNING"})
+                    break
+                except ray.exceptions.RayActorError as exc:
+                    # Serve's controller kills a proxy not ready within 5 s (a busy machine; two gateways starting
+                    # Serve at once) and starts another; this call, waiting on the first, fails. Connect again.
+                    if attempt == 2:
+                        raise
+                    log.warning("Ray Serve's proxy died while Serve started (%s); connecting again",
+                                str(exc).splitlines()[0])
+                    time.sleep(2.0)
             # Serve may have been running already (another gateway): its proxy's port is the one to use.
             from ray.serve.context import _get_global_client  # noqa: PLC0415 (private module; only here)
 
@@ -402,6 +446,7 @@ class RayRuntime:
     async def start(self) -> None:
         """Connect now (it takes a while) rather than on the first deployment."""
         await asyncio.to_thread(self._connect)
+        _restore_sigterm()
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll_forever(), name="ray-runtime-poll")
 
@@ -441,7 +486,7 @@ class RayRuntime:
         await self.start()
         app = self._apps.get(spec.key)
         if app is None:
-            app = self._apps[spec.key] = _App(spec.key, secrets.token_urlsafe(24))
+            app = self._apps[spec.key] = _App(spec.key, self._token(app_name(spec.key)))
         app.autoscaled = spec.autoscale is not None
         before = app.running
         app.updating = True  # replicas replaced by a rolling update are not lost ones
@@ -456,16 +501,36 @@ class RayRuntime:
         return self.instances(spec.key)
 
     async def stop(self, key: str) -> None:
+        """The deployment is deleted (or replaced): delete its Serve application. After `detach` only forget it
+        here; on a joined cluster, leave alone an application another gateway has redeployed since."""
         app = self._apps.pop(key, None)
-        if app is None:
+        if app is None or self._detached:
             return
+        if self.address and app.version is not None:
+            running = (await asyncio.to_thread(_serve_details)).get(app.name)
+            if running is None or _version_of(running) not in (None, app.version):
+                log.info("Serve application %s is gone or was redeployed by another gateway; not deleting it",
+                         app.name)
+                return
+        log.info("deleting Serve application %s (%s)", app.name, app.version)
         await asyncio.to_thread(serve.delete, app.name)
+
+    def detach(self) -> None:
+        """The gateway shuts down (its deployments are not deleted): on a cluster joined at ``address``, the
+        Serve applications keep running for the other gateways that serve them, and `stop` and `close`
+        leave them alone. A Ray this runtime started goes down in `close` as before, applications and all."""
+        if self.address and not self._detached:
+            self._detached = True
+            if self._apps:
+                log.info("leaving %d Serve application(s) running on the Ray cluster for its other gateways: %s",
+                         len(self._apps), ", ".join(sorted(app.name for app in self._apps.values())))
 
     async def close(self) -> None:
         if self._poller is not None:
             self._poller.cancel()
             await asyncio.gather(self._poller, return_exceptions=True)
             self._poller = None
+        self.detach()  # closing never deletes what other gateways on the cluster may serve
         for key in list(self._apps):
             try:
                 await self.stop(key)
@@ -475,6 +540,11 @@ class RayRuntime:
             await asyncio.to_thread(_shutdown_ray)
             self._started_ray = False
         self._proxy_url = None
+
+    def _token(self, name: str) -> str:
+        """The instance token of Serve application `name`: the same in every gateway with the same secret."""
+        digest = hmac.new(self._secret, b"modelyard ray instance token\0" + name.encode(), hashlib.sha256).digest()
+        return base64.urlsafe_b64encode(digest).rstrip(b"=").decode()
 
     # --- deploying ---
 
@@ -512,13 +582,18 @@ class RayRuntime:
         else:
             settings["num_replicas"] = count
         name = f"{spec.key.replace('/', '-')}"
-        bound = serve.deployment(ModelReplica, **settings).bind(
-            spec.card.model_dump(mode="json"), options, app.token, name)
+        args = (spec.card.model_dump(mode="json"), options, app.token, name)
+        version = _code_version(args, actor.get("runtime_env"))
+        actor.setdefault("runtime_env", {}).setdefault("env_vars", {})[VERSION_ENV] = version
+        # `_internal`: Serve's Python API no longer takes a version from users and stamps each run with a random
+        # one (a rolling restart of every replica); the config-file path hashes its config the same way
+        bound = serve.deployment(ModelReplica, **settings).options(version=version, _internal=True).bind(*args)
         log.info("deploying %s as Serve application %s (%s)", spec.key, app.name,
                  "autoscaled" if spec.autoscale is not None else f"{count} replicas")
         # returns once the application runs (every replica constructed: its model loaded), raises when
         # Serve gives up on it (a replica that keeps failing to start)
         serve.run(bound, name=app.name, route_prefix=f"/{app.name}")
+        app.version = version
 
     # --- watching ---
 
@@ -569,7 +644,8 @@ class RayRuntime:
             leaving = rid not in seen or replica.state in ("draining", "stopped")
             if leaving and rid not in app.leaving:
                 app.leaving.add(rid)
-                if not target_dropped and not app.updating and replica.state != "starting":  # not a scale-down: it was lost
+                # not a scale-down, nor the whole application deleted (through another gateway): it was lost
+                if details is not None and not target_dropped and not app.updating and replica.state != "starting":
                     self._lost(app, replica)
             if rid not in seen:
                 replica.state = "stopped"
@@ -609,6 +685,34 @@ def _serve_details() -> dict[str, Any]:
     from ray.serve.context import _get_global_client  # noqa: PLC0415 (private module; only here)
 
     return _get_global_client().get_serve_details().get("applications") or {}
+
+
+def _code_version(args: tuple[Any, ...], runtime_env: dict[str, Any] | None) -> str:
+    """A deployment's code version: a digest of everything its replicas are constructed with (and modelyard's
+    version). Equal in every gateway that deploys the same spec, so a second ``serve.run`` changes nothing;
+    a new token, model, option or environment makes Serve replace the replicas, as it should."""
+    blob = json.dumps([__version__, args, runtime_env], sort_keys=True, default=str)
+    return "modelyard-" + hashlib.sha256(blob.encode()).hexdigest()[:32]
+
+
+def _version_of(app_details: dict[str, Any]) -> str | None:
+    """The code version a running application was deployed with (`VERSION_ENV` in its replicas' env)."""
+    for dep in (app_details.get("deployments") or {}).values():
+        actor = (dep.get("deployment_config") or {}).get("ray_actor_options") or {}
+        return ((actor.get("runtime_env") or {}).get("env_vars") or {}).get(VERSION_ENV)
+    return None
+
+
+def _restore_sigterm() -> None:
+    """Give SIGTERM back to Python's handler (the server's graceful shutdown).
+
+    Joining Ray installs Ray's crash handler for SIGTERM too: it logs "SIGTERM received" and kills the process
+    at once, so a gateway told to stop never ran its shutdown (measured: exit status -15, nothing closed).
+    Setting the handler Python already knows again puts Python's own in front. Only the main thread may."""
+    if threading.current_thread() is threading.main_thread():
+        handler = signal.getsignal(signal.SIGTERM)
+        if handler is not None:
+            signal.signal(signal.SIGTERM, handler)
 
 
 def _shutdown_ray() -> None:

@@ -52,12 +52,13 @@ log = logging.getLogger(__name__)
 DEFAULT_ENDPOINTS = {"default": "gemma-3-270m", "embed": "all-minilm-l6-v2"}
 
 
-def _runtime(settings: Settings) -> Any:
-    """Where instances run: processes here, or Ray Serve replicas (MODELYARD_RUNTIME=ray, RAY_ADDRESS)."""
+def _runtime(settings: Settings, admin_key: str) -> Any:
+    """Where instances run: processes here, or Ray Serve replicas (MODELYARD_RUNTIME=ray, RAY_ADDRESS; the
+    replicas' tokens derive from the admin key, so gateways sharing MODELYARD_HOME deploy the same apps)."""
     if settings.runtime == "ray":
         from ..runtime.ray import RayRuntime  # noqa: PLC0415 (Ray is an optional extra, heavy to import)
 
-        return RayRuntime(settings.ray_address, logs_dir=settings.logs_dir)
+        return RayRuntime(settings.ray_address, logs_dir=settings.logs_dir, secret=admin_key)
     return LocalRuntime(settings.logs_dir)
 
 
@@ -107,7 +108,7 @@ class Gateway:
         admin_key, created = keys.ensure_admin_key(settings.admin_key_file)
         catalog = Catalog.load(settings)
         config = ConfigStore(db)
-        endpoints = Endpoints(config, catalog, _runtime(settings), keys)
+        endpoints = Endpoints(config, catalog, _runtime(settings, admin_key), keys)
         writer = UsageWriter(db, flush_interval=settings.usage_flush_s)
         metrics = GatewayMetrics()
         metrics.watch_usage_writer(writer)

@@ -80,7 +80,7 @@ KEY_SLOTS = ("primary", "secondary")
 
 
 def _changes(method: Any) -> Any:
-    """A change made through this gateway: `sync` waits until it is done (it would otherwise see a half-made
+    """A change made through this gateway: `sync` is put off until it is done (it would otherwise see a half-made
     change in the store, e.g. a deployment saved but not yet started), and `published` is told afterwards."""
 
     @functools.wraps(method)
@@ -94,6 +94,9 @@ def _changes(method: Any) -> Any:
             name = _endpoint_of(args, kwargs)
             if name is not None:
                 self.published(name)
+            if not self._changing and self._sync_wanted:  # a sync put off while the change ran
+                self._sync_wanted = False
+                self._background(self.sync())
 
     return wrapper
 
@@ -129,6 +132,10 @@ class Endpoints:
         self._changing = 0
         #: changes made here so far: a sync whose read straddles one drops its read (it may predate the change)
         self._changed = 0
+        #: a sync was asked for while a change ran here: it runs once the change ends
+        self._sync_wanted = False
+        #: stored deployments the sync could not start here (endpoint, deployment, model), reported once
+        self._cannot_run: set[tuple[str, str, str]] = set()
         self._sync_lock = asyncio.Lock()
 
     def __contains__(self, name: object) -> bool:
@@ -380,9 +387,12 @@ class Endpoints:
         same database created, changed or deleted it or its deployments.
 
         New deployments start (in the background), removed ones stop, changed ones are reconfigured (a
-        changed model is stopped and started again). Waits while a change made here is under way."""
-        while self._changing:
-            await asyncio.sleep(0.05)
+        changed model is stopped and started again). While a change made here is under way (a deployment's
+        model loading can take minutes) the sync is put off until it ends, without waiting: the caller — the
+        key reload timer, the change-notice listener — goes on with its other work."""
+        if self._changing:
+            self._sync_wanted = True
+            return
         async with self._sync_lock:
             changed = self._changed
             if name is None:
@@ -396,7 +406,12 @@ class Endpoints:
                 names = {name}
             if self._changing or self._changed != changed:
                 # a change began or ended here while we read: the read may predate it (an endpoint just created
-                # would look deleted through another gateway); this gateway's own state wins, sync again later
+                # would look deleted through another gateway); this gateway's own state wins, and the sync
+                # runs again once no change is under way
+                if self._changing:
+                    self._sync_wanted = True
+                else:
+                    self._background(self.sync())
                 return
             stored = {s.name: s for s in specs}
             for endpoint_name in sorted(names):
@@ -427,8 +442,11 @@ class Endpoints:
                 try:
                     await self._add_in_background(endpoint, dspec)
                 except ModelyardError as err:  # a model this gateway's catalog does not know
-                    log.error("deployment %s/%s made through another gateway cannot run here: %s", name, dname,
-                              err.message)
+                    said = (name, dname, dspec.model)
+                    if said not in self._cannot_run:  # said once, not at every sync
+                        self._cannot_run.add(said)
+                        log.error("deployment %s/%s (model %s) cannot run on this gateway: %s", name, dname,
+                                  dspec.model, err.message)
         # the spec last: traffic moves to a deployment once it is known here
         if spec.model_dump(mode="json") != endpoint.spec.model_dump(mode="json"):
             endpoint.spec = spec
@@ -441,6 +459,11 @@ class Endpoints:
             self._background(self._add(endpoint, dspec))  # instances start; traffic reaches them once ready
 
     async def close(self) -> None:
+        """The gateway shuts down: its deployments stop here (not deleted; a runtime shared with other gateways,
+        Ray at RAY_ADDRESS, keeps serving them there)."""
+        detach = getattr(self.runtime, "detach", None)
+        if detach is not None:
+            detach()
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)

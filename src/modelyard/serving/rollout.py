@@ -174,6 +174,8 @@ class RolloutController:
         self._sleep = sleep
         self._stats = stats
         self._tasks: dict[int, asyncio.Task[None]] = {}
+        #: rollouts `start` has stored and not yet handed to their task
+        self._starting: set[int] = set()
 
     # -- reading ------------------------------------------------------------
 
@@ -260,16 +262,21 @@ class RolloutController:
                             f"{interval_s:g} s per step; limits: error rate ≤ {max_error_rate:.1%}, "
                             f"p95 ≤ {max_p95_ms:g} ms")
         self.store.create(record)
-        await self._lease(record)  # a new rollout: nobody else holds its lease
-        clear_mirror = deployment in _live(from_mirror)
+        # stored as running but not yet driven: the take-over loop's resume_all must not drive it as well
+        self._starting.add(record.id)
         try:
-            await self._apply_step(record, 0, clear_mirror=clear_mirror)
-        except ModelyardError as exc:
-            await self._restore(record, "rolled_back", reason=f"could not set the first step's split: {exc.message}",
-                                event="rolled_back")
-            await self._unlease(record.id)
-            raise
-        self._spawn(record)
+            await self._lease(record)  # a new rollout: nobody else holds its lease
+            clear_mirror = deployment in _live(from_mirror)
+            try:
+                await self._apply_step(record, 0, clear_mirror=clear_mirror)
+            except ModelyardError as exc:
+                await self._restore(record, "rolled_back",
+                                    reason=f"could not set the first step's split: {exc.message}", event="rolled_back")
+                await self._unlease(record.id)
+                raise
+            self._spawn(record)
+        finally:
+            self._starting.discard(record.id)
         return record
 
     async def cancel(self, rollout_id: int) -> RolloutRecord:
@@ -302,7 +309,7 @@ class RolloutController:
         """At gateway start: go on with each running rollout whose split is still in place; revert the others."""
         out = []
         for record in self.store.running():
-            if record.id in self._tasks:
+            if record.id in self._tasks or record.id in self._starting:
                 continue
             if not await self._lease(record):
                 continue  # another gateway drives it

@@ -64,7 +64,8 @@ class EventLog:
     def __init__(self, db: Database) -> None:
         self.db = db
         self._pending: deque[dict[str, Any]] = deque()
-        self._lock = threading.Lock()  # guards `_pending` and serialises writers
+        self._lock = threading.Lock()  # guards `_pending` only: held for moments, also on the event loop
+        self._writing = threading.Lock()  # one writer at a time (a thread), never on the event loop
         self._tasks: set[asyncio.Future[Any]] = set()
         self.dropped = 0
 
@@ -113,10 +114,11 @@ class EventLog:
 
     def flush(self) -> None:
         """Write the queued events (blocking). A database error keeps them queued for the next try."""
-        with self._lock:
-            if not self._pending:
+        with self._writing:
+            with self._lock:
+                rows = list(self._pending)
+            if not rows:
                 return
-            rows = list(self._pending)
             try:
                 with self.db.session() as session:
                     session.execute(insert(_TABLE), rows)
@@ -124,8 +126,10 @@ class EventLog:
                 log.warning("could not write %d deployment event(s) (%s: %s); will try again",
                             len(rows), type(exc).__name__, exc)
                 return
-            for _ in rows:
-                self._pending.popleft()
+            with self._lock:  # the rows written are the oldest queued; a full queue may have dropped some meanwhile
+                for row in rows:
+                    if self._pending and self._pending[0] is row:
+                        self._pending.popleft()
 
     async def close(self) -> None:
         """Write what is queued (call before the database closes)."""

@@ -46,6 +46,7 @@ the router's own tier checks (`allows`) read them but do not reserve.
 
 from __future__ import annotations
 
+import asyncio
 import logging
 import math
 from dataclasses import dataclass, field
@@ -318,16 +319,16 @@ class BudgetTracker:
         if not counters:
             return None, None
         answer = await self.shared.reserve(counters, amount)
-        for counter, (spent, reserved) in answer.totals.items():  # every gateway's spend, for headers and routing
+        for counter, (spent, _reserved) in answer.totals.items():  # every gateway's spend, for headers and routing
             table = self._day if counter.period == "day" else self._month
-            table[(counter.endpoint, counter.key_id)] = spent + reserved
+            table[(counter.endpoint, counter.key_id)] = spent  # what was spent: calls under way are not spend
         blocked = answer.blocked
         if blocked is not None:
-            spent, reserved = answer.totals[blocked]
+            spent, _reserved = answer.totals[blocked]
             resets = self.day_end if blocked.period == "day" else self.month_end
+            # spent_usd below the limit: the limit is held by calls under way (their reservations), not spent
             refused = BudgetState(state.endpoint, state.key_id, "key" if blocked.key_id is not None else "endpoint",
-                                  blocked.period, blocked.limit, spent + reserved, resets, state.low_share, self,
-                                  state._spec)
+                                  blocked.period, blocked.limit, spent, resets, state.low_share, self, state._spec)
             return None, refused
         return Reservation(self.shared, counters, amount), None
 
@@ -348,6 +349,18 @@ class Reservation:
             self.shared.release(self.counters, self.amount)
 
 
+@dataclass(slots=True)
+class _Both:
+    """Two reservations of one call, taken back together."""
+
+    first: Any
+    second: Any
+
+    def release(self) -> None:
+        self.first.release()
+        self.second.release()
+
+
 def estimate_cost(deployment: Any, request: Any) -> float:
     """An upper bound of what ``request`` can cost on paid ``deployment``: every byte of the request a prompt
     token, and the request's token limit (else the model's context length) of completion tokens per choice."""
@@ -360,6 +373,9 @@ def estimate_cost(deployment: Any, request: Any) -> float:
 
 
 # -- enforcement ----------------------------------------------------------------------
+
+#: how long a paid call waits for other calls' reservations to settle before a retryable 429 (shared counters)
+RESERVED_WAIT_S = 5.0
 
 
 def is_paid(deployment: Any) -> bool:
@@ -392,10 +408,23 @@ async def admit(call: Any, deployment: Any) -> None:
     if tracker.shared is None:
         check(call, deployment)
         return
-    reservation, refused = await tracker.reserve(state, estimate_cost(deployment, call.request))
-    if refused is not None:
-        raise exhausted_error(refused, deployment)
-    call.reservation = reservation
+    estimate = estimate_cost(deployment, call.request)
+    # A limit held by other calls' reservations, not by spend, frees up as they settle (their real cost is
+    # usually far below the upper bound they reserved): wait for that a little before refusing.
+    waited, delay = 0.0, 0.05
+    while True:
+        reservation, refused = await tracker.reserve(state, estimate)
+        if refused is None:
+            held = getattr(call, "reservation", None)  # a router call may use more than one paid tier
+            call.reservation = reservation if held is None else _Both(held, reservation)
+            return
+        if refused.spent_usd >= refused.limit_usd:
+            raise exhausted_error(refused, deployment)
+        if waited >= RESERVED_WAIT_S:
+            raise reserved_error(refused, deployment)
+        await asyncio.sleep(delay)
+        waited += delay
+        delay = min(delay * 2, 0.5)
 
 
 def check(call: Any, deployment: Any) -> None:
@@ -434,6 +463,17 @@ def exhausted_error(state: BudgetState, deployment: Any) -> ModelyardError:
                "locally keep answering.")
     return ModelyardError(message, status=429, type="insufficient_quota", param=None, code="budget_exhausted",
                           headers={"retry-after": str(wait), "x-should-retry": "false"})
+
+
+def reserved_error(state: BudgetState, deployment: Any) -> ModelyardError:
+    """The 429 for a paid call whose limit is not spent but held by calls under way (several gateways
+    reserve what each call may cost before sending it): retryable, unlike `exhausted_error`."""
+    whose = f"key {state.key_id} on endpoint '{state.endpoint}'" if state.scope == "key" else f"endpoint '{state.endpoint}'"
+    message = (f"The rest of the {state.limit_name} budget of {whose} (${state.remaining_usd:.4f} of "
+               f"${state.limit_usd:.4f}) is held by calls under way, which may use it: retry shortly. Set max_tokens "
+               f"on requests to paid deployment '{deployment.name}' to hold less of it per call.")
+    return ModelyardError(message, status=429, param=None, code="budget_in_use",
+                          headers={"retry-after": "1", "x-should-retry": "true"})
 
 
 def _duration(seconds: int) -> str:
