@@ -86,6 +86,10 @@ def test_two_gateways_share_one_serve_application_and_one_leaving_does_not_take_
         assert seen_by_b["replica_id"] == replica["replica_id"]
         _ask(b)
         assert _ready_replica(a)["replica_id"] == replica["replica_id"]
+        # both gateways watch the cluster; one of them (the lease holder) writes its changes to the event log
+        time.sleep(2.5)  # each polls Serve every second; events are written within moments
+        events = a.api("GET", "/api/endpoints/chat/deployments/blue/events").json()["data"]
+        assert [e["kind"] for e in events].count("scale_up") == 1, events
 
         # A shuts down (gracefully: uvicorn exits by re-raising the SIGTERM once it has shut down), leaving the
         # application to B, which keeps answering from the very same replica

@@ -61,7 +61,7 @@ from ..catalog.sources import resolve_path
 from ..errors import ModelyardError, from_validation_error, invalid
 from ..gateway.pipeline import Call, Next, Pipeline
 from ..gateway.policy import Policy
-from ..raycluster import ray_connect
+from ..raycluster import ray_connect, restore_sigterm
 from ..retry import Backoff
 from ..serving.endpoints import TrafficSplit
 from ..settings import Settings
@@ -286,6 +286,7 @@ class RayDataEngine:
         """One Dataset over ``lines``; the lines to try again (a retryable failure with attempts left)."""
         # joins once per gateway (seconds), then returns at once; unset: a Ray of the gateway's own, as the runtime
         await asyncio.to_thread(ray_connect, self.address or "local")
+        restore_sigterm()  # the gateway's own graceful shutdown, not Ray's crash handler
         share = job.max_share or self.runner.config.max_share
         dataset = await asyncio.to_thread(self._dataset, job, dep, lines, share)
         by_id = {p.line.id: p for p in lines}

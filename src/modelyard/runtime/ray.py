@@ -77,7 +77,6 @@ import logging
 import math
 import re
 import secrets
-import signal
 import socket
 import threading
 import time
@@ -92,7 +91,7 @@ from ..catalog.card import ModelCard
 from ..catalog.sources import resolve_path
 from ..errors import ModelyardError
 from ..extras import require
-from ..raycluster import ray_connect
+from ..raycluster import ray_connect, restore_sigterm
 from ..settings import Settings
 from ..wire import gather
 from ..worker.app import build_app
@@ -404,6 +403,9 @@ class RayRuntime:
         self.on_scale: ScaleHook | None = None
         #: called as ``on_instance(key, name, "instance_restarted", reason)`` when a replica was lost
         self.on_instance: InstanceHook | None = None
+        #: whether this gateway reports the cluster's replica changes: every gateway on one cluster sees the same
+        #: changes, so with several the one holding a lease reports them (set by the gateway), not each of them
+        self.reports_events: Callable[[], bool] = lambda: True
 
     # --- connecting ---
 
@@ -446,7 +448,7 @@ class RayRuntime:
     async def start(self) -> None:
         """Connect now (it takes a while) rather than on the first deployment."""
         await asyncio.to_thread(self._connect)
-        _restore_sigterm()
+        restore_sigterm()
         if self._poller is None:
             self._poller = asyncio.create_task(self._poll_forever(), name="ray-runtime-poll")
 
@@ -656,7 +658,7 @@ class RayRuntime:
     def _lost(self, app: _App, replica: RayReplica) -> None:
         replica.last_error = "the replica was lost (its process or node died, or it failed its health checks)"
         log.warning("%s: %s; Ray Serve replaces it", replica.name, replica.last_error)
-        if self.on_instance is not None:
+        if self.on_instance is not None and self.reports_events():
             try:
                 self.on_instance(app.key, replica.name, "instance_restarted",
                                  f"{replica.last_error}; Ray Serve starts a replacement")
@@ -672,6 +674,8 @@ class RayRuntime:
         return f"replica started (target {target})"
 
     def _report(self, app: _App, before: int, reason: str) -> None:
+        if not self.reports_events():
+            return
         try:
             result = self.on_scale(app.key, before, app.running, reason)  # type: ignore[misc]
             if asyncio.iscoroutine(result):
@@ -701,18 +705,6 @@ def _version_of(app_details: dict[str, Any]) -> str | None:
         actor = (dep.get("deployment_config") or {}).get("ray_actor_options") or {}
         return ((actor.get("runtime_env") or {}).get("env_vars") or {}).get(VERSION_ENV)
     return None
-
-
-def _restore_sigterm() -> None:
-    """Give SIGTERM back to Python's handler (the server's graceful shutdown).
-
-    Joining Ray installs Ray's crash handler for SIGTERM too: it logs "SIGTERM received" and kills the process
-    at once, so a gateway told to stop never ran its shutdown (measured: exit status -15, nothing closed).
-    Setting the handler Python already knows again puts Python's own in front. Only the main thread may."""
-    if threading.current_thread() is threading.main_thread():
-        handler = signal.getsignal(signal.SIGTERM)
-        if handler is not None:
-            signal.signal(signal.SIGTERM, handler)
 
 
 def _shutdown_ray() -> None:

@@ -50,6 +50,8 @@ log = logging.getLogger(__name__)
 
 #: The endpoints `modelyard up` creates on a fresh machine.
 DEFAULT_ENDPOINTS = {"default": "gemma-3-270m", "embed": "all-minilm-l6-v2"}
+#: held by the one gateway that writes a shared Ray cluster's replica changes to the deployment event log
+RAY_EVENTS_LEASE = "events:ray"
 
 
 def _runtime(settings: Settings, admin_key: str) -> Any:
@@ -197,6 +199,10 @@ class Gateway:
         if self.notices is not None:
             await self.notices.start(self._apply_notice)
         if self.leases is not None:
+            if hasattr(self.endpoints.runtime, "reports_events"):  # Ray: one gateway reports the cluster's changes
+                leases = self.leases
+                self.endpoints.runtime.reports_events = lambda: leases.held(RAY_EVENTS_LEASE)
+                await leases.acquire(RAY_EVENTS_LEASE, lambda name: None)
             self._take_over = asyncio.create_task(self._take_over_work(), name="modelyard-take-over")
 
     async def _apply_notice(self, notice: Notice) -> None:
@@ -224,6 +230,8 @@ class Gateway:
                     await self.rollouts.resume_all()
                 if self.batches is not None:
                     await self.batches.claim_unowned()
+                if hasattr(self.endpoints.runtime, "reports_events") and not self.leases.held(RAY_EVENTS_LEASE):
+                    await self.leases.acquire(RAY_EVENTS_LEASE, lambda name: None)
             except Exception as exc:  # the database is away for a moment: look again next time
                 log.warning("could not look for work to take over (%s: %s)", type(exc).__name__, exc)
 
