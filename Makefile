@@ -36,7 +36,7 @@ export CMAKE_ARGS ?= -DGGML_NATIVE=OFF -DGGML_BLAS=OFF -DLLAVA_BUILD=OFF
 export HF_HUB_OFFLINE ?= 1
 export TRANSFORMERS_OFFLINE ?= 1
 
-.PHONY: faults fuzz finetune-demo install run test bench clean lock lock-check upgrade
+.PHONY: faults fuzz finetune-demo install run test test-ray bench clean lock lock-check upgrade
 
 $(UV): requirements-uv.lock
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -68,7 +68,13 @@ test: install
 	command -v redis-server >/dev/null || (apt-get update -qq && apt-get install -y -qq redis-server)
 	# The store's and the multi-gateway tests run against a throw-away PostgreSQL (Debian's package) on 127.0.0.1.
 	url="$${MODELYARD_TEST_POSTGRES_URL:-$$(bash .ci/postgres.sh)}"; \
-	MODELYARD_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -q
+	MODELYARD_TEST_POSTGRES_URL="$$url" $(BIN)/python -m pytest -q -m "not ray"
+
+# The Ray tests (marked `ray`): small multi-node Ray clusters started inside the tests — replicas on a node that is
+# killed under load, two gateways on one cluster, batch jobs on Ray Data (about 8-10 minutes on 2 cores; .ci/run
+# runs them after `make test`).
+test-ray: install
+	$(BIN)/python -m pytest -q -m ray
 
 # The fault tests at full length: a 30 s database outage under load (`make test` runs them with 8 s).
 faults: install
