@@ -315,6 +315,7 @@ def test_surface_features_alone_beat_random_on_real_outcomes_in_domain():
 
 @pytest.mark.model
 @needs_mmlu
+@pytest.mark.timeout(900)  # embeds ~500 prompts and trains: ~1-2 minutes, over 5 on a machine busy with other work
 def test_default_router_trains_on_real_outcomes_and_beats_random_in_domain():
     data = load_outcomes(MMLU)
     keep = np.isin(np.array(data.groups), data.group_names[:4])  # ~500 prompts to embed keep this test short
