@@ -357,6 +357,8 @@ class _App:
         self.version: str | None = None
         self.replicas: dict[str, RayReplica] = {}
         self.running = 0
+        #: the running count last reported to ``on_scale`` (the poller and `scale` both see changes: reported once)
+        self.reported = 0
         self.target: int | None = None
         self.autoscaled = False
         self.updating = False
@@ -674,7 +676,8 @@ class RayRuntime:
         return f"replica started (target {target})"
 
     def _report(self, app: _App, before: int, reason: str) -> None:
-        if not self.reports_events():
+        before, app.reported = app.reported, app.running
+        if before == app.running or not self.reports_events():
             return
         try:
             result = self.on_scale(app.key, before, app.running, reason)  # type: ignore[misc]
