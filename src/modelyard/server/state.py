@@ -173,6 +173,11 @@ class Gateway:
         self._key_sync = asyncio.create_task(self._sync_keys(), name="modelyard-key-sync")
         if self.router is not None:
             await self.router.responses.start()
+        if self.leases is not None and hasattr(self.endpoints.runtime, "reports_events"):
+            # Ray: every gateway on the cluster sees the same replica changes; the lease holder reports them
+            leases = self.leases
+            self.endpoints.runtime.reports_events = lambda: leases.held(RAY_EVENTS_LEASE)
+            await leases.acquire(RAY_EVENTS_LEASE, lambda name: None)
         await self.endpoints.load(wait=wait)
         if self.scaler is not None:
             self.scaler.start()
@@ -199,10 +204,6 @@ class Gateway:
         if self.notices is not None:
             await self.notices.start(self._apply_notice)
         if self.leases is not None:
-            if hasattr(self.endpoints.runtime, "reports_events"):  # Ray: one gateway reports the cluster's changes
-                leases = self.leases
-                self.endpoints.runtime.reports_events = lambda: leases.held(RAY_EVENTS_LEASE)
-                await leases.acquire(RAY_EVENTS_LEASE, lambda name: None)
             self._take_over = asyncio.create_task(self._take_over_work(), name="modelyard-take-over")
 
     async def _apply_notice(self, notice: Notice) -> None:
